@@ -1,0 +1,23 @@
+# Two commands on a fresh machine (Python 3.11, no GPU):
+#   make demo   install, then run the demo on generated data
+#   make test   install, then run the tests
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install demo test
+
+# Keep an existing torch >= 2.1 (GPU users bring their own); otherwise take
+# the CPU build, which a plain `pip install torch` would replace by a
+# multi-GB CUDA build.
+install:
+	@$(PYTHON) -c "import sys, torch; \
+v = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2]); \
+sys.exit(v < (2, 1))" 2>/dev/null || $(PIP) install $(TORCH_CPU)
+	$(PIP) install -e ".[tests]"
+
+demo: install
+	$(PYTHON) tools/analysis_tools/benchmark_ops.py
+
+test: install
+	$(PYTHON) -m pytest tests

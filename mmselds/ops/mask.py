@@ -1,0 +1,204 @@
+"""The per-cell selection of one forward pass and its sparse index tables.
+
+Shape shorthand: N batch, C channels, H x W the OS8 map, h x w = H/2 x W/2
+the cell grid, S low (down-sampled) cells, K high (full-resolution) cells,
+R = S + 4K active rows of a sparse feature.
+
+Row order of a sparse feature (fixed by :class:`CellMask`): first the S low
+cells in flat ``(n, i, j)`` order, then the 4K pixels of the high cells in
+raster ``(n, y, x)`` order. With no low cell the rows are exactly the NHWC
+map, so a mask that keeps everything at full resolution costs nothing.
+"""
+from typing import Dict, Tuple
+
+import torch
+from torch import Tensor
+
+EXECUTION_MODES = ('dense', 'sparse')
+
+
+def check_execution(execution: str) -> str:
+    if execution not in EXECUTION_MODES:
+        raise ValueError(f'unknown execution mode {execution!r}; '
+                         f'expected one of {EXECUTION_MODES}')
+    return execution
+
+
+def _taps(dilation: int) -> Tuple[Tensor, Tensor]:
+    """Offsets (dy, dx) of the 9 taps of a 3x3 kernel, row-major."""
+    d = torch.tensor([-dilation, 0, dilation])
+    return d.repeat_interleave(3), d.repeat(3)
+
+
+class CellMask:
+    """The down-sampling decision of one forward pass, shared by all layers.
+
+    Args:
+        mask (Tensor): (N, 1, h, w); 1 = down-sample the cell (compute it
+            once at OS16), 0 = keep it at full resolution (OS8). Dense
+            execution accepts any float mask (a straight-through Gumbel mask
+            carries gradients); sparse execution needs exact 0/1 values.
+        execution (str): ``'dense'`` (emulation: compute both resolutions
+            densely and blend; differentiable in the mask) or ``'sparse'``
+            (compute only the active positions). Default: ``'dense'``.
+    """
+
+    def __init__(self, mask: Tensor, execution: str = 'dense'):
+        self.execution = check_execution(execution)
+        if not isinstance(mask, Tensor) or mask.dim() != 4 \
+                or mask.shape[1] != 1:
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else mask
+            raise ValueError(f'mask must have shape (N, 1, h, w), got {shape}')
+        if not mask.is_floating_point():
+            mask = mask.float()
+        if execution == 'sparse':
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError('sparse execution needs a binary mask '
+                                 '(values 0 or 1); got other values')
+            mask = mask.detach()
+        elif not bool(torch.isfinite(mask).all()):
+            raise ValueError('mask contains NaN or Inf')
+        self.mask = mask
+        self.n, _, self.h, self.w = mask.shape
+        self._cache: Dict[tuple, Tensor] = {}
+        if execution == 'sparse':
+            self._build_layout()
+
+    # ------------------------------------------------------------ queries
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """(N, 1, h, w) of the cell grid."""
+        return tuple(self.mask.shape)
+
+    @property
+    def feature_size(self) -> Tuple[int, int]:
+        """(H, W) of the OS8 maps this mask selects on."""
+        return 2 * self.h, 2 * self.w
+
+    def ratio(self) -> Tensor:
+        """Down-sampling ratio s = mean(M) (a 0-dim tensor)."""
+        return self.mask.mean()
+
+    def upsampled(self) -> Tensor:
+        """The mask at pixel resolution, (N, 1, H, W)."""
+        return self.mask.repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+    def check_feature(self, x: Tensor, what: str = 'feature') -> None:
+        """Raise ``ValueError`` unless ``x`` is (N, C, H, W) for this mask."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x)
+            raise ValueError(f'{what} must be a 4-d (N, C, H, W) tensor, '
+                             f'got {shape}')
+        N, _, H, W = x.shape
+        if H % 2 or W % 2:
+            raise ValueError(f'{what} height and width must be even '
+                             f'(2x2 cells), got {H}x{W}')
+        if (N, H // 2, W // 2) != (self.n, self.h, self.w):
+            raise ValueError(
+                f'mask shape {self.shape} does not fit {what} of shape '
+                f'{tuple(x.shape)}: expected (N, 1, H/2, W/2) = '
+                f'({N}, 1, {H // 2}, {W // 2})')
+        if x.device != self.mask.device:
+            raise ValueError(f'{what} is on {x.device} but the mask is on '
+                             f'{self.mask.device}')
+
+    # ------------------------------------------------------ sparse layout
+    def _build_layout(self) -> None:
+        dev = self.mask.device
+        n, h, w = self.n, self.h, self.w
+        H, W = self.feature_size
+        low = self.mask.reshape(-1) > 0.5
+        self.low_cells = low.nonzero().squeeze(1)
+        self.high_cells = (~low).nonzero().squeeze(1)
+        S, K = self.low_cells.numel(), self.high_cells.numel()
+        self.num_low, self.num_high = S, K
+        self.num_rows = S + 4 * K
+        cell_rank = torch.empty(low.numel(), dtype=torch.long, device=dev)
+        cell_rank[self.low_cells] = torch.arange(S, device=dev)
+        cell_rank[self.high_cells] = torch.arange(K, device=dev)
+        # row of a cell's low-resolution value in cat([rows, zero, pooled])
+        self.zero_row = self.num_rows
+        self.cell_lorow = torch.where(low, cell_rank,
+                                      self.num_rows + 1 + cell_rank)
+        # cell of every pixel, raster order (N, H, W)
+        ys = torch.arange(H, device=dev) // 2
+        xs = torch.arange(W, device=dev) // 2
+        pix_cell = (torch.arange(n, device=dev).view(n, 1, 1) * h +
+                    ys.view(1, H, 1)) * w + xs.view(1, 1, W)
+        pix_low = low[pix_cell.reshape(-1)]
+        self._high_pixels = (~pix_low).nonzero().squeeze(1)
+        pix_rank = torch.empty(pix_low.numel(), dtype=torch.long, device=dev)
+        pix_rank[self._high_pixels] = S + torch.arange(4 * K, device=dev)
+        # row of V(q) for every pixel q
+        self.pix_row = torch.where(pix_low, cell_rank[pix_cell.reshape(-1)],
+                                   pix_rank)
+        # anchors of the output rows: low cells (n, i, j), high pixels (n, y, x)
+        hw = h * w
+        lc = self.low_cells
+        self.low_nij = (lc // hw, (lc % hw) // w, lc % w)
+        hp = self._high_pixels
+        self.high_nyx = (hp // (H * W), (hp % (H * W)) // W, hp % W)
+        # rows of the 4 pixels of every high cell, sub-pixels TL, TR, BL, BR
+        hc = self.high_cells
+        top = ((hc // hw) * H + 2 * ((hc % hw) // w)) * W + 2 * (hc % w)
+        quad = torch.stack([top, top + 1, top + W, top + W + 1], 1)
+        self.quad_rows = self.pix_row[quad.reshape(-1)]
+
+    def _require_sparse(self) -> None:
+        if self.execution != 'sparse':
+            raise RuntimeError('sparse index tables need execution="sparse"')
+
+    def _gather_index(self, table: Tensor, n, y, x, dy, dx, height, width,
+                      outside: int) -> Tensor:
+        """Rows ``table[n, y + dy, x + dx]`` for every anchor and tap; rows
+        outside the map point at ``outside``. ``table`` is flat (n, y, x)."""
+        yy = y[:, None] + dy.to(y.device)
+        xx = x[:, None] + dx.to(x.device)
+        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+        flat = (n[:, None] * height + yy.clamp(0, height - 1)) * width \
+            + xx.clamp(0, width - 1)
+        return torch.where(inside, table[flat],
+                           torch.full_like(flat, outside))
+
+    def conv_index(self, dilation: int) -> Tensor:
+        """(R, 9) rows of ``cat([rows, zero, pooled])`` read by a 3x3 conv.
+
+        High pixels read V with ``dilation``; low cells read the cell grid
+        with ``max(dilation // 2, 1)``.
+        """
+        self._require_sparse()
+        key = ('conv', dilation)
+        if key not in self._cache:
+            H, W = self.feature_size
+            dl = max(dilation // 2, 1)
+            lo = self._gather_index(self.cell_lorow, *self.low_nij, *_taps(dl),
+                                    self.h, self.w, self.zero_row)
+            hi = self._gather_index(self.pix_row, *self.high_nyx,
+                                    *_taps(dilation), H, W, self.zero_row)
+            self._cache[key] = torch.cat([lo, hi]).reshape(-1)
+        return self._cache[key]
+
+    def entrance_index(self, dilation: int) -> Tensor:
+        """(R, 9) raster pixels of a full-resolution map (plus a zero row at
+        N*H*W) read by the stage-entrance conv: dilation ``dilation`` at
+        high pixels, stride 2 and dilation ``max(dilation // 2, 1)`` at low
+        cells (anchored at the cell's top-left pixel)."""
+        self._require_sparse()
+        key = ('entrance', dilation)
+        if key not in self._cache:
+            H, W = self.feature_size
+            raster = torch.arange(self.n * H * W, device=self.mask.device)
+            zero = raster.numel()
+            n, i, j = self.low_nij
+            dl = max(dilation // 2, 1)
+            lo = self._gather_index(raster, n, 2 * i, 2 * j, *_taps(dl), H, W,
+                                    zero)
+            hi = self._gather_index(raster, *self.high_nyx, *_taps(dilation),
+                                    H, W, zero)
+            self._cache[key] = torch.cat([lo, hi]).reshape(-1)
+        return self._cache[key]
+
+    def high_pixels(self) -> Tensor:
+        """(4K,) raster index of the high pixels, in row order."""
+        self._require_sparse()
+        return self._high_pixels

@@ -1,0 +1,133 @@
+"""Time the sparse selective 3x3 conv against dense ``F.conv2d``.
+
+For each high-resolution density rho (fraction of full-resolution cells) the
+script times, in one run and interleaved, dense ``F.conv2d`` (dilation r) on
+the OS8 map and the sparse selective conv on a random mask of that density,
+and prints the time ratio next to the FLOPs ratio f(rho) = rho + (1-rho)/4,
+the multiply-adds, and the largest difference between the sparse result and
+the dense emulation (invariant I3). Needs torch only (runs on the GPU
+benchmark machines without mm* packages).
+
+Example::
+
+    python tools/analysis_tools/benchmark_ops.py --channels 256 --shape 64 128
+"""
+import argparse
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
+from mmselds.ops import CellMask, MixedFeature, selective_conv2d  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--channels', type=int, default=256, help='C in and out')
+    p.add_argument('--shape', type=int, nargs=2, default=(64, 128),
+                   metavar=('H', 'W'), help='OS8 map size (R101 stage 3 of a '
+                   '512x1024 input: 64 128)')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--dilation', type=int, default=2)
+    p.add_argument('--densities', type=float, nargs='+',
+                   default=(1.0, 0.75, 0.5, 0.25, 0.0))
+    p.add_argument('--repeat', type=int, default=9,
+                   help='timed runs per case (median); >= 5')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (default: torch default)')
+    p.add_argument('--seed', type=int, default=0)
+    return p.parse_args()
+
+
+def random_mask(n, h, w, density, generator, device):
+    """(n, 1, h, w) mask with round((1 - density) * h * w) low cells each."""
+    mask = torch.zeros(n, h * w)
+    k = round((1 - density) * h * w)
+    for i in range(n):
+        mask[i, torch.randperm(h * w, generator=generator)[:k]] = 1
+    return mask.view(n, 1, h, w).to(device)
+
+
+def timer(device):
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+
+    def run(fn):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+    return run
+
+
+def main():
+    args = parse_args()
+    if args.repeat < 5:
+        sys.exit('--repeat must be >= 5')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    N, C, (H, W), r = args.batch_size, args.channels, args.shape, args.dilation
+    x = torch.randn(N, C, H, W, generator=gen).to(device)
+    weight = torch.randn(C, C, 3, 3, generator=gen).to(device) / (3 * C**0.5)
+    run = timer(device)
+
+    cases = {'dense': lambda: F.conv2d(x, weight, padding=r, dilation=r)}
+    feats, index_ms, max_diff = {}, {}, {}
+    for rho in args.densities:
+        mask = random_mask(N, H // 2, W // 2, rho, gen, device)
+        cells = CellMask(mask, 'sparse')
+        index_ms[rho] = run(lambda: cells.conv_index(r)) * 1e3
+        feats[rho] = MixedFeature.from_dense(x, cells)
+        cases[rho] = (lambda f=feats[rho]:
+                      selective_conv2d(f, weight, dilation=r))
+
+    times = {k: [] for k in cases}
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            for fn in cases.values():
+                fn()
+        for _ in range(args.repeat):  # interleaved: noise hits all alike
+            for k, fn in cases.items():
+                times[k].append(run(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    with torch.no_grad():  # after timing: keeps the allocator state alike
+        for rho, feat in feats.items():
+            emulated = selective_conv2d(
+                MixedFeature.from_dense(x, CellMask(feat.cells.mask, 'dense')),
+                weight, dilation=r).densify()
+            max_diff[rho] = (cases[rho]().densify() - emulated).abs().max()
+
+    print(f'device={device} threads={torch.get_num_threads()} '
+          f'torch={torch.__version__} N={N} C={C} H x W={H}x{W} '
+          f'dilation={r} repeat={args.repeat}')
+    dense_macs = N * H * W * C * C * 9
+    print(f'dense F.conv2d: {med["dense"] * 1e3:.1f} ms, '
+          f'{dense_macs / 1e9:.2f} GMACs')
+    print(f'{"rho":>5} {"GMACs":>6} {"sparse ms":>10} {"ratio":>7} '
+          f'{"f(rho)":>7} {"target":>7} {"ok":>3} {"index ms":>9} '
+          f'{"|sparse-dense|":>15}')
+    ok_all = True
+    for rho in args.densities:
+        ratio = med[rho] / med['dense']
+        f = rho + (1 - rho) / 4
+        target = f + 0.10 if rho < 1 else min(f + 0.10, 1.10)
+        ok = ratio <= target
+        ok_all &= ok
+        cells = feats[rho].cells
+        macs = (cells.num_low + 4 * cells.num_high) * 9 * C * C
+        print(f'{rho:5.2f} {macs / 1e9:6.2f} {med[rho] * 1e3:10.1f} '
+              f'{ratio:7.3f} {f:7.3f} {target:7.3f} {"yes" if ok else "NO":>3} '
+              f'{index_ms[rho]:9.2f} {max_diff[rho]:15.2e}')
+    print('all targets met' if ok_all else 'some targets missed')
+
+
+if __name__ == '__main__':
+    main()
