@@ -1,0 +1,17 @@
+# Selective down-sampling with the letter's Prop. 2 settings: depthwise mask
+# head, adaptive pooling, target-free sparsity loss.
+_base_ = ['./deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py']
+custom_imports = dict(imports=['mmselds'], allow_failed_imports=False)
+model = dict(
+    type='SelDSEncoderDecoder',
+    backbone=dict(
+        type='SelDSResNetV1c',
+        mask_head=dict(type='DepthwiseMaskHead', channels=(32, 16)),
+        pooling=dict(type='SelectivePooling', mode='adaptive')),
+    sparsity_loss=dict(
+        type='SparsityLoss', mode='target-free', loss_weight=0.1))
+val_evaluator = [
+    dict(type='IoUMetric', iou_metrics=['mIoU']),
+    dict(type='DownsampleRatioMetric')
+]
+test_evaluator = val_evaluator

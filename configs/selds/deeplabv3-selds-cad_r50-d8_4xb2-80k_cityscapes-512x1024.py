@@ -1,0 +1,21 @@
+# CAD baseline: CADMaskHead, stride pooling, target sparsity loss (t = 0.5).
+_base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py']
+custom_imports = dict(imports=['mmselds'], allow_failed_imports=False)
+
+model = dict(
+    type='SelDSEncoderDecoder',
+    # selective down-sampling needs inputs that are multiples of 16
+    data_preprocessor=dict(test_cfg=dict(size_divisor=16)),
+    backbone=dict(
+        type='SelDSResNetV1c',
+        mask_head=dict(type='CADMaskHead', tau=1.0, threshold=0.5),
+        pooling=dict(type='SelectivePooling', mode='stride'),
+        execution='auto'),
+    sparsity_loss=dict(
+        type='SparsityLoss', mode='target', target=0.5, loss_weight=1.0))
+
+val_evaluator = [
+    dict(type='IoUMetric', iou_metrics=['mIoU']),
+    dict(type='DownsampleRatioMetric')
+]
+test_evaluator = val_evaluator

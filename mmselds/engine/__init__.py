@@ -1,0 +1,3 @@
+from .hooks import CheckLoadFromHook
+
+__all__ = ['CheckLoadFromHook']

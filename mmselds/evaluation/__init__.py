@@ -1,0 +1,3 @@
+from .ratio_metric import DownsampleRatioMetric
+
+__all__ = ['DownsampleRatioMetric']

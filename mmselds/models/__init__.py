@@ -1,0 +1,15 @@
+"""The mmseg layer: registers mmselds' modules into ``mmseg.registry``."""
+from mmseg.registry import MODELS
+from mmselds.ops import SelectivePooling
+from .backbones import SelDSResNetV1c
+from .losses import SparsityLoss
+from .mask_heads import (BaseMaskHead, CADMaskHead, DepthwiseMaskHead,
+                         mask_head_macs)
+from .segmentors import SelDSEncoderDecoder
+
+MODELS.register_module(module=SelectivePooling)
+
+__all__ = [
+    'BaseMaskHead', 'CADMaskHead', 'DepthwiseMaskHead', 'SelDSEncoderDecoder',
+    'SelDSResNetV1c', 'SelectivePooling', 'SparsityLoss', 'mask_head_macs'
+]

@@ -1,0 +1,251 @@
+"""ResNetV1c whose stages 3-4 run selective down-sampling (DESIGN §3)."""
+from typing import Iterator, List, Optional, Tuple, Union
+
+import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
+from mmseg.registry import MODELS
+from mmselds.ops import (CellMask, MixedFeature, selective_apply,
+                         selective_conv2d, selective_entrance_conv2d)
+
+EXECUTIONS = ('auto', 'dense', 'sparse')
+OS8_STRIDES = (1, 2, 1, 1)
+ENTRANCE = 'layer3_entrance'
+
+
+def main_path(block: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The residual branch of a block as (name, module) in order."""
+    if isinstance(block, Bottleneck):
+        names = ['conv1', 'norm1', 'relu', 'conv2', 'norm2', 'relu', 'conv3',
+                 'norm3']
+    elif isinstance(block, BasicBlock):
+        names = ['conv1', 'norm1', 'relu', 'conv2', 'norm2']
+    else:
+        raise NotImplementedError(f'unsupported block {type(block).__name__}')
+    return [(n, getattr(block, n)) for n in names]
+
+
+def is_3x3(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3)
+
+
+@MODELS.register_module()
+class SelDSResNetV1c(ResNetV1c):
+    """ResNetV1c with mask-based selective down-sampling in stages 3-4.
+
+    A mask head on the stage-2 output picks, per 2x2 cell of the OS8 map
+    (16x16 input pixels), whether stages 3-4 compute it at OS8 (dilated) or
+    at OS16 (one value per cell). All of ``ResNetV1c``'s arguments keep their
+    meaning, and its parameter names are kept, so mmseg checkpoints load
+    with only ``mask_head.*`` and ``pooling.*`` missing. The layout must be
+    OS8: ``strides=(1, 2, 1, 1)`` with stages 3-4 dilated, e.g.
+    ``dilations=(1, 1, 2, 4)``.
+
+    Args:
+        mask_head (dict): config of the mask predictor; ``in_channels``
+            defaults to the stage-2 width. Default:
+            ``dict(type='DepthwiseMaskHead')``.
+        pooling (dict): config of the selective pooling, e.g.
+            ``dict(type='SelectivePooling', mode='adaptive')``; one module
+            (with its own weights in ``adaptive`` mode) per 3x3 conv input,
+            plus one at the stage-3 entrance in pooling modes.
+            Default: ``dict(type='SelectivePooling', mode='stride')``.
+        execution (str): ``'auto'`` (dense emulation when training, sparse
+            in eval), ``'dense'`` or ``'sparse'``; can be changed on a built
+            model. Default: ``'auto'``.
+        **kwargs: the arguments of ``ResNetV1c``.
+
+    After a forward, ``last_mask`` (N, 1, H/16, W/16) holds the mask used
+    (1 = down-sampled; carries the straight-through gradient in training),
+    ``last_logits`` the mask head's logits, and ``last_ratio`` its mean.
+    """
+
+    def __init__(self,
+                 mask_head: dict = dict(type='DepthwiseMaskHead'),
+                 pooling: dict = dict(type='SelectivePooling', mode='stride'),
+                 execution: str = 'auto',
+                 **kwargs):
+        super().__init__(**kwargs)
+        self._check_layout()
+        self.execution = execution
+        width = self.base_channels * 2 * self.block.expansion
+        mask_head = dict(mask_head)
+        mask_head.setdefault('in_channels', width)
+        if mask_head['in_channels'] != width:
+            raise ValueError(
+                f'mask_head in_channels={mask_head["in_channels"]} does not '
+                f'match the stage-2 output of depth {self.depth} '
+                f'({width} channels); leave it unset to take it from stage 2')
+        self.mask_head = MODELS.build(mask_head)
+        self.pool_mode = pooling.get('mode', 'stride')
+        self.pooling = nn.ModuleDict({
+            site: MODELS.build(dict(pooling, channels=channels))
+            for site, channels in self._pool_sites(width)
+        })
+        self.last_mask: Optional[Tensor] = None
+        self.last_logits: Optional[Tensor] = None
+
+    # ---------------------------------------------------------------- set-up
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        if value not in EXECUTIONS:
+            raise ValueError(f'unknown execution {value!r}; expected one of '
+                             f'{EXECUTIONS}')
+        self._execution = value
+
+    def train(self, mode: bool = True) -> 'SelDSResNetV1c':
+        """As ``ResNet.train`` (frozen stages, ``norm_eval``), returning the
+        module like ``nn.Module.train`` (mmseg's returns None)."""
+        super().train(mode)
+        return self
+
+    def effective_execution(self) -> str:
+        """The execution of the next forward: ``'auto'`` resolves to dense
+        emulation in training mode and sparse execution in eval mode."""
+        if self.execution != 'auto':
+            return self.execution
+        return 'dense' if self.training else 'sparse'
+
+    def _selective_layers(self) -> Iterator[Tuple[str, nn.Module]]:
+        for layer_name in ('layer3', 'layer4'):
+            for i, block in enumerate(getattr(self, layer_name)):
+                yield f'{layer_name}_{i}', block
+
+    def _check_layout(self) -> None:
+        if self.num_stages != 4 or tuple(self.strides) != OS8_STRIDES:
+            raise ValueError(
+                'SelDSResNetV1c needs an OS8 layout, strides=(1, 2, 1, 1) '
+                'with dilated stages 3-4 (e.g. dilations=(1, 1, 2, 4)); got '
+                f'num_stages={self.num_stages}, strides={tuple(self.strides)}'
+                f', dilations={tuple(self.dilations)}')
+        if self.style != 'pytorch':
+            raise ValueError('SelDSResNetV1c supports style="pytorch" only '
+                             '(the stride-2 conv of the OS16 entrance is the '
+                             '3x3 one)')
+        if self.dcn is not None or self.plugins is not None \
+                or self.conv_cfg is not None:
+            raise NotImplementedError('SelDSResNetV1c supports plain convs '
+                                      'only (no dcn, plugins or conv_cfg)')
+        for site, block in self._selective_layers():
+            for name, m in main_path(block):
+                d = m.dilation[0] if is_3x3(m) else 1
+                if d > 1 and d % 2:
+                    raise ValueError(
+                        f'{site}.{name} has dilation {d}: OS8 dilations of '
+                        'stages 3-4 must be 1 or even (the OS16 conv uses '
+                        'half of it); check dilations, multi_grid and '
+                        'contract_dilation')
+
+    def _pool_sites(self, width: int) -> Iterator[Tuple[str, int]]:
+        if self.pool_mode != 'stride':
+            yield ENTRANCE, width
+        for site, block in self._selective_layers():
+            for name, m in main_path(block):
+                if is_3x3(m):
+                    yield f'{site}_{name}', m.in_channels
+
+    # --------------------------------------------------------------- forward
+    def _check_mask(self, ds_mask: Tensor, feat: Tensor, size) -> Tensor:
+        N, _, h, w = feat.shape
+        expected = (N, 1, h // 2, w // 2)
+        if not isinstance(ds_mask, Tensor) or tuple(ds_mask.shape) != expected:
+            got = tuple(ds_mask.shape) if isinstance(ds_mask, Tensor) \
+                else type(ds_mask).__name__
+            raise ValueError(
+                f'ds_mask must have shape (N, 1, H/16, W/16) = {expected} for '
+                f'an input of {size[0]}x{size[1]}, got {got}')
+        return ds_mask.to(device=feat.device, dtype=feat.dtype)
+
+    def _block(self, block: nn.Module, x: Union[Tensor, MixedFeature],
+               cells: CellMask, site: str) -> MixedFeature:
+        """One residual block on a mixed feature, or, at the stage-3
+        entrance, on the dense stage-2 map ``x``."""
+        entrance = isinstance(x, Tensor)
+        stride_entrance = entrance and self.pool_mode == 'stride'
+        if entrance:
+            pool = 'stride' if stride_entrance else self.pooling[ENTRANCE]
+            inp = MixedFeature.from_dense(x, cells, pool)
+        else:
+            inp = x
+        # In stride mode the entrance block runs on the dense map up to its
+        # 3x3 conv, whose low cells are the OS16 stride-2 conv.
+        out = x if stride_entrance else inp
+        for name, m in main_path(block):
+            if is_3x3(m):
+                conv = selective_entrance_conv2d if isinstance(out, Tensor) \
+                    else selective_conv2d
+                args = (out, cells) if isinstance(out, Tensor) else (out, )
+                out = conv(*args, m.weight, m.bias, m.dilation[0],
+                           pool=self.pooling[f'{site}_{name}'])
+            elif isinstance(out, Tensor):
+                out = m(out)
+            else:
+                out = selective_apply(out, m)
+        identity = inp if block.downsample is None else selective_apply(
+            inp, block.downsample)
+        return (out + identity).relu()
+
+    def _run_block(self, block, x, cells, site) -> MixedFeature:
+        data = x if isinstance(x, Tensor) else x.data
+        if not (self.with_cp and self.training and data.requires_grad):
+            return self._block(block, x, cells, site)
+        pool = getattr(x, 'pool', 'stride')
+
+        def run(d):
+            arg = d if isinstance(x, Tensor) else MixedFeature(d, cells, pool)
+            return self._block(block, arg, cells, site).data
+
+        return MixedFeature(cp.checkpoint(run, data, use_reentrant=False),
+                            cells, pool)
+
+    def forward(self, x: Tensor, ds_mask: Optional[Tensor] = None
+                ) -> Tuple[Tensor, ...]:
+        """Args:
+            x (Tensor): (N, 3, H, W) images, H and W multiples of 16.
+            ds_mask (Tensor, optional): (N, 1, H/16, W/16), 1 = down-sample;
+                overrides the predicted mask. Default: None.
+        Returns:
+            tuple[Tensor]: the ``out_indices`` stage outputs, as
+            ``ResNetV1c`` returns them (stages 3-4 densified at OS8).
+        """
+        size = x.shape[2:]
+        if self.deep_stem:
+            x = self.stem(x)
+        else:
+            x = self.relu(self.norm1(self.conv1(x)))
+        x = self.maxpool(x)
+        outs = []
+        for i, layer_name in enumerate(self.res_layers[:2]):
+            x = getattr(self, layer_name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        h, w = x.shape[2:]
+        if h % 2 or w % 2:
+            raise ValueError(
+                f'an input of {size[0]}x{size[1]} gives an OS8 map of {h}x{w}'
+                '; selective down-sampling needs it even (2x2 cells): pad '
+                'inputs to a multiple of 16 (SegDataPreProcessor size= for '
+                'training, test_cfg=dict(size_divisor=16) for testing)')
+        logits = self.mask_head(x)
+        mask = self.mask_head.sample(logits) if ds_mask is None else \
+            self._check_mask(ds_mask, x, size)
+        cells = CellMask(mask, self.effective_execution())
+        feat = x
+        for stage, layer_name in ((2, 'layer3'), (3, 'layer4')):
+            for j, block in enumerate(getattr(self, layer_name)):
+                feat = self._run_block(block, feat, cells, f'{layer_name}_{j}')
+            if stage in self.out_indices:
+                outs.append(feat.densify())
+        self.last_mask, self.last_logits = mask, logits
+        return tuple(outs)
+
+    @property
+    def last_ratio(self) -> Optional[float]:
+        """Down-sampling ratio of the last forward."""
+        return None if self.last_mask is None else \
+            float(self.last_mask.detach().float().mean())

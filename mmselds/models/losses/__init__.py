@@ -1,0 +1,3 @@
+from .sparsity_loss import SPARSITY_MODES, SparsityLoss
+
+__all__ = ['SPARSITY_MODES', 'SparsityLoss']

@@ -1,0 +1,4 @@
+from .mask_heads import (BaseMaskHead, CADMaskHead, DepthwiseMaskHead,
+                         mask_head_macs)
+
+__all__ = ['BaseMaskHead', 'CADMaskHead', 'DepthwiseMaskHead', 'mask_head_macs']

@@ -1,0 +1,3 @@
+from .selds_encoder_decoder import SelDSEncoderDecoder
+
+__all__ = ['SelDSEncoderDecoder']

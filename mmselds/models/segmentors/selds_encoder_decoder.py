@@ -1,0 +1,93 @@
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.utils import OptSampleList, SampleList
+
+
+@MODELS.register_module()
+class SelDSEncoderDecoder(EncoderDecoder):
+    """``EncoderDecoder`` for a selective down-sampling backbone.
+
+    Adds the sparsity loss (``loss_sparsity``) to the losses and logs the
+    down-sampling ratio as ``ds_ratio`` (no ``loss`` in the key, so mmengine
+    does not train on it). ``predict`` stores each image's ratio in its data
+    sample's metainfo (``ds_ratio``, averaged over the forwards of slide
+    inference) for :class:`DownsampleRatioMetric`.
+
+    Args:
+        sparsity_loss (dict, optional): config of a loss on the mask, e.g.
+            ``dict(type='SparsityLoss', mode='target', target=0.5)``; None
+            trains the mask head by the task loss alone.
+            Default: the target loss with target 0.5.
+        train_only (Sequence[str], optional): train only the modules with
+            these names (e.g. ``('backbone.mask_head', 'backbone.pooling')``);
+            every other parameter is frozen and every other module kept in
+            eval mode (BatchNorm statistics and dropout included).
+            Default: None (train everything).
+        **kwargs: the arguments of ``EncoderDecoder``.
+    """
+
+    def __init__(self,
+                 sparsity_loss: Optional[dict] = dict(
+                     type='SparsityLoss', mode='target', target=0.5),
+                 train_only: Optional[Sequence[str]] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not hasattr(self.backbone, 'last_mask'):
+            raise TypeError(f'{type(self).__name__} needs a selective '
+                            'down-sampling backbone (e.g. SelDSResNetV1c), '
+                            f'got {type(self.backbone).__name__}')
+        self.sparsity_loss = MODELS.build(sparsity_loss) \
+            if sparsity_loss else None
+        self.train_only = tuple(train_only or ())
+        if self.train_only:
+            names = dict(self.named_modules())
+            unknown = [p for p in self.train_only if p not in names]
+            if unknown:
+                raise ValueError(f'train_only names unknown modules {unknown}')
+            for name, param in self.named_parameters():
+                param.requires_grad_(self._trainable(name))
+        self._masks: List[Tensor] = []
+
+    def _trainable(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + '.')
+                   for p in self.train_only)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.train_only:
+            for name, module in self.named_modules():
+                if not name or self._trainable(name) or any(
+                        p.startswith(name + '.') for p in self.train_only):
+                    continue  # trained, or holds a trained module
+                module.eval()
+        return self
+
+    def extract_feat(self, inputs: Tensor) -> List[Tensor]:
+        x = super().extract_feat(inputs)
+        self._masks.append(self.backbone.last_mask)
+        return x
+
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        self._masks = []
+        losses = super().loss(inputs, data_samples)
+        mask = self.backbone.last_mask
+        if self.sparsity_loss is not None:
+            losses[self.sparsity_loss.loss_name] = self.sparsity_loss(mask)
+        losses['ds_ratio'] = mask.detach().mean()
+        return losses
+
+    def predict(self, inputs: Tensor,
+                data_samples: OptSampleList = None) -> SampleList:
+        self._masks = []
+        results = super().predict(inputs, data_samples)
+        ratios = torch.stack([m.detach().float().mean((1, 2, 3))
+                              for m in self._masks]).mean(0)
+        for result, ratio in zip(results, ratios.tolist()):
+            result.set_metainfo(dict(ds_ratio=ratio))
+        self._masks = []
+        return results

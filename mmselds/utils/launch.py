@@ -1,0 +1,49 @@
+"""Config preparation shared by ``tools/train.py`` and ``tools/test.py``."""
+import copy
+import os
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+
+def sync_bn_to_bn(cfg):
+    """Replace every ``SyncBN`` norm config in a config tree by ``BN``."""
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'SyncBN':
+            cfg['type'] = 'BN'
+        for value in cfg.values():
+            sync_bn_to_bn(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            sync_bn_to_bn(value)
+    return cfg
+
+
+def prepare_launch(cfg: Config, launcher: str) -> Config:
+    """Adapt a config to the machine.
+
+    Without CUDA: ``SyncBN`` becomes ``BN`` (SyncBatchNorm needs a GPU);
+    with the ``pytorch`` launcher the gloo process group is started here
+    (mmengine's ``init_dist`` selects a CUDA device) and DDP wraps the CPU
+    model without ``device_ids``.
+    """
+    if torch.cuda.is_available():
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.model = sync_bn_to_bn(cfg.model)
+    cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if launcher == 'pytorch':
+        if not dist.is_initialized():
+            dist.init_process_group('gloo')
+        wrapper = dict(type='MMDistributedDataParallel', device_ids=None,
+                       broadcast_buffers=False,
+                       find_unused_parameters=cfg.get(
+                           'find_unused_parameters', False))
+        wrapper.update(cfg.get('model_wrapper_cfg') or {})
+        cfg.model_wrapper_cfg = wrapper
+        print_log(f'CPU data-parallel run: gloo backend, rank '
+                  f'{os.environ.get("RANK")} of {os.environ.get("WORLD_SIZE")}'
+                  ', SyncBN replaced by BN', logger='current')
+    return cfg

@@ -1,0 +1,34 @@
+"""Every config in configs/ resolves (mmseg:: bases included) and builds its
+model without data."""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+import mmselds  # noqa: F401
+from mmseg.registry import MODELS
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(
+    p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
+                         recursive=True) if '_base_' not in p)
+
+
+def test_configs_found():
+    assert len(CONFIGS) >= 10
+
+
+@pytest.mark.parametrize('path', CONFIGS,
+                         ids=[osp.basename(p) for p in CONFIGS])
+def test_config_builds(path):
+    cfg = Config.fromfile(path)
+    cfg.model.pretrained = None
+    model = MODELS.build(cfg.model)
+    if 'selds' in osp.basename(path):
+        assert type(model).__name__ == 'SelDSEncoderDecoder'
+        assert type(model.backbone).__name__ == 'SelDSResNetV1c'
+        assert cfg.custom_imports['imports'] == ['mmselds']
+        names = [m['type'] for m in cfg.val_evaluator]
+        assert names == ['IoUMetric', 'DownsampleRatioMetric']
+    assert cfg.model.data_preprocessor.test_cfg == dict(size_divisor=16)

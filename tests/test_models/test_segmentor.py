@@ -1,0 +1,123 @@
+"""SelDSEncoderDecoder: whole-model equality with mmseg's DeepLabV3 in the
+all-high case, losses and logs, train_only, ratio metric, load_from check."""
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.structures import PixelData
+
+import mmselds  # noqa: F401
+from mmseg.registry import METRICS, MODELS
+from mmseg.structures import SegDataSample
+from tests.test_models.utils import randomize_
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(ROOT, 'configs', 'demo')
+OS8_CFG = osp.join(DEMO, 'deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py')
+SELDS_CFG = osp.join(
+    DEMO, 'deeplabv3-selds-prop2_r18-d8_1xb8-400it_synthcity-128x256.py')
+
+
+def build(path, **model_options):
+    cfg = Config.fromfile(path)
+    for key, value in model_options.items():
+        cfg.model[key] = value
+    return MODELS.build(cfg.model)
+
+
+def samples(n, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, h, w),
+                                                    generator=g))
+        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w),
+                            pad_shape=(h, w), padding_size=[0, 0, 0, 0]))
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize('execution', ['dense', 'sparse'])
+def test_all_high_logits_equal_mmseg_deeplabv3(execution):
+    dense = randomize_(build(OS8_CFG))
+    ours = build(SELDS_CFG)
+    missing, unexpected = ours.load_state_dict(dense.state_dict(),
+                                               strict=False)
+    assert not unexpected
+    assert all(k.startswith(('backbone.mask_head.', 'backbone.pooling.'))
+               for k in missing)
+    ours.backbone.mask_head.threshold = 1.0  # P > 1 never: all high
+    ours.backbone.execution = execution
+    dense.eval()
+    ours.eval()
+    x = torch.randn(2, 3, 64, 128)
+    metas = [dict(img_shape=(64, 128))] * 2
+    with torch.no_grad():
+        expected = dense.encode_decode(x, metas)
+        got = ours.encode_decode(x, metas)
+    assert ours.backbone.last_ratio == 0.0
+    torch.testing.assert_close(got, expected, rtol=1e-4,
+                               atol=1e-4 * expected.abs().max().item())
+
+
+def test_losses_and_logged_ratio():
+    model = build(SELDS_CFG).train()
+    x = torch.randn(2, 3, 64, 128)
+    losses = model.loss(x, samples(2, 64, 128))
+    assert 'loss_sparsity' in losses and 'ds_ratio' in losses
+    assert not losses['ds_ratio'].requires_grad
+    torch.testing.assert_close(losses['ds_ratio'],
+                               model.backbone.last_mask.detach().mean())
+    # the target-free loss of the demo config: 0.1 * (1 - s)
+    torch.testing.assert_close(losses['loss_sparsity'].detach(),
+                               0.1 * (1 - losses['ds_ratio']))
+    total, log_vars = model.parse_losses(losses)
+    assert 'ds_ratio' in log_vars
+    summed = sum(v for k, v in losses.items() if 'loss' in k
+                 and isinstance(v, torch.Tensor))
+    torch.testing.assert_close(total, summed)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.backbone.mask_head.parameters())
+
+
+def test_train_only_freezes_everything_else():
+    model = build(SELDS_CFG, train_only=('backbone.mask_head',
+                                         'backbone.pooling'))
+    model.train()
+    for name, p in model.named_parameters():
+        assert p.requires_grad == name.startswith(('backbone.mask_head.',
+                                                   'backbone.pooling.')), name
+    assert model.backbone.training  # holds the mask head: dense training
+    assert model.backbone.mask_head.training
+    assert not model.backbone.layer3[0].bn1.training
+    assert not model.decode_head.training
+    before = model.backbone.layer1[0].bn1.running_mean.clone()
+    model.loss(torch.randn(2, 3, 64, 128), samples(2, 64, 128))['loss_sparsity']
+    torch.testing.assert_close(model.backbone.layer1[0].bn1.running_mean,
+                               before)
+    with pytest.raises(ValueError, match='unknown modules'):
+        build(SELDS_CFG, train_only=('backbone.mask_heads', ))
+
+
+def test_predict_stores_ratio_for_the_metric():
+    model = build(SELDS_CFG).eval()
+    data = samples(2, 64, 128)
+    with torch.no_grad():
+        results = model.predict(torch.randn(2, 3, 64, 128), data)
+    ratios = [r.ds_ratio for r in results]
+    per_image = model.backbone.last_mask.float().mean((1, 2, 3)).tolist()
+    assert ratios == pytest.approx(per_image)
+    metric = METRICS.build(dict(type='DownsampleRatioMetric'))
+    metric.process({}, [r.to_dict() for r in results])
+    assert metric.compute_metrics(metric.results) == {
+        'ds_ratio': pytest.approx(sum(per_image) / 2)}
+    with pytest.raises(KeyError, match='SelDSEncoderDecoder'):
+        metric.process({}, [{}])
+
+
+def test_needs_a_selective_backbone():
+    with pytest.raises(TypeError, match='selective down-sampling backbone'):
+        build(SELDS_CFG, backbone=Config.fromfile(OS8_CFG).model.backbone)
