@@ -8,10 +8,11 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCRIPT = r'''
 import sys
 
-class Block:  # make every mm* package unimportable
+class Block:  # as if no mm* package were installed
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('mmseg', 'mmcv', 'mmengine'):
-            raise ImportError('blocked ' + name)
+        top = name.split('.')[0]
+        if top in ('mmseg', 'mmcv', 'mmengine'):
+            raise ModuleNotFoundError(f'No module named {top!r}', name=top)
 
 sys.meta_path.insert(0, Block())
 import torch

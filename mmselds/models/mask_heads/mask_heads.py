@@ -40,6 +40,16 @@ class BaseMaskHead(BaseModule):
     def layers(self, feat: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def init_weights(self) -> None:
+        """Without an ``init_cfg``, start from near-zero logits after the
+        parent's initialisation (e.g. the backbone's Kaiming init), so that
+        P(down-sample) starts near 0.5 and training explores both choices."""
+        super().init_weights()
+        if self.init_cfg is None:
+            last = [m for m in self.modules() if isinstance(m, nn.Conv2d)][-1]
+            nn.init.normal_(last.weight, std=0.01)
+            nn.init.zeros_(last.bias)
+
     def forward(self, feat: Tensor) -> Tensor:
         """(N, C, h, w) stage-2 map -> (N, 2, h/2, w/2) logits."""
         if feat.dim() != 4 or feat.shape[1] != self.in_channels:
