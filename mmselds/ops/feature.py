@@ -68,12 +68,13 @@ class MixedFeature:
         """
         cells.check_feature(x)
         pool = as_pooling(pool)
-        lo = pool(x)
         if cells.execution == 'dense':
-            return cls(blend(x, lo, cells.mask), cells, pool)
-        rows = torch.cat([to_rows(lo).index_select(0, cells.low_cells),
-                          to_rows(x).index_select(0, cells.high_pixels())])
-        return cls(rows, cells, pool)
+            return cls(blend(x, pool(x), cells.mask), cells, pool)
+        rows = to_rows(x)
+        quads = rows.index_select(0, cells.low_quad_pixels)  # low cells only
+        lo = pool.pool_rows(quads.view(-1, 4, x.shape[1]))
+        return cls(torch.cat([lo, rows.index_select(0, cells.high_pixels())]),
+                   cells, pool)
 
     @classmethod
     def from_hi_lo(cls, hi: Tensor, lo: Tensor, cells: CellMask,

@@ -143,6 +143,11 @@ class CellMask:
         top = ((hc // hw) * H + 2 * ((hc % hw) // w)) * W + 2 * (hc % w)
         quad = torch.stack([top, top + 1, top + W, top + W + 1], 1)
         self.quad_rows = self.pix_row[quad.reshape(-1)]
+        # raster pixels of the 4 sub-pixels of every low cell
+        lc = self.low_cells
+        top = ((lc // hw) * H + 2 * ((lc % hw) // w)) * W + 2 * (lc % w)
+        self.low_quad_pixels = torch.stack(
+            [top, top + 1, top + W, top + W + 1], 1).reshape(-1)
 
     def _require_sparse(self) -> None:
         if self.execution != 'sparse':

@@ -1,0 +1,27 @@
+"""Building a segmentor from a config for the analysis tools."""
+from typing import Optional
+
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+
+from mmseg.registry import MODELS
+
+
+def build_segmentor(config: str, checkpoint: Optional[str] = None,
+                    cfg_options: Optional[dict] = None, device: str = 'cpu'):
+    """(model in eval mode, config). Without a checkpoint the model keeps
+    PyTorch's default random initialisation (enough to count and time it);
+    pretrained backbones are never downloaded."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    cfg.model.pretrained = None
+    cfg.model.backbone.pop('init_cfg', None)
+    model = MODELS.build(cfg.model)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, map_location='cpu')
+    model.to(device)
+    model.eval()
+    return model, cfg

@@ -1,0 +1,57 @@
+"""I4: counted MACs of a selective forward equal the per-layer formula, and
+agree with mmengine's counter on the dense limits."""
+import pytest
+import torch
+from mmengine.analysis import FlopAnalyzer
+
+from mmselds.analysis import (backbone_macs, dense_reference_macs,
+                              module_macs, selective_stage_macs)
+from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
+from tests import reference as ref
+from tests.test_models.utils import OS16, mmseg_resnet, selds_backbone
+
+SIZE = (64, 96)
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+@pytest.mark.parametrize('pool', ['stride', 'adaptive'])
+@pytest.mark.parametrize('density', [0.0, 0.3, 0.5, 1.0])
+def test_executed_macs_equal_the_formula(depth, pool, density):
+    """torch's FLOP counter on the sparse forward counts exactly the
+    multiply-adds the formula predicts from the mask."""
+    model = selds_backbone(depth, pool=pool).eval()
+    mask = ref.random_mask(1, 4, 6, density,
+                           torch.Generator().manual_seed(1))
+    executed = module_macs(lambda x: model(x, ds_mask=mask),
+                           torch.zeros(1, 3, *SIZE))
+    formula = backbone_macs(model, SIZE, [float(mask.mean())])
+    assert executed == formula.total
+
+
+def test_formula_is_linear_in_ratio():
+    model = selds_backbone(50, pool='stride')
+    totals = [backbone_macs(model, SIZE, [s]).total for s in (0, 0.5, 1)]
+    assert totals[0] > totals[1] > totals[2]
+    assert totals[1] == pytest.approx((totals[0] + totals[2]) / 2)
+    parts = selective_stage_macs(model, (8, 12), 12)  # half of 24 cells
+    assert parts.stages34_full > 0 and parts.stages34_down > 0
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_dense_limits_agree_with_mmengine_counter(depth):
+    model = selds_backbone(depth, pool='stride')
+    x = torch.zeros(1, 3, *SIZE)
+    refs = dense_reference_macs(model, SIZE)
+    head = mask_head_macs(model.mask_head, 8, 12)
+    for ratio, layout, name in ((0.0, None, 'OS8'), (1.0, OS16, 'OS16')):
+        reference = mmseg_resnet(model, layout) if layout else \
+            mmseg_resnet(model)
+        mmengine_conv = FlopAnalyzer(reference, (x, )).by_operator()['conv']
+        ours = backbone_macs(model, SIZE, [ratio])
+        assert ours.total - head == mmengine_conv == refs[name]
+
+
+def test_mask_head_counts():
+    for head in (CADMaskHead(512), DepthwiseMaskHead(512)):
+        assert mask_head_macs(head, 16, 32) == module_macs(
+            head, torch.zeros(1, 512, 16, 32))
