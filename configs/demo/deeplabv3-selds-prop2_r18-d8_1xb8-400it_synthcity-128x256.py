@@ -9,9 +9,13 @@ model = dict(
         mask_head=dict(type='DepthwiseMaskHead', channels=(32, 16)),
         pooling=dict(type='SelectivePooling', mode='adaptive')),
     sparsity_loss=dict(
-        type='SparsityLoss', mode='target-free', loss_weight=0.1))
+        type='SparsityLoss', mode='target-free', loss_weight=0.03))
 val_evaluator = [
     dict(type='IoUMetric', iou_metrics=['mIoU']),
     dict(type='DownsampleRatioMetric')
 ]
 test_evaluator = val_evaluator
+# the mask head learns from the weak straight-through gradient of the mask:
+# a larger learning rate lets it become decisive within the short schedule
+optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
+    'backbone.mask_head': dict(lr_mult=10.0)}))

@@ -11,3 +11,8 @@ __all__ = [
 from .model_flops import heads_macs, is_selective, model_macs, reference_macs
 
 __all__ += ['heads_macs', 'is_selective', 'model_macs', 'reference_macs']
+from .calibration import (calibrated_threshold, mask_probabilities,
+                          threshold_for_ratio)
+
+__all__ += ['calibrated_threshold', 'mask_probabilities',
+            'threshold_for_ratio']

@@ -4,7 +4,7 @@ One public function per layer; both executions compute the same function
 (I3). The sparse path is gather -> matmul over the active rows only, in pure
 PyTorch; it is the reference for any faster kernel.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .feature import MixedFeature, blend, to_rows
 from .mask import CellMask
 from .pooling import PoolSpec, SelectivePooling, as_pooling
+
+# Smallest matmul (multiply-adds) that rows_linear hands to oneDNN on the CPU.
+_ONEDNN_MACS = 10**8
 
 # Largest im2col block gathered at once by the sparse 3x3 conv.
 _GATHER_BYTES = 80 * 2**20
@@ -60,10 +63,12 @@ def rows_linear(rows: Tensor, weight: Tensor,
     sparse layer, dispatched on the device here only.
 
     On the CPU a 1x1 convolution over channels-last rows runs oneDNN's
-    kernels, ~1.4x faster than ``torch.mm`` (MKL) on the build machines.
+    kernels, ~1.4x faster than ``torch.mm`` (MKL) on the build machines for
+    large products; below ``_ONEDNN_MACS`` multiply-adds oneDNN's fixed
+    cost (~0.15 ms a call) makes ``torch.mm`` faster.
     """
     M, K = rows.shape
-    if rows.device.type != 'cpu' or M == 0:
+    if rows.device.type != 'cpu' or M * K * weight.shape[0] < _ONEDNN_MACS:
         return F.linear(rows, weight, bias)
     out = F.conv2d(rows.view(1, 1, M, K).permute(0, 3, 1, 2),
                    weight.view(-1, K, 1, 1), bias)
@@ -211,6 +216,24 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
     return MixedFeature(out, cells, pool)
 
 
+def batch_norm_affine(bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+    """(scale, shift) of a BatchNorm with running statistics (eval)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return scale, shift
+
+
+def fold_batch_norm(weight: Tensor, bias: Optional[Tensor],
+                    bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
+    """Weights of ``bn(conv(x))`` as one conv, BatchNorm with running
+    statistics (eval): ``W * scale``, ``(b - mean) * scale + beta``."""
+    scale, shift = batch_norm_affine(bn)
+    folded = weight * scale.view(-1, 1, 1, 1)
+    return folded, shift if bias is None else shift + bias * scale
+
+
 def selective_batch_norm(feat: MixedFeature, bn: _BatchNorm) -> MixedFeature:
     """Apply a BatchNorm module (BN or SyncBN) to a mixed feature.
 
@@ -226,10 +249,7 @@ def selective_batch_norm(feat: MixedFeature, bn: _BatchNorm) -> MixedFeature:
             'sparse execution applies BatchNorm with running statistics '
             'only: put the norm layers in eval mode (or norm_eval=True), or '
             'use execution="dense" for training')
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    scale, shift = batch_norm_affine(bn)
     return feat.new(torch.addcmul(shift, feat.data, scale))
 
 

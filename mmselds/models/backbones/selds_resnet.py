@@ -3,11 +3,13 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
 from mmseg.registry import MODELS
-from mmselds.ops import (CellMask, MixedFeature, selective_apply,
-                         selective_conv2d, selective_entrance_conv2d)
+from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm,
+                         selective_apply, selective_conv2d,
+                         selective_entrance_conv2d)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -161,6 +163,39 @@ class SelDSResNetV1c(ResNetV1c):
                 f'an input of {size[0]}x{size[1]}, got {got}')
         return ds_mask.to(device=feat.device, dtype=feat.dtype)
 
+    def _run_path(self, out: Union[Tensor, MixedFeature],
+                  path: List[Tuple[str, nn.Module]], cells: CellMask,
+                  site: str) -> Union[Tensor, MixedFeature]:
+        """Apply a block's layers in order. A dense tensor (the stride-mode
+        entrance) goes through plain modules up to the first 3x3 conv, the
+        selective entrance conv. In sparse execution an eval-mode BatchNorm
+        is folded into the conv before it (one pass over the rows less)."""
+        i = 0
+        while i < len(path):
+            name, m = path[i]
+            if isinstance(out, Tensor) and not is_3x3(m):
+                out = m(out)
+            elif isinstance(m, nn.Conv2d):
+                weight, bias = m.weight, m.bias
+                nxt = path[i + 1][1] if i + 1 < len(path) else None
+                if cells.execution == 'sparse' and isinstance(
+                        nxt, _BatchNorm) and not nxt.training:
+                    weight, bias = fold_batch_norm(weight, bias, nxt)
+                    i += 1
+                if isinstance(out, Tensor):
+                    out = selective_entrance_conv2d(
+                        out, cells, weight, bias, m.dilation[0],
+                        pool=self.pooling[f'{site}_{name}'])
+                elif is_3x3(m):
+                    out = selective_conv2d(out, weight, bias, m.dilation[0],
+                                           pool=self.pooling[f'{site}_{name}'])
+                else:  # 1x1, stride 1 in an OS8 layout
+                    out = selective_conv2d(out, weight, bias)
+            else:
+                out = selective_apply(out, m)
+            i += 1
+        return out
+
     def _block(self, block: nn.Module, x: Union[Tensor, MixedFeature],
                cells: CellMask, site: str) -> MixedFeature:
         """One residual block on a mixed feature, or, at the stage-3
@@ -174,20 +209,10 @@ class SelDSResNetV1c(ResNetV1c):
             inp = x
         # In stride mode the entrance block runs on the dense map up to its
         # 3x3 conv, whose low cells are the OS16 stride-2 conv.
-        out = x if stride_entrance else inp
-        for name, m in main_path(block):
-            if is_3x3(m):
-                conv = selective_entrance_conv2d if isinstance(out, Tensor) \
-                    else selective_conv2d
-                args = (out, cells) if isinstance(out, Tensor) else (out, )
-                out = conv(*args, m.weight, m.bias, m.dilation[0],
-                           pool=self.pooling[f'{site}_{name}'])
-            elif isinstance(out, Tensor):
-                out = m(out)
-            else:
-                out = selective_apply(out, m)
-        identity = inp if block.downsample is None else selective_apply(
-            inp, block.downsample)
+        out = self._run_path(x if stride_entrance else inp, main_path(block),
+                             cells, site)
+        identity = inp if block.downsample is None else self._run_path(
+            inp, list(block.downsample.named_children()), cells, site)
         return (out + identity).relu()
 
     def _run_block(self, block, x, cells, site) -> MixedFeature:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
@@ -79,18 +80,28 @@ class BaseMaskHead(BaseModule):
         return (self.probability(logits) > self.threshold).to(logits.dtype)
 
 
-def conv_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                         nn.ReLU(inplace=True))
+def conv_block(in_channels: int, out_channels: int,
+               norm_cfg: Optional[dict] = None) -> nn.Sequential:
+    """3x3 conv (+ norm) + ReLU."""
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1,
+                        bias=norm_cfg is None)]
+    if norm_cfg is not None:
+        layers.append(build_norm_layer(norm_cfg, out_channels)[1])
+    return nn.Sequential(*layers, nn.ReLU(inplace=True))
 
 
 def separable(in_channels: int, out_channels: int,
+              norm_cfg: Optional[dict] = None,
               relu: bool = True) -> nn.Sequential:
-    """Depthwise 3x3 + pointwise 1x1 (+ ReLU): a 3x3 conv's receptive field
-    at ~1/9 + 1/C_out of its multiply-adds."""
+    """Depthwise 3x3 + pointwise 1x1 (+ norm) (+ ReLU): a 3x3 conv's
+    receptive field at ~1/9 + 1/C_out of its multiply-adds."""
+    last = not relu
     layers = [nn.Conv2d(in_channels, in_channels, 3, padding=1,
                         groups=in_channels),
-              nn.Conv2d(in_channels, out_channels, 1)]
+              nn.Conv2d(in_channels, out_channels, 1,
+                        bias=norm_cfg is None or last)]
+    if norm_cfg is not None and not last:
+        layers.append(build_norm_layer(norm_cfg, out_channels)[1])
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -105,16 +116,21 @@ class CADMaskHead(BaseMaskHead):
     Args:
         in_channels (int): stage-2 channels. Default: 512.
         channels (tuple[int, int]): hidden widths. Default: (128, 64).
+        norm_cfg (dict, optional): a norm layer after each hidden conv
+            (e.g. ``dict(type='BN')``); None keeps CAD's plain convs.
+            Default: None.
         **kwargs: ``tau``, ``threshold``, ``init_cfg`` of
             :class:`BaseMaskHead`.
     """
 
-    def __init__(self, in_channels: int = 512, channels=(128, 64), **kwargs):
+    def __init__(self, in_channels: int = 512, channels=(128, 64),
+                 norm_cfg: Optional[dict] = None, **kwargs):
         super().__init__(in_channels, **kwargs)
         c1, c2 = channels
         self.convs = nn.Sequential(
-            conv_relu(in_channels, c1), conv_relu(c1, c2), nn.MaxPool2d(2),
-            conv_relu(c2, c2), nn.Conv2d(c2, 2, 3, padding=1))
+            conv_block(in_channels, c1, norm_cfg),
+            conv_block(c1, c2, norm_cfg), nn.MaxPool2d(2),
+            conv_block(c2, c2, norm_cfg), nn.Conv2d(c2, 2, 3, padding=1))
 
     def layers(self, feat: Tensor) -> Tensor:
         return self.convs(feat)
@@ -129,16 +145,22 @@ class DepthwiseMaskHead(BaseMaskHead):
     Args:
         in_channels (int): stage-2 channels. Default: 512.
         channels (tuple[int, int]): hidden widths. Default: (128, 64).
+        norm_cfg (dict, optional): a norm layer after each hidden pointwise
+            conv, as in MobileNets; keeps the thin layers' activations at
+            unit scale so the mask's weak straight-through gradient trains
+            them. None for plain convs. Default: ``dict(type='BN')``.
         **kwargs: ``tau``, ``threshold``, ``init_cfg`` of
             :class:`BaseMaskHead`.
     """
 
-    def __init__(self, in_channels: int = 512, channels=(128, 64), **kwargs):
+    def __init__(self, in_channels: int = 512, channels=(128, 64),
+                 norm_cfg: Optional[dict] = dict(type='BN'), **kwargs):
         super().__init__(in_channels, **kwargs)
         c1, c2 = channels
         self.convs = nn.Sequential(
-            separable(in_channels, c1), separable(c1, c2), nn.MaxPool2d(2),
-            separable(c2, c2), separable(c2, 2, relu=False))
+            separable(in_channels, c1, norm_cfg),
+            separable(c1, c2, norm_cfg), nn.MaxPool2d(2),
+            separable(c2, c2, norm_cfg), separable(c2, 2, relu=False))
 
     def layers(self, feat: Tensor) -> Tensor:
         return self.convs(feat)

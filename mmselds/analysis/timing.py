@@ -1,0 +1,133 @@
+"""Timing and peak memory of segmentor inference under forced masks."""
+import copy
+import os
+import resource
+import statistics
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmselds.ops.functional import release_workspace
+
+
+def random_masks(n: int, h: int, w: int, ratio: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """(n, 1, h, w) masks with round(ratio * h * w) down-sampled cells
+    each, at random places."""
+    mask = torch.zeros(n, h * w)
+    k = round(ratio * h * w)
+    for i in range(n):
+        mask[i, torch.randperm(h * w, generator=generator)[:k]] = 1
+    return mask.view(n, 1, h, w)
+
+
+def inference_fn(model: nn.Module, x: torch.Tensor, part: str,
+                 mask: Optional[torch.Tensor] = None) -> Callable[[], None]:
+    """A closure running the backbone (``part='backbone'``) or the whole
+    segmentor (backbone, neck, decode head, resize to the input, as mmseg's
+    ``encode_decode``) on ``x``; ``mask`` forces a selective backbone's
+    down-sampling mask."""
+    kwargs = {} if mask is None else dict(ds_mask=mask)
+
+    def run():
+        with torch.no_grad():
+            feats = model.backbone(x, **kwargs)
+            if part == 'backbone':
+                return feats
+            if getattr(model, 'with_neck', False):
+                feats = model.neck(feats)
+            logits = model.decode_head.forward(feats)
+            return F.interpolate(logits, x.shape[2:], mode='bilinear',
+                                 align_corners=model.align_corners)
+    return run
+
+
+def time_interleaved(cases: Dict[str, Callable[[], None]], repeat: int,
+                     warmup: int = 1, device: str = 'cpu') -> Dict[str, list]:
+    """Seconds of every case over ``repeat`` rounds, each round running all
+    cases once (noise of a shared machine hits all cases alike)."""
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (
+        lambda: None)
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeat):
+        for name, fn in cases.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def peak_memory(fn: Callable[[], None], device: str = 'cpu') -> int:
+    """Bytes of memory one call of ``fn`` adds at its peak over what was
+    held before it (activations, buffers, the sparse im2col workspace).
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident
+    set (VmHWM, reset through /proc/self/clear_refs) over its resident set
+    before the call; run it in a fresh process for each case, or freed
+    memory kept by the C allocator hides later peaks.
+    """
+    release_workspace()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset the peak RSS to the current RSS
+    base = _rss_bytes()
+    fn()
+    with open('/proc/self/status') as f:
+        hwm = next(int(line.split()[1]) for line in f
+                   if line.startswith('VmHWM')) * 1024
+    return hwm - base
+
+
+def dense_twin(model_cfg, model: nn.Module, os: int) -> nn.Module:
+    """mmseg's dense ``EncoderDecoder`` + ``ResNetV1c`` built from a
+    selective model's config at OS8 or OS16 (strides (1, 2, 2, 1),
+    dilations (1, 1, 1, 2) and halved ASPP rates, as mmseg's D16 configs),
+    holding the selective model's weights."""
+    from mmseg.registry import MODELS
+    cfg = copy.deepcopy(model_cfg)
+    cfg.type = 'EncoderDecoder'
+    for key in ('sparsity_loss', 'train_only'):
+        cfg.pop(key, None)
+    cfg.pretrained = None
+    backbone = cfg.backbone
+    backbone.type = 'ResNetV1c'
+    for key in ('mask_head', 'pooling', 'execution', 'init_cfg'):
+        backbone.pop(key, None)
+    if os == 16:
+        backbone.update(strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2))
+        if 'dilations' in cfg.decode_head:
+            cfg.decode_head.dilations = tuple(
+                d // 2 if d > 1 else d for d in cfg.decode_head.dilations)
+    twin = MODELS.build(cfg)
+    missing, _ = twin.load_state_dict(model.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f'dense twin misses weights: {missing[:5]}')
+    twin.eval()
+    return twin
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,81 @@
+"""In-process evaluation with mmseg's own data pipeline and metrics (the
+loop of mmengine's TestLoop, reusable for sweeps and timing)."""
+import logging
+import time
+from contextlib import contextmanager
+from typing import Dict, List, Sequence
+
+import torch
+from mmengine.evaluator import Evaluator
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+
+from mmseg.registry import METRICS
+
+
+@contextmanager
+def quiet_logger(level=logging.WARNING):
+    """Silence mmengine's INFO messages (e.g. IoUMetric's class table)."""
+    logger = MMLogger.get_current_instance()
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def build_test_loader(cfg, data_root: str, num_images: int = None,
+                      split: str = None):
+    """The config's test dataloader (test pipeline) on ``data_root``, batch
+    1, no workers; optionally the first ``num_images`` images only, and
+    another Cityscapes-layout split (e.g. ``'train'``)."""
+    loader = cfg.test_dataloader.copy()
+    loader.dataset = loader.dataset.copy()
+    loader.dataset.data_root = data_root
+    if split is not None:
+        loader.dataset.data_prefix = dict(img_path=f'leftImg8bit/{split}',
+                                          seg_map_path=f'gtFine/{split}')
+    if num_images is not None:
+        loader.dataset.indices = num_images
+    loader.update(batch_size=1, num_workers=0, persistent_workers=False)
+    return Runner.build_dataloader(loader)
+
+
+def load_batches(loader) -> List[dict]:
+    return list(loader)
+
+
+def evaluate(model, batches: Sequence[dict], dataset_meta: dict,
+             metrics: Sequence[dict] = (dict(type='IoUMetric',
+                                             iou_metrics=['mIoU']), ),
+             on_batch=None) -> Dict[str, float]:
+    """Run ``model.test_step`` over ``batches`` and return the metrics."""
+    evaluator = Evaluator([METRICS.build(m) for m in metrics])
+    evaluator.dataset_meta = dataset_meta
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            outputs = model.test_step(batch)
+            evaluator.process(data_samples=outputs, data_batch=batch)
+            if on_batch is not None:
+                on_batch(model, batch, outputs)
+    with quiet_logger():
+        return evaluator.evaluate(len(batches))
+
+
+def time_models(models: Dict[str, torch.nn.Module], batches: Sequence[dict],
+                warmup: int = 2) -> Dict[str, float]:
+    """Median seconds of ``test_step`` per batch for each model, timed in
+    one run, models interleaved batch by batch (noise hits all alike)."""
+    times = {name: [] for name in models}
+    with torch.no_grad():
+        for batch in batches[:warmup]:
+            for model in models.values():
+                model.test_step(batch)
+        for batch in batches:
+            for name, model in models.items():
+                start = time.perf_counter()
+                model.test_step(batch)
+                times[name].append(time.perf_counter() - start)
+    return {name: float(torch.tensor(t).median()) for name, t in times.items()}

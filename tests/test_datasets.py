@@ -1,0 +1,87 @@
+"""The generated data set: Cityscapes layout, deterministic, loaded by
+mmseg's own CityscapesDataset and pipeline."""
+import hashlib
+import os.path as osp
+
+import cv2
+import numpy as np
+from mmengine.registry import init_default_scope
+
+import mmselds  # noqa: F401
+from mmseg.datasets import CityscapesDataset
+from mmselds.datasets import generate, is_generated, render_scene
+from mmselds.visualization import boundary_cells
+
+
+def digest(root):
+    h = hashlib.sha256()
+    for split in ('train', 'val'):
+        for sub in ('leftImg8bit', 'gtFine'):
+            ds = CityscapesDataset(data_root=root, data_prefix=dict(
+                img_path=f'leftImg8bit/{split}',
+                seg_map_path=f'gtFine/{split}'), pipeline=[])
+            for info in ds.load_data_list():
+                path = info['img_path'] if sub == 'leftImg8bit' else \
+                    info['seg_map_path']
+                h.update(open(path, 'rb').read())
+    return h.hexdigest()
+
+
+def test_layout_loads_through_cityscapes_dataset(tiny_data):
+    init_default_scope('mmseg')
+    dataset = CityscapesDataset(
+        data_root=tiny_data,
+        data_prefix=dict(img_path='leftImg8bit/train',
+                         seg_map_path='gtFine/train'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='LoadAnnotations'),
+                  dict(type='PackSegInputs')])
+    assert len(dataset) == 16
+    sample = dataset[0]
+    assert tuple(sample['inputs'].shape) == (3, 64, 128)
+    label = sample['data_samples'].gt_sem_seg.data.numpy()
+    assert set(np.unique(label)) <= set(range(19)) | {255}
+    info = dataset.get_data_info(0)
+    assert info['img_path'].endswith('_leftImg8bit.png')
+    assert info['seg_map_path'].endswith('_gtFine_labelTrainIds.png')
+    assert osp.basename(osp.dirname(info['img_path'])) in ('aachen',
+                                                            'bremen',
+                                                            'zurich')
+    assert is_generated(tiny_data, 16, 4)
+    assert not is_generated(tiny_data, 17, 4)
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a, b, c = (str(tmp_path / n) for n in 'abc')
+    generate(a, 3, 2, (64, 128), seed=5)
+    generate(b, 3, 2, (64, 128), seed=5)
+    generate(c, 3, 2, (64, 128), seed=6)
+    assert digest(a) == digest(b) != digest(c)
+
+
+def test_scenes_have_flat_regions_and_small_objects():
+    """Large flat classes and thin or small ones, with noise."""
+    counts = np.zeros(256, int)
+    for i in range(8):
+        img, label = render_scene(256, 512, np.random.RandomState(i))
+        counts += np.bincount(label.ravel(), minlength=256)
+        assert img.dtype == np.uint8 and img.shape == (256, 512, 3)
+        road = label == 0
+        assert img[road].std() > 5  # photometric noise and texture
+    share = counts / counts.sum()
+    for flat in (0, 2, 10):  # road, building, sky
+        assert share[flat] > 0.08
+    for small in (5, 7, 11):  # pole, traffic sign, person
+        assert 0 < share[small] < 0.03
+    edges = boundary_cells(label)
+    assert 0.1 < edges.mean() < 0.9  # boundaries are local
+
+
+def test_boundary_cells():
+    label = np.zeros((32, 48), np.uint8)
+    label[:, 20:] = 1
+    label[0:5, 0:5] = 255  # ignore next to class 0: no boundary
+    cells = boundary_cells(label, 16)
+    assert cells.shape == (2, 3)
+    assert cells.tolist() == [[False, True, False], [False, True, False]]
+    assert cv2 is not None

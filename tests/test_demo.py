@@ -1,0 +1,53 @@
+"""The demo command and the mask visualisation tool, end to end on a few
+generated images (tiny schedule)."""
+import glob
+import json
+import os.path as osp
+import sys
+
+import cv2
+import pytest
+
+from tests.helpers import ROOT, SELDS_DEMO
+from tests.test_tools import run
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    work, data = tmp_path / 'demo', tmp_path / 'data'
+    out = run([sys.executable, 'tools/demo.py', '--work-dir', work,
+               '--data-root', data, '--num-train', 8, '--num-val', 3,
+               '--iters', 4, '--batch-size', 2, '--thresholds', 0.3, 0.7,
+               '--num-overlays', 2])
+    for name in ('OS8', 'OS16', 'selective'):
+        assert f'| {name} |' in out
+    assert 'quality bar' in out and 'boundaries' in out
+    results = json.load(open(work / 'results.json'))
+    assert set(results['results']) == {'OS8', 'OS16', 'selective'}
+    os8, os16 = results['results']['OS8'], results['results']['OS16']
+    assert os8['backbone_gmacs'] > os16['backbone_gmacs']
+    assert [p['threshold'] for p in results['sweep']] == [0.3, 0.7]
+    figure = cv2.imread(str(work / 'cost_accuracy.png'))
+    assert figure is not None and figure.shape[0] > 200
+    overlays = sorted(glob.glob(str(work / 'masks' / '*.png')))
+    assert len(overlays) == 2
+    assert cv2.imread(overlays[0]).shape == (128, 512, 3)  # 2 panels
+
+    # second run: checkpoints are reused, nothing is trained again
+    again = run([sys.executable, 'tools/demo.py', '--work-dir', work,
+                 '--data-root', data, '--num-train', 8, '--num-val', 3,
+                 '--thresholds', 0.5, '--num-overlays', 1])
+    assert 'already there' in again and 'training (' not in again
+
+    # the visualisation tool on any image, with the selective checkpoint
+    ckpt = open(work / 'selective' / 'last_checkpoint').read().strip()
+    images = sorted(glob.glob(str(data / 'leftImg8bit' / 'val' / '*' /
+                                  '*.png')))[:2]
+    vis = tmp_path / 'vis'
+    out = run([sys.executable, 'tools/analysis_tools/visualize_masks.py',
+               SELDS_DEMO, ckpt, *images, '--out-dir', vis, '--threshold',
+               0.6])
+    for image in images:
+        drawn = vis / (osp.splitext(osp.basename(image))[0] + '_mask.png')
+        assert cv2.imread(str(drawn)).shape == cv2.imread(image).shape
+    assert 'of cells at full resolution' in out

@@ -1,0 +1,173 @@
+"""Latency, throughput and peak memory of a selective segmentor at forced
+down-sampling ratios (and its own mask with a checkpoint); with --compare,
+mmseg's dense DeepLabV3 OS8 and OS16 with the same backbone and heads are
+timed in the same run, cases interleaved, and every time is printed as a
+ratio to OS8 next to the multiply-add ratio.
+
+Example (CPU, the numbers of docs/benchmarks.md)::
+
+    python tools/analysis_tools/benchmark.py \
+        configs/selds/deeplabv3-selds-cad_r101-d8_4xb2-80k_cityscapes-512x1024.py \
+        --shape 512 1024 --ds-ratio 0 0.25 0.5 0.75 1 --repeat 5 --compare
+"""
+import argparse
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import torch
+from mmengine.config import DictAction
+from mmengine.logging import print_log
+
+import mmselds  # noqa: F401
+from mmselds.analysis import model_macs, reference_macs
+from mmselds.analysis.timing import (dense_twin, inference_fn, median,
+                                     peak_memory, random_masks,
+                                     time_interleaved)
+from mmselds.utils.model_io import build_segmentor
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('config')
+    p.add_argument('--checkpoint', help='weights; adds a column for the '
+                   'model\'s own mask')
+    p.add_argument('--shape', type=int, nargs=2, default=(512, 1024),
+                   metavar=('H', 'W'))
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--ds-ratio', type=float, nargs='+',
+                   default=(0.0, 0.25, 0.5, 0.75, 1.0))
+    p.add_argument('--repeat', type=int, default=5,
+                   help='timed rounds (median), after one warm-up round')
+    p.add_argument('--compare', action='store_true',
+                   help='also time mmseg\'s dense OS8 and OS16 twins')
+    p.add_argument('--no-memory', action='store_true',
+                   help='skip the peak-memory measurement')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, help='torch CPU threads')
+    p.add_argument('--out', help='write the results to this JSON file')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--memory-case', help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build_cases(args):
+    """{name: (model, mask or None, macs dict)} for every case."""
+    model, cfg = build_segmentor(args.config, args.checkpoint,
+                                 args.cfg_options, args.device)
+    size, n = tuple(args.shape), args.batch_size
+    h, w = size[0] // 16, size[1] // 16
+    gen = torch.Generator().manual_seed(0)
+    cases = {}
+    if args.compare or args.memory_case in ('OS8', 'OS16'):
+        refs = reference_macs(model, size)
+        for os_ in (8, 16):
+            cases[f'OS{os_}'] = (dense_twin(cfg.model, model, os_), None,
+                                 refs[f'OS{os_}'])
+    for s in args.ds_ratio:
+        mask = random_masks(n, h, w, s, gen).to(args.device)
+        cases[f's={s:g}'] = (model, mask, model_macs(model, size, [s]))
+    if args.checkpoint:
+        x = torch.randn(n, 3, *size, device=args.device)
+        inference_fn(model, x, 'backbone')()
+        ratio = model.backbone.last_ratio
+        cases[f'own (s={ratio:.2f})'] = (model, None,
+                                        model_macs(model, size, [ratio]))
+    return cases
+
+
+def memory_of_case(args):
+    """Run in a fresh process: the peak memory of one case's forward."""
+    cases = build_cases(args)
+    model, mask, _ = cases[args.memory_case]
+    x = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+    print(peak_memory(inference_fn(model, x, 'model', mask), args.device))
+
+
+def measure_memory(args, names):
+    """Peak MB per case, each case in its own process on the CPU."""
+    out = {}
+    for name in names:
+        cmd = [sys.executable, osp.abspath(__file__), *sys.argv[1:],
+               '--memory-case', name]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f'memory run of {name} failed:\n'
+                               f'{proc.stderr[-3000:]}')
+        out[name] = int(proc.stdout.strip().splitlines()[-1]) / 2**20
+        print_log(f'peak memory {name}: {out[name]:.0f} MB',
+                  logger='current')
+    return out
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_case:
+        return memory_of_case(args)
+    cases = build_cases(args)
+    x = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+    fns = {}
+    for name, (model, mask, _) in cases.items():
+        for part in ('backbone', 'model'):
+            fns[(name, part)] = inference_fn(model, x, part, mask)
+    print_log(f'timing {len(cases)} cases x 2 parts, {args.repeat} rounds '
+              f'after a warm-up round ...', logger='current')
+    times = time_interleaved(fns, args.repeat, device=args.device)
+    memory = {}
+    if not args.no_memory:
+        if args.device.startswith('cuda'):
+            memory = {name: peak_memory(inference_fn(m, x, 'model', mask),
+                                        args.device) / 2**20
+                      for name, (m, mask, _) in cases.items()}
+        else:
+            memory = measure_memory(args, list(cases))
+    base = 'OS8' if 'OS8' in cases else None
+    rows = []
+    for name, (_, _, macs) in cases.items():
+        row = dict(case=name, backbone_ms=median(times[(name, 'backbone')])
+                   * 1e3, model_ms=median(times[(name, 'model')]) * 1e3,
+                   backbone_gmacs=macs['backbone'] / 1e9,
+                   model_gmacs=macs['total'] / 1e9,
+                   peak_mb=memory.get(name))
+        row['images_per_s'] = args.batch_size / row['model_ms'] * 1e3
+        rows.append(row)
+    if base:
+        b = next(r for r in rows if r['case'] == base)
+        for r in rows:
+            for part in ('backbone', 'model'):
+                r[f'{part}_time_ratio'] = r[f'{part}_ms'] / b[f'{part}_ms']
+                r[f'{part}_flops_ratio'] = r[f'{part}_gmacs'] / \
+                    b[f'{part}_gmacs']
+    dev = torch.cuda.get_device_name() if args.device.startswith(
+        'cuda') else f'cpu, {torch.get_num_threads()} threads'
+    print(f'\n{osp.basename(args.config)}: input {args.shape[0]}x'
+          f'{args.shape[1]}, batch {args.batch_size}, {dev}, torch '
+          f'{torch.__version__}, median of {args.repeat} interleaved rounds')
+    head = ['case', 'backbone ms', 'model ms', 'img/s', 'peak MB']
+    if base:
+        head += ['bb time/OS8', 'bb MACs/OS8', 'model time/OS8',
+                 'model MACs/OS8']
+    print('| ' + ' | '.join(head) + ' |')
+    print('|' + '---|' * len(head))
+    for r in rows:
+        cells = [r['case'], f'{r["backbone_ms"]:.1f}', f'{r["model_ms"]:.1f}',
+                 f'{r["images_per_s"]:.2f}',
+                 '-' if r['peak_mb'] is None else f'{r["peak_mb"]:.0f}']
+        if base:
+            cells += [f'{r["backbone_time_ratio"]:.3f}',
+                      f'{r["backbone_flops_ratio"]:.3f}',
+                      f'{r["model_time_ratio"]:.3f}',
+                      f'{r["model_flops_ratio"]:.3f}']
+        print('| ' + ' | '.join(cells) + ' |')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(config=args.config, shape=args.shape,
+                           batch_size=args.batch_size, device=dev,
+                           repeat=args.repeat, rows=rows), f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

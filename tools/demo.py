@@ -1,0 +1,368 @@
+"""The mmselds demo: selective down-sampling vs dense OS8 and OS16, end to
+end on a CPU, on generated data in Cityscapes layout, with mmseg's own data
+pipeline, IoUMetric and tools.
+
+1. generates the synthetic data set (if absent);
+2. trains dense OS8 and dense OS16 DeepLabV3 (ResNet-18, narrow) with
+   ``tools/train.py``, and fine-tunes the selective model from the OS8
+   checkpoint, as one starts from a released mmseg model;
+3. evaluates them with mmseg's ``IoUMetric``, counts backbone multiply-adds,
+   times CPU inference (models interleaved, one run);
+4. sets the selective model's test-time threshold so that it down-samples
+   as many cells as training did (calibrated on training images) and sweeps
+   the threshold (one checkpoint, several cost/accuracy points);
+5. prints a table and a verdict, writes ``results.json``/``results.md``,
+   mask overlays (``masks/*.png``) and ``cost_accuracy.png`` to --work-dir.
+
+Example::
+
+    python tools/demo.py --work-dir work_dirs/demo
+"""
+import argparse
+import json
+import math
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import time
+import warnings
+
+# mmcv without compiled ops warns about a module the demo does not use
+warnings.filterwarnings('ignore', message='Fail to import ``MultiScale')
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mmengine.utils import ProgressBar  # noqa: E402
+
+import mmselds  # noqa: F401,E402
+from mmselds.analysis import (calibrated_threshold,  # noqa: E402
+                              mask_probabilities, model_macs,
+                              reference_macs, threshold_for_ratio)
+from mmselds.datasets import generate, is_generated  # noqa: E402
+from mmselds.utils.evaluation import (build_test_loader,  # noqa: E402
+                                      evaluate, load_batches, time_models)
+from mmselds.utils.model_io import build_segmentor  # noqa: E402
+from mmselds.visualization import boundary_cells, overlay_mask  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, 'configs', 'demo')
+CONFIGS = {
+    'OS8': 'deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py',
+    'OS16': 'deeplabv3_r18-d16_1xb8-400it_synthcity-128x256.py',
+    'selective': 'deeplabv3-selds-prop2_r18-d8_1xb8-200it-ft_synthcity-'
+                 '128x256.py',
+}
+START = time.time()
+
+
+def log(msg: str) -> None:
+    print(f'[demo {time.time() - START:6.0f}s] {msg}', flush=True)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--work-dir', default='work_dirs/demo')
+    p.add_argument('--data-root', default='data/synthetic_cityscapes')
+    p.add_argument('--num-train', type=int, default=200)
+    p.add_argument('--num-val', type=int, default=50)
+    p.add_argument('--iters', type=int, help='training iterations of every '
+                   'model (default: the configs\', 400 and 200 to fine-tune)')
+    p.add_argument('--batch-size', type=int, help='training batch size '
+                   '(default: the configs\')')
+    p.add_argument('--thresholds', type=float, nargs='+',
+                   help='test-time thresholds swept on the selective model '
+                   '(default: the quantiles of P(down-sample) on the val '
+                   'cells that give ratios 0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)')
+    p.add_argument('--num-overlays', type=int, default=6)
+    p.add_argument('--retrain', action='store_true',
+                   help='train again even if checkpoints exist')
+    return p.parse_args()
+
+
+# ----------------------------------------------------------------- steps
+def ensure_data(args) -> None:
+    if is_generated(args.data_root, args.num_train, args.num_val):
+        log(f'data: {args.data_root} ({args.num_train} train, '
+            f'{args.num_val} val images) already there')
+        return
+    log(f'data: generating {args.num_train} + {args.num_val} images in '
+        f'{args.data_root}')
+    bar = ProgressBar(args.num_train + args.num_val)
+    generate(args.data_root, args.num_train, args.num_val, (128, 256),
+             seed=0, progress=lambda done, total: bar.update())
+    print()
+
+
+def data_options(data_root: str) -> list:
+    return [f'{loader}.dataset.data_root={data_root}'
+            for loader in ('train_dataloader', 'val_dataloader',
+                           'test_dataloader')]
+
+
+def train(name: str, config: str, args, load_from: str = None) -> str:
+    """Train with tools/train.py; return the final checkpoint."""
+    work = osp.join(args.work_dir, name)
+    ckpt = osp.join(work, 'last_checkpoint')
+    if osp.exists(ckpt) and not args.retrain:
+        path = open(ckpt).read().strip()
+        if osp.exists(path):
+            log(f'{name}: using {path} (--retrain to train again)')
+            return path
+    opts = data_options(args.data_root)
+    if args.iters:
+        opts += [f'train_cfg.max_iters={args.iters}',
+                 f'train_cfg.val_interval={args.iters}',
+                 f'default_hooks.checkpoint.interval={args.iters}',
+                 f'param_scheduler.1.end={args.iters}']
+    if args.batch_size:
+        opts.append(f'train_dataloader.batch_size={args.batch_size}')
+    if load_from:
+        opts.append(f'load_from={load_from}')
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
+           '--work-dir', work, '--cfg-options', *opts]
+    log(f'{name}: training (tools/train.py {osp.relpath(config, ROOT)}'
+        + (f', from {load_from}' if load_from else '') + ') ...')
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        step = re.search(r'Iter\((train|val)\) \[\s*(\d+/\d+)\]', line)
+        if step:
+            values = dict(re.findall(r'([\w.]+): (\S+)', line))
+            keep = [f'{k} {values[k]}' for k in ('eta', 'loss', 'ds_ratio',
+                                                 'mIoU') if k in values]
+            print(f'    {name}: {step.group(1)} {step.group(2)}  '
+                  f'{"  ".join(keep)}', flush=True)
+    if proc.wait():
+        sys.exit(f'training {name} failed:\n{"".join(tail)}')
+    return open(ckpt).read().strip()
+
+
+def backbone_gmacs(model, size, ratio=None) -> float:
+    ratios = [ratio] if ratio is not None else [0.0]
+    return model_macs(model, size, ratios)['backbone'] / 1e9
+
+
+def mask_statistics(model, batches):
+    """Fraction of all cells and of boundary cells kept at full resolution
+    on the validation images (the selective model's own masks)."""
+    kept = boundary_kept = boundary = cells = 0
+    with torch.no_grad():
+        for batch in batches:
+            out = model.test_step(batch)[0]
+            mask = model.backbone.last_mask[0, 0].cpu().numpy()
+            label = out.gt_sem_seg.data[0].cpu().numpy()
+            scale = label.shape[0] / out.img_shape[0]
+            edges = boundary_cells(label, max(1, round(16 * scale)))
+            h, w = min(edges.shape[0], mask.shape[0]), min(edges.shape[1],
+                                                           mask.shape[1])
+            full, edges = mask[:h, :w] < 0.5, edges[:h, :w]
+            kept += full.sum()
+            cells += full.size
+            boundary_kept += (full & edges).sum()
+            boundary += edges.sum()
+    return kept / cells, boundary_kept / max(boundary, 1)
+
+
+def palette_image(label: np.ndarray, palette) -> np.ndarray:
+    colors = np.zeros(label.shape + (3, ), np.uint8)
+    for cls, color in enumerate(palette):
+        colors[label == cls] = color[::-1]  # RGB -> BGR
+    return colors
+
+
+def write_overlays(model, batches, out_dir, palette, count) -> list:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    with torch.no_grad():
+        for batch in batches[:count]:
+            out = model.test_step(batch)[0]
+            image = cv2.imread(out.img_path)
+            mask = model.backbone.last_mask[0, 0].cpu().numpy()
+            scale = image.shape[0] / out.img_shape[0]
+            pred = palette_image(out.pred_sem_seg.data[0].cpu().numpy(),
+                                 palette)
+            panel = np.concatenate(
+                [overlay_mask(image, mask, scale),
+                 overlay_mask(pred, mask, scale, alpha=0.0)], axis=1)
+            path = osp.join(out_dir, osp.splitext(osp.basename(
+                out.img_path))[0] + '_mask.png')
+            cv2.imwrite(path, panel)
+            paths.append(path)
+    return paths
+
+
+def plot(results, sweep, path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    xs = [p['backbone_gmacs'] for p in sweep]
+    ax.plot(xs, [p['mIoU'] for p in sweep], 'o-', color='tab:blue',
+            label='selective, test-time threshold sweep')
+    for p in sweep:
+        ax.annotate(f'{p["threshold"]:.3g}', (p['backbone_gmacs'], p['mIoU']),
+                    textcoords='offset points', xytext=(4, -10), fontsize=7)
+    for name, marker, color in (('OS8', '*', 'tab:red'),
+                                ('OS16', 's', 'tab:green'),
+                                ('selective', 'D', 'tab:blue')):
+        r = results[name]
+        ax.plot(r['backbone_gmacs'], r['mIoU'], marker, color=color,
+                markersize=11 if marker == '*' else 8,
+                label=f'{name} ({r["mIoU"]:.1f} mIoU)',
+                markeredgecolor='black')
+    ax.set_xlabel('backbone GMACs per image (128x256 input)')
+    ax.set_ylabel('mIoU (%) on the synthetic val set')
+    ax.set_title('Cost vs accuracy: selective down-sampling vs dense')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def verdict(results) -> str:
+    os8, os16, sel = results['OS8'], results['OS16'], results['selective']
+    gain = os8['mIoU'] - os16['mIoU']
+    cost = (sel['backbone_gmacs'] - os16['backbone_gmacs']) / (
+        os8['backbone_gmacs'] - os16['backbone_gmacs'])
+    g_sel, g16, g8 = (r['backbone_gmacs'] for r in (sel, os16, os8))
+    lines = [f'backbone cost: selective sits {cost:.0%} of the way from OS16 '
+             f'to OS8 ({g_sel:.2f} vs {g16:.2f} and {g8:.2f} GMACs).']
+    if gain <= 0.5:
+        lines.append(
+            f'accuracy: this short CPU schedule did not separate OS8 from '
+            f'OS16 (mIoU {os8["mIoU"]:.1f} vs {os16["mIoU"]:.1f}), so it '
+            'cannot show where selective sits between them.')
+        met = False
+    else:
+        acc = (sel['mIoU'] - os16['mIoU']) / gain
+        lines.append(f'accuracy: selective recovers {acc:.0%} of the OS8 '
+                     f'gain over OS16 ({sel["mIoU"]:.1f} vs {os16["mIoU"]:.1f}'
+                     f' and {os8["mIoU"]:.1f} mIoU).')
+        met = acc > 0.5 and cost < 0.5
+    lines.append(
+        f'full-resolution cells: {sel["boundary_kept"]:.0%} of the cells on '
+        f'object boundaries vs {sel["kept"]:.0%} of all cells.')
+    lines.append('quality bar (mIoU closer to OS8, cost closer to OS16): ' +
+                 ('met.' if met else 'NOT met on this run.'))
+    return '\n'.join(lines)
+
+
+def table(results) -> str:
+    rows = ['| model | mIoU | ds ratio | backbone GMACs | CPU ms / image |',
+            '|---|---|---|---|---|']
+    for name, r in results.items():
+        ratio = '-' if r['ds_ratio'] is None else f'{r["ds_ratio"]:.3f}'
+        rows.append(f'| {name} | {r["mIoU"]:.2f} | {ratio} | '
+                    f'{r["backbone_gmacs"]:.3f} | {r["latency_ms"]:.1f} |')
+    return '\n'.join(rows)
+
+
+def main():
+    args = parse_args()
+    os.makedirs(args.work_dir, exist_ok=True)
+    torch.manual_seed(0)
+    ensure_data(args)
+    checkpoints = {}
+    for name, cfg in CONFIGS.items():
+        checkpoints[name] = train(
+            name, osp.join(DEMO, cfg), args,
+            checkpoints['OS8'] if name == 'selective' else None)
+
+    log('evaluating with mmseg IoUMetric ...')
+    models, results = {}, {}
+    for name, ckpt in checkpoints.items():
+        models[name], cfg = build_segmentor(osp.join(DEMO, CONFIGS[name]),
+                                            ckpt)
+    loader = build_test_loader(cfg, args.data_root)
+    batches = load_batches(loader)
+    meta = loader.dataset.metainfo
+    size = tuple(batches[0]['inputs'][0].shape[1:])
+    size = (-(-size[0] // 16) * 16, -(-size[1] // 16) * 16)
+    selective = models['selective']
+    head = selective.backbone.mask_head
+    default = head.threshold
+    train_batches = load_batches(build_test_loader(cfg, args.data_root, 50,
+                                                   'train'))
+    head.threshold = calibrated_threshold(
+        mask_probabilities(selective, train_batches))
+    log(f'selective: threshold {head.threshold:.4f}, calibrated on '
+        f'{len(train_batches)} training images to down-sample the fraction '
+        f'of cells training did (config default: {default})')
+    for name, model in models.items():
+        metrics = evaluate(model, batches, meta) if name != 'selective' \
+            else evaluate(model, batches, meta, [
+                dict(type='IoUMetric', iou_metrics=['mIoU']),
+                dict(type='DownsampleRatioMetric')])
+        ratio = metrics.get('ds_ratio')
+        results[name] = dict(mIoU=metrics['mIoU'], ds_ratio=ratio,
+                             threshold=head.threshold if ratio is not None
+                             else None,
+                             backbone_gmacs=backbone_gmacs(model, size,
+                                                           ratio))
+        log(f'{name}: mIoU {metrics["mIoU"]:.2f}' +
+            ('' if ratio is None else f', ds ratio {ratio:.3f}'))
+    refs = reference_macs(selective, size)
+    for name in ('OS8', 'OS16'):  # mmseg's dense networks of the same size
+        assert abs(results[name]['backbone_gmacs'] -
+                   refs[name]['backbone'] / 1e9) < 1e-6
+
+    log('timing CPU inference, models interleaved ...')
+    for name, sec in time_models(models, batches).items():
+        results[name]['latency_ms'] = sec * 1e3
+    kept, boundary_kept = mask_statistics(selective, batches)
+    results['selective'].update(kept=kept, boundary_kept=boundary_kept)
+
+    calibrated = head.threshold
+    probs = mask_probabilities(selective, batches)
+    thresholds = args.thresholds or sorted(
+        {threshold_for_ratio(probs, r)
+         for r in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)} | {default},
+        reverse=True)
+    log(f'sweeping the test-time threshold over '
+        f'{[round(t, 4) for t in thresholds]} ...')
+    sweep = []
+    for t in thresholds:
+        selective.backbone.mask_head.threshold = t
+        m = evaluate(selective, batches, meta, [
+            dict(type='IoUMetric', iou_metrics=['mIoU']),
+            dict(type='DownsampleRatioMetric')])
+        sweep.append(dict(threshold=t, mIoU=m['mIoU'], ds_ratio=m['ds_ratio'],
+                          backbone_gmacs=backbone_gmacs(selective, size,
+                                                        m['ds_ratio'])))
+        print(f'    threshold {t:.4g}: mIoU {m["mIoU"]:6.2f}  ds ratio '
+              f'{m["ds_ratio"]:.3f}  backbone '
+              f'{sweep[-1]["backbone_gmacs"]:.3f} GMACs', flush=True)
+    head.threshold = calibrated
+
+    overlays = write_overlays(selective, batches,
+                              osp.join(args.work_dir, 'masks'),
+                              meta['palette'], args.num_overlays)
+    figure = osp.join(args.work_dir, 'cost_accuracy.png')
+    plot(results, sweep, figure)
+    text = verdict(results)
+    summary = (f'\n{table(results)}\n\n{text}\n\nthreshold sweep (selective):'
+               '\n' + '\n'.join(
+                   f'  t={p["threshold"]:.4g}: mIoU {p["mIoU"]:.2f}, ds ratio '
+                   f'{p["ds_ratio"]:.3f}, backbone {p["backbone_gmacs"]:.3f} '
+                   'GMACs' for p in sweep))
+    print(summary)
+    with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
+        json.dump(dict(results=results, sweep=sweep, input_size=size,
+                       threads=torch.get_num_threads()), f, indent=2,
+                  default=float)
+    with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
+        f.write(f'# mmselds demo results\n{summary}\n')
+    log(f'wrote {figure}, {len(overlays)} mask overlays in '
+        f'{osp.join(args.work_dir, "masks")}, results.json, results.md')
+    if any(math.isnan(r['mIoU']) for r in results.values()):
+        sys.exit('an mIoU is NaN')
+
+
+if __name__ == '__main__':
+    main()
