@@ -32,3 +32,15 @@ def test_config_builds(path):
         names = [m['type'] for m in cfg.val_evaluator]
         assert names == ['IoUMetric', 'DownsampleRatioMetric']
     assert cfg.model.data_preprocessor.test_cfg == dict(size_divisor=16)
+
+
+def test_metafile_lists_every_selds_config():
+    import yaml
+    meta = yaml.safe_load(open(osp.join(ROOT, 'configs', 'selds',
+                                        'metafile.yaml')))
+    listed = {m['Config'] for m in meta['Models']}
+    found = {osp.relpath(p, ROOT) for p in CONFIGS if '/selds/' in p}
+    assert listed == found
+    for model in meta['Models']:
+        assert model['In Collection'] == 'SelDS'
+        assert osp.basename(model['Config'])[:-3] == model['Name']

@@ -13,7 +13,7 @@ from mmseg.registry import MODELS
 from tests.helpers import SELDS_DEMO, small_cfg
 
 
-def train(cfg, iters, lr=0.02, seed=0, bias=None):
+def train(cfg, iters, lr=0.02, seed=0, bias=None, momentum=0.9):
     """Run ``iters`` train steps; return the logged values per step."""
     init_default_scope('mmseg')
     torch.manual_seed(seed)
@@ -25,7 +25,7 @@ def train(cfg, iters, lr=0.02, seed=0, bias=None):
         with torch.no_grad():
             last.bias.copy_(torch.tensor([0.0, bias]))
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = OptimWrapper(torch.optim.SGD(params, lr=lr, momentum=0.9))
+    optim = OptimWrapper(torch.optim.SGD(params, lr=lr, momentum=momentum))
     loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
     logs = []
     model.train()
@@ -63,11 +63,12 @@ def test_target_loss_pulls_ratio_to_target(tiny_data):
     cfg = mask_only(small_cfg(SELDS_DEMO, tiny_data),
                     dict(type='SparsityLoss', mode='target', target=0.25,
                          loss_weight=5.0))
-    logs = train(cfg, iters=30, lr=0.02, bias=3.0)  # starts near s = 0.95
+    # plain SGD (no momentum to overshoot), from P(down-sample) near 0.95
+    logs = train(cfg, iters=40, lr=0.1, bias=3.0, momentum=0)
     start, end = mean_of(logs, 'ds_ratio', first), \
         mean_of(logs, 'ds_ratio', last)
     assert start > 0.8
-    assert abs(end - 0.25) < 0.12, (start, end)
+    assert abs(end - 0.25) < 0.1, (start, end)
 
 
 @pytest.mark.parametrize('weight', [20.0, 0.0])

@@ -113,9 +113,12 @@ def train(name: str, config: str, args, load_from: str = None) -> str:
             return path
     opts = data_options(args.data_root)
     if args.iters:
+        warmup = max(1, min(20, args.iters // 5))  # linear, then poly
         opts += [f'train_cfg.max_iters={args.iters}',
                  f'train_cfg.val_interval={args.iters}',
                  f'default_hooks.checkpoint.interval={args.iters}',
+                 f'param_scheduler.0.end={warmup}',
+                 f'param_scheduler.1.begin={warmup}',
                  f'param_scheduler.1.end={args.iters}']
     if args.batch_size:
         opts.append(f'train_dataloader.batch_size={args.batch_size}')
@@ -265,6 +268,8 @@ def table(results) -> str:
 
 def main():
     args = parse_args()
+    if args.iters is not None and args.iters < 2:
+        sys.exit('--iters must be at least 2')
     os.makedirs(args.work_dir, exist_ok=True)
     torch.manual_seed(0)
     ensure_data(args)

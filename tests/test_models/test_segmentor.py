@@ -70,9 +70,11 @@ def test_losses_and_logged_ratio():
     assert not losses['ds_ratio'].requires_grad
     torch.testing.assert_close(losses['ds_ratio'],
                                model.backbone.last_mask.detach().mean())
-    # the target-free loss of the demo config: 0.1 * (1 - s)
+    # the target-free loss of the demo config: weight * (1 - s)
+    weight = model.sparsity_loss.loss_weight
+    assert model.sparsity_loss.mode == 'target-free' and weight > 0
     torch.testing.assert_close(losses['loss_sparsity'].detach(),
-                               0.1 * (1 - losses['ds_ratio']))
+                               weight * (1 - losses['ds_ratio']))
     total, log_vars = model.parse_losses(losses)
     assert 'ds_ratio' in log_vars
     summed = sum(v for k, v in losses.items() if 'loss' in k
