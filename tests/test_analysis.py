@@ -4,8 +4,8 @@ import pytest
 import torch
 from mmengine.analysis import FlopAnalyzer
 
-from mmselds.analysis import (backbone_macs, dense_reference_macs,
-                              module_macs, selective_stage_macs)
+from mmselds.analysis import (backbone_macs, dense_reference_macs, module_macs,
+                              selective_stage_macs)
 from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
 from tests import reference as ref
 from tests.test_models.utils import OS16, mmseg_resnet, selds_backbone

@@ -5,9 +5,9 @@ import os.path as osp
 
 import pytest
 from mmengine.config import Config
+from mmseg.registry import MODELS
 
 import mmselds  # noqa: F401
-from mmseg.registry import MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(

@@ -6,9 +6,9 @@ import os.path as osp
 import cv2
 import numpy as np
 from mmengine.registry import init_default_scope
+from mmseg.datasets import CityscapesDataset
 
 import mmselds  # noqa: F401
-from mmseg.datasets import CityscapesDataset
 from mmselds.datasets import generate, is_generated, render_scene
 from mmselds.visualization import boundary_cells
 
@@ -44,9 +44,8 @@ def test_layout_loads_through_cityscapes_dataset(tiny_data):
     info = dataset.get_data_info(0)
     assert info['img_path'].endswith('_leftImg8bit.png')
     assert info['seg_map_path'].endswith('_gtFine_labelTrainIds.png')
-    assert osp.basename(osp.dirname(info['img_path'])) in ('aachen',
-                                                            'bremen',
-                                                            'zurich')
+    city = osp.basename(osp.dirname(info['img_path']))
+    assert city in ('aachen', 'bremen', 'zurich')
     assert is_generated(tiny_data, 16, 4)
     assert not is_generated(tiny_data, 17, 4)
 

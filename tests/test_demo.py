@@ -8,7 +8,7 @@ import sys
 import cv2
 import pytest
 
-from tests.helpers import ROOT, SELDS_DEMO
+from tests.helpers import SELDS_DEMO
 from tests.test_tools import run
 
 

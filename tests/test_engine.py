@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mmseg.registry import HOOKS
 
 import mmselds  # noqa: F401
-from mmseg.registry import HOOKS
 from tests.helpers import ROOT
 from tests.test_models.utils import NARROW, OS8, mmseg_resnet, selds_backbone
 

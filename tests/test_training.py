@@ -7,9 +7,9 @@ import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
+from mmseg.registry import MODELS
 
 import mmselds  # noqa: F401
-from mmseg.registry import MODELS
 from tests.helpers import SELDS_DEMO, small_cfg
 
 

@@ -27,25 +27,20 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 
-# mmcv without compiled ops warns about a module the demo does not use
-warnings.filterwarnings('ignore', message='Fail to import ``MultiScale')
+import cv2
+import numpy as np
+import torch
+from mmengine.utils import ProgressBar
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mmengine.utils import ProgressBar  # noqa: E402
-
-import mmselds  # noqa: F401,E402
-from mmselds.analysis import (calibrated_threshold,  # noqa: E402
-                              mask_probabilities, model_macs,
-                              reference_macs, threshold_for_ratio)
-from mmselds.datasets import generate, is_generated  # noqa: E402
-from mmselds.utils.evaluation import (build_test_loader,  # noqa: E402
-                                      evaluate, load_batches, time_models)
-from mmselds.utils.model_io import build_segmentor  # noqa: E402
-from mmselds.visualization import boundary_cells, overlay_mask  # noqa: E402
+import mmselds  # noqa: F401
+from mmselds.analysis import (calibrated_threshold, mask_probabilities,
+                              model_macs, reference_macs, threshold_for_ratio)
+from mmselds.datasets import generate, is_generated
+from mmselds.utils.evaluation import (build_test_loader, evaluate,
+                                      load_batches, time_models)
+from mmselds.utils.model_io import build_segmentor
+from mmselds.visualization import boundary_cells, overlay_mask
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo')

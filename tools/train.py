@@ -7,9 +7,9 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
+from mmseg.registry import RUNNERS
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
-from mmseg.registry import RUNNERS
 from mmselds.utils.launch import prepare_launch
 
 

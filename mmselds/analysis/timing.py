@@ -1,7 +1,5 @@
 """Timing and peak memory of segmentor inference under forced masks."""
 import copy
-import os
-import resource
 import statistics
 import time
 from typing import Callable, Dict, Optional
@@ -69,19 +67,14 @@ def median(values) -> float:
     return statistics.median(values)
 
 
-def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
 def peak_memory(fn: Callable[[], None], device: str = 'cpu') -> int:
-    """Bytes of memory one call of ``fn`` adds at its peak over what was
-    held before it (activations, buffers, the sparse im2col workspace).
+    """Peak bytes of tensor memory one call of ``fn`` allocates on top of
+    what existed before it (activations, index tables, the sparse im2col
+    workspace, which is released first so that it counts).
 
-    CUDA: the caching allocator's peak. CPU: the process's peak resident
-    set (VmHWM, reset through /proc/self/clear_refs) over its resident set
-    before the call; run it in a fresh process for each case, or freed
-    memory kept by the C allocator hides later peaks.
+    CUDA: the caching allocator's peak. CPU: the allocation and free events
+    of torch's memory profiler, replayed (the resident set size is no
+    measure here: the C allocator keeps freed memory).
     """
     release_workspace()
     if device.startswith('cuda'):
@@ -91,14 +84,20 @@ def peak_memory(fn: Callable[[], None], device: str = 'cpu') -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # reset the peak RSS to the current RSS
-    base = _rss_bytes()
-    fn()
-    with open('/proc/self/status') as f:
-        hwm = next(int(line.split()[1]) for line in f
-                   if line.startswith('VmHWM')) * 1024
-    return hwm - base
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                 record_shapes=True, with_stack=True) as prof:
+        fn()
+    current = peak = 0
+    for _, action, _, size in sorted(prof._memory_profile().timeline,
+                                     key=lambda event: event[0]):
+        if action == Action.CREATE:
+            current += size
+        elif action == Action.DESTROY:
+            current -= size
+        peak = max(peak, current)
+    return peak
 
 
 def dense_twin(model_cfg, model: nn.Module, os: int) -> nn.Module:
@@ -127,7 +126,3 @@ def dense_twin(model_cfg, model: nn.Module, os: int) -> nn.Module:
         raise RuntimeError(f'dense twin misses weights: {missing[:5]}')
     twin.eval()
     return twin
-
-
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -88,7 +88,8 @@ def render_scene(height: int, width: int,
         top = int(horizon * rng.uniform(0.05, 0.7))
         cls = BUILDING if rng.rand() < 0.65 else VEGETATION
         if cls == VEGETATION:
-            region = _ellipse(shape, horizon, x + w / 2, horizon - top, w / 1.6)
+            region = _ellipse(shape, horizon, x + w / 2, horizon - top,
+                              w / 1.6)
             region &= _rect(shape, 0, horizon + 1, 0, width)
         else:
             region = _rect(shape, top, horizon + 1, x, x + w)
@@ -104,8 +105,8 @@ def render_scene(height: int, width: int,
     _paint(img, label, ground, TERRAIN if rng.rand() < 0.5 else SIDEWALK,
            rng)
     vx = width * rng.uniform(0.35, 0.65)
-    left, right = width * rng.uniform(-0.3, 0.15), width * rng.uniform(0.85,
-                                                                     1.3)
+    left = width * rng.uniform(-0.3, 0.15)
+    right = width * rng.uniform(0.85, 1.3)
     road = _poly(shape, [(vx - 4, horizon), (vx + 4, horizon), (right, height),
                          (left, height)])
     walk = _poly(shape, [(vx - 8, horizon), (vx + 8, horizon),

@@ -3,7 +3,6 @@ from typing import Sequence
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import _load_checkpoint
-
 from mmseg.registry import HOOKS
 
 

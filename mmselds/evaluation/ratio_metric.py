@@ -2,7 +2,6 @@ from typing import Sequence
 
 import numpy as np
 from mmengine.evaluator import BaseMetric
-
 from mmseg.registry import METRICS
 
 

@@ -1,5 +1,6 @@
 """The mmseg layer: registers mmselds' modules into ``mmseg.registry``."""
 from mmseg.registry import MODELS
+
 from mmselds.ops import SelectivePooling
 from .backbones import SelDSResNetV1c
 from .losses import SparsityLoss

@@ -1,16 +1,17 @@
 """Core selective down-sampling ops; they import torch only."""
 from .feature import MixedFeature, blend, upsample2
 from .functional import (batch_norm_affine, fold_batch_norm, gather_linear,
-                         low_res_dilation, rows_linear,
+                         low_res_dilation, release_workspace, rows_linear,
                          selective_apply, selective_batch_norm,
                          selective_conv2d, selective_entrance_conv2d)
 from .mask import EXECUTION_MODES, CellMask
 from .pooling import POOLING_MODES, SelectivePooling, as_pooling
 
 __all__ = [
-    'CellMask', 'EXECUTION_MODES', 'batch_norm_affine', 'fold_batch_norm', 'MixedFeature', 'POOLING_MODES',
-    'SelectivePooling', 'as_pooling', 'blend', 'gather_linear',
-    'low_res_dilation', 'rows_linear', 'selective_apply',
+    'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
+    'SelectivePooling', 'as_pooling', 'batch_norm_affine', 'blend',
+    'fold_batch_norm', 'gather_linear', 'low_res_dilation',
+    'release_workspace', 'rows_linear', 'selective_apply',
     'selective_batch_norm', 'selective_conv2d', 'selective_entrance_conv2d',
     'upsample2'
 ]

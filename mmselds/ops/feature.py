@@ -52,7 +52,8 @@ class MixedFeature:
             Default: ``'stride'``.
     """
 
-    def __init__(self, data: Tensor, cells: CellMask, pool: PoolSpec = 'stride'):
+    def __init__(self, data: Tensor, cells: CellMask,
+                 pool: PoolSpec = 'stride'):
         self.data = data
         self.cells = cells
         self.pool = as_pooling(pool)
@@ -100,7 +101,8 @@ class MixedFeature:
     def new(self, data: Tensor, pool: Optional[PoolSpec] = None
             ) -> 'MixedFeature':
         """A feature with other data under the same cells."""
-        return MixedFeature(data, self.cells, self.pool if pool is None else pool)
+        return MixedFeature(data, self.cells,
+                            self.pool if pool is None else pool)
 
     # -------------------------------------------------------------- queries
     @property
@@ -155,8 +157,20 @@ class MixedFeature:
         """Apply an element-wise function (ReLU, scaling, ...)."""
         return self.new(fn(self.data))
 
+    def _inplace_ok(self) -> bool:
+        """In-place updates are safe when autograd records nothing."""
+        return not (torch.is_grad_enabled() and self.data.requires_grad)
+
     def relu(self) -> 'MixedFeature':
         return self.map(F.relu)
+
+    def relu_(self) -> 'MixedFeature':
+        """ReLU in place when no gradient is recorded (inference), else a new
+        feature, as ``nn.ReLU(inplace=True)`` under autograd would need."""
+        if not self._inplace_ok():
+            return self.relu()
+        self.data.relu_()
+        return self
 
     def __add__(self, other: 'MixedFeature') -> 'MixedFeature':
         if not isinstance(other, MixedFeature):
@@ -167,6 +181,19 @@ class MixedFeature:
             raise ValueError(f'cannot add features of shapes {self.shape} '
                              f'and {other.shape}')
         return self.new(self.data + other.data)
+
+    def add_relu_(self, other: 'MixedFeature') -> 'MixedFeature':
+        """``relu(self + other)``, the end of a residual block, updating
+        ``self`` in place when no gradient is recorded (as mmseg's blocks
+        do), so inference holds one tensor less at the block's peak."""
+        if not self._inplace_ok():
+            return (self + other).relu()
+        if other.cells is not self.cells or \
+                other.data.shape != self.data.shape:
+            raise ValueError('add_relu_ needs features of the same shape '
+                             'under the same CellMask')
+        self.data.add_(other.data).relu_()
+        return self
 
     def __repr__(self) -> str:
         return (f'MixedFeature(shape={self.shape}, execution='

@@ -132,7 +132,8 @@ class CellMask:
         # row of V(q) for every pixel q
         self.pix_row = torch.where(pix_low, cell_rank[pix_cell.reshape(-1)],
                                    pix_rank)
-        # anchors of the output rows: low cells (n, i, j), high pixels (n, y, x)
+        # anchors of the output rows: low cells (n, i, j), high pixels
+        # (n, y, x)
         hw = h * w
         lc = self.low_cells
         self.low_nij = (lc // hw, (lc % hw) // w, lc % w)

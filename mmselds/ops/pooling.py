@@ -67,7 +67,8 @@ class SelectivePooling(nn.Module):
         w = self.weights().to(x.dtype)
         out = 0
         for q in range(4):
-            out = out + x[:, :, q // 2::2, q % 2::2] * w[:, q].view(1, -1, 1, 1)
+            sub = x[:, :, q // 2::2, q % 2::2]
+            out = out + sub * w[:, q].view(1, -1, 1, 1)
         return out
 
     def pool_rows(self, quads: Tensor) -> Tensor:
@@ -79,7 +80,8 @@ class SelectivePooling(nn.Module):
             return quads.mean(1)
         if self.mode == 'max':
             return quads.amax(1)
-        return torch.einsum('kqc,cq->kc', quads, self.weights().to(quads.dtype))
+        weights = self.weights().to(quads.dtype)
+        return torch.einsum('kqc,cq->kc', quads, weights)
 
 
 PoolSpec = Union[str, SelectivePooling]

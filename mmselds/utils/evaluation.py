@@ -9,7 +9,6 @@ import torch
 from mmengine.evaluator import Evaluator
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
-
 from mmseg.registry import METRICS
 
 

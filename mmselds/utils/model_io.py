@@ -4,7 +4,6 @@ from typing import Optional
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
-
 from mmseg.registry import MODELS
 
 

@@ -1,8 +1,8 @@
 """SelDSResNetV1c against mmseg's own ResNetV1c (invariants I1-I3, I5)."""
 import pytest
 import torch
-
 from mmseg.registry import MODELS
+
 from tests import reference as ref
 from tests.test_models.utils import (NARROW, OS8, OS16, mmseg_resnet,
                                      selds_backbone)

@@ -1,11 +1,11 @@
 """Builders shared by the model tests: narrow ResNets with randomised
 BatchNorm statistics, so that eval-mode BN is far from the identity."""
 import torch
+from mmseg.models.backbones import ResNetV1c
+from mmseg.registry import MODELS
 from torch import nn
 
 import mmselds  # noqa: F401
-from mmseg.models.backbones import ResNetV1c
-from mmseg.registry import MODELS
 
 OS8 = dict(dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
            contract_dilation=True)

@@ -190,3 +190,22 @@ class TestBadInput:
     def test_not_a_feature(self):
         with pytest.raises(ValueError, match='takes a MixedFeature'):
             selective_conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 3, 3))
+
+
+def test_inplace_only_without_autograd():
+    x, _, cells = make('sparse', seed=5)
+    a = MixedFeature.from_dense(x, cells)
+    b = MixedFeature.from_dense(-x, cells)
+    with torch.no_grad():
+        data = a.data
+        out = a.add_relu_(b)
+        assert out is a and out.data is data and (data == 0).all()
+    leaf = MixedFeature.from_dense(x.clone().requires_grad_(), cells)
+    summed = leaf.add_relu_(b)
+    assert summed is not leaf and summed.data.requires_grad
+    relu = nn.ReLU(inplace=True)
+    assert selective_apply(leaf, relu) is not leaf
+    with torch.no_grad():
+        c = MixedFeature.from_dense(x, cells)
+        assert selective_apply(c, relu) is c
+        assert selective_apply(c, nn.ReLU()) is not c

@@ -7,14 +7,13 @@ ratio to OS8 next to the multiply-add ratio.
 Example (CPU, the numbers of docs/benchmarks.md)::
 
     python tools/analysis_tools/benchmark.py \
-        configs/selds/deeplabv3-selds-cad_r101-d8_4xb2-80k_cityscapes-512x1024.py \
-        --shape 512 1024 --ds-ratio 0 0.25 0.5 0.75 1 --repeat 5 --compare
+        configs/selds/deeplabv3-selds-cad_r101-d8_4xb2-80k_cityscapes-\
+512x1024.py --shape 512 1024 --ds-ratio 0 0.25 0.5 0.75 1 --repeat 5 \
+        --compare --plot docs/benchmark_r101_cpu.png
 """
 import argparse
 import json
 import os.path as osp
-import subprocess
-import sys
 
 import torch
 from mmengine.config import DictAction
@@ -22,6 +21,7 @@ from mmengine.logging import print_log
 
 import mmselds  # noqa: F401
 from mmselds.analysis import model_macs, reference_macs
+from mmselds.analysis.plots import plot_ratios
 from mmselds.analysis.timing import (dense_twin, inference_fn, median,
                                      peak_memory, random_masks,
                                      time_interleaved)
@@ -43,12 +43,15 @@ def parse_args(argv=None):
     p.add_argument('--compare', action='store_true',
                    help='also time mmseg\'s dense OS8 and OS16 twins')
     p.add_argument('--no-memory', action='store_true',
-                   help='skip the peak-memory measurement')
+                   help='skip the peak-memory measurement (tensor memory a '
+                   'forward allocates at its peak, from torch\'s memory '
+                   'profiler on the CPU, the caching allocator on CUDA)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, help='torch CPU threads')
     p.add_argument('--out', help='write the results to this JSON file')
+    p.add_argument('--plot', help='write time and multiply-add ratios '
+                   'against s to this PNG (needs --compare)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    p.add_argument('--memory-case', help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -60,7 +63,7 @@ def build_cases(args):
     h, w = size[0] // 16, size[1] // 16
     gen = torch.Generator().manual_seed(0)
     cases = {}
-    if args.compare or args.memory_case in ('OS8', 'OS16'):
+    if args.compare:
         refs = reference_macs(model, size)
         for os_ in (8, 16):
             cases[f'OS{os_}'] = (dense_twin(cfg.model, model, os_), None,
@@ -72,41 +75,15 @@ def build_cases(args):
         x = torch.randn(n, 3, *size, device=args.device)
         inference_fn(model, x, 'backbone')()
         ratio = model.backbone.last_ratio
-        cases[f'own (s={ratio:.2f})'] = (model, None,
-                                        model_macs(model, size, [ratio]))
+        cases[f'own (s={ratio:.2f})'] = (
+            model, None, model_macs(model, size, [ratio]))
     return cases
-
-
-def memory_of_case(args):
-    """Run in a fresh process: the peak memory of one case's forward."""
-    cases = build_cases(args)
-    model, mask, _ = cases[args.memory_case]
-    x = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
-    print(peak_memory(inference_fn(model, x, 'model', mask), args.device))
-
-
-def measure_memory(args, names):
-    """Peak MB per case, each case in its own process on the CPU."""
-    out = {}
-    for name in names:
-        cmd = [sys.executable, osp.abspath(__file__), *sys.argv[1:],
-               '--memory-case', name]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f'memory run of {name} failed:\n'
-                               f'{proc.stderr[-3000:]}')
-        out[name] = int(proc.stdout.strip().splitlines()[-1]) / 2**20
-        print_log(f'peak memory {name}: {out[name]:.0f} MB',
-                  logger='current')
-    return out
 
 
 def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.memory_case:
-        return memory_of_case(args)
     cases = build_cases(args)
     x = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
     fns = {}
@@ -118,12 +95,11 @@ def main():
     times = time_interleaved(fns, args.repeat, device=args.device)
     memory = {}
     if not args.no_memory:
-        if args.device.startswith('cuda'):
-            memory = {name: peak_memory(inference_fn(m, x, 'model', mask),
-                                        args.device) / 2**20
-                      for name, (m, mask, _) in cases.items()}
-        else:
-            memory = measure_memory(args, list(cases))
+        for name, (m, mask, _) in cases.items():
+            memory[name] = peak_memory(inference_fn(m, x, 'model', mask),
+                                       args.device) / 2**20
+            print_log(f'peak memory {name}: {memory[name]:.0f} MB',
+                      logger='current')
     base = 'OS8' if 'OS8' in cases else None
     rows = []
     for name, (_, _, macs) in cases.items():
@@ -162,6 +138,12 @@ def main():
                       f'{r["model_time_ratio"]:.3f}',
                       f'{r["model_flops_ratio"]:.3f}']
         print('| ' + ' | '.join(cells) + ' |')
+    if args.plot:
+        if not base:
+            raise SystemExit('--plot needs --compare (ratios to OS8)')
+        plot_ratios(rows, args.plot, f'{osp.basename(args.config)}, '
+                    f'{args.shape[0]}x{args.shape[1]}, batch '
+                    f'{args.batch_size}, {dev}')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(config=args.config, shape=args.shape,

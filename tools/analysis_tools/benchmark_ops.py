@@ -124,7 +124,8 @@ def main():
         cells = feats[rho].cells
         macs = (cells.num_low + 4 * cells.num_high) * 9 * C * C
         print(f'{rho:5.2f} {macs / 1e9:6.2f} {med[rho] * 1e3:10.1f} '
-              f'{ratio:7.3f} {f:7.3f} {target:7.3f} {"yes" if ok else "NO":>3} '
+              f'{ratio:7.3f} {f:7.3f} {target:7.3f} '
+              f'{"yes" if ok else "NO":>3} '
               f'{index_ms[rho]:9.2f} {max_diff[rho]:15.2e}')
     print('all targets met' if ok_all else 'some targets missed')
 

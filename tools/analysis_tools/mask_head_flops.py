@@ -13,9 +13,9 @@ Example::
 import argparse
 
 from mmengine.config import Config
+from mmseg.registry import MODELS
 
 import mmselds  # noqa: F401
-from mmseg.registry import MODELS
 from mmselds.analysis import selective_stage_macs
 from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
 

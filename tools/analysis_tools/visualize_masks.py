@@ -14,9 +14,9 @@ import os.path as osp
 
 import cv2
 from mmengine.config import DictAction
+from mmseg.apis import inference_model, init_model
 
 import mmselds  # noqa: F401
-from mmseg.apis import inference_model, init_model
 from mmselds.visualization import overlay_mask
 
 

@@ -2,13 +2,13 @@
 from typing import Iterator, List, Optional, Tuple, Union
 
 import torch.utils.checkpoint as cp
+from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
+from mmseg.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
-from mmseg.registry import MODELS
 from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm,
-                         selective_apply, selective_conv2d,
+                         release_workspace, selective_apply, selective_conv2d,
                          selective_entrance_conv2d)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
@@ -213,7 +213,7 @@ class SelDSResNetV1c(ResNetV1c):
                              cells, site)
         identity = inp if block.downsample is None else self._run_path(
             inp, list(block.downsample.named_children()), cells, site)
-        return (out + identity).relu()
+        return out.add_relu_(identity)
 
     def _run_block(self, block, x, cells, site) -> MixedFeature:
         data = x if isinstance(x, Tensor) else x.data
@@ -266,6 +266,8 @@ class SelDSResNetV1c(ResNetV1c):
                 feat = self._run_block(block, feat, cells, f'{layer_name}_{j}')
             if stage in self.out_indices:
                 outs.append(feat.densify())
+        if cells.execution == 'sparse':
+            release_workspace()  # hold the im2col buffer only in forward
         self.last_mask, self.last_logits = mask, logits
         return tuple(outs)
 

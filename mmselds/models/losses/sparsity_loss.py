@@ -1,9 +1,8 @@
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 SPARSITY_MODES = ('target', 'target-free')
 

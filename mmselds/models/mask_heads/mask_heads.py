@@ -5,13 +5,11 @@ cell grid is (h/2) x (w/2). Logit 1 is "down-sample".
 """
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
-from torch import Tensor, nn
-
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 
 class BaseMaskHead(BaseModule):

@@ -1,11 +1,10 @@
 from typing import List, Optional, Sequence
 
 import torch
-from torch import Tensor
-
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
+from torch import Tensor
 
 
 @MODELS.register_module()
