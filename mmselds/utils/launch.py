@@ -1,11 +1,27 @@
 """Config preparation shared by ``tools/train.py`` and ``tools/test.py``."""
 import copy
 import os
+import os.path as osp
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.logging import print_log
+
+
+def load_config(args) -> Config:
+    """The config of ``args.config`` with ``--cfg-options``, ``--launcher``
+    and ``--work-dir`` applied (default: ./work_dirs/<config name>)."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def sync_bn_to_bn(cfg):
