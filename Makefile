@@ -17,7 +17,7 @@ sys.exit(v < (2, 1))" 2>/dev/null || $(PIP) install $(TORCH_CPU)
 	$(PIP) install -e ".[tests]"
 
 demo: install
-	$(PYTHON) tools/analysis_tools/benchmark_ops.py
+	$(PYTHON) tools/demo.py --work-dir work_dirs/demo
 
 test: install
 	$(PYTHON) -m pytest tests
