@@ -20,7 +20,7 @@ _ONEDNN_MACS = 10**8
 
 # Largest im2col block gathered at once by the sparse 3x3 conv: larger
 # blocks are a little faster, smaller ones lower the peak memory.
-_GATHER_BYTES = 48 * 2**20
+_GATHER_BYTES = 80 * 2**20
 
 
 def low_res_dilation(dilation: int) -> int:

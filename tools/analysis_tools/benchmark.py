@@ -95,11 +95,12 @@ def main():
     times = time_interleaved(fns, args.repeat, device=args.device)
     memory = {}
     if not args.no_memory:
-        for name, (m, mask, _) in cases.items():
-            memory[name] = peak_memory(inference_fn(m, x, 'model', mask),
-                                       args.device) / 2**20
-            print_log(f'peak memory {name}: {memory[name]:.0f} MB',
-                      logger='current')
+        for (name, part) in fns:
+            m, mask, _ = cases[name]
+            memory[(name, part)] = peak_memory(
+                inference_fn(m, x, part, mask), args.device) / 2**20
+            print_log(f'peak memory {name} {part}: '
+                      f'{memory[(name, part)]:.0f} MB', logger='current')
     base = 'OS8' if 'OS8' in cases else None
     rows = []
     for name, (_, _, macs) in cases.items():
@@ -107,7 +108,8 @@ def main():
                    * 1e3, model_ms=median(times[(name, 'model')]) * 1e3,
                    backbone_gmacs=macs['backbone'] / 1e9,
                    model_gmacs=macs['total'] / 1e9,
-                   peak_mb=memory.get(name))
+                   backbone_peak_mb=memory.get((name, 'backbone')),
+                   model_peak_mb=memory.get((name, 'model')))
         row['images_per_s'] = args.batch_size / row['model_ms'] * 1e3
         rows.append(row)
     if base:
@@ -122,7 +124,8 @@ def main():
     print(f'\n{osp.basename(args.config)}: input {args.shape[0]}x'
           f'{args.shape[1]}, batch {args.batch_size}, {dev}, torch '
           f'{torch.__version__}, median of {args.repeat} interleaved rounds')
-    head = ['case', 'backbone ms', 'model ms', 'img/s', 'peak MB']
+    head = ['case', 'backbone ms', 'model ms', 'img/s', 'bb peak MB',
+            'model peak MB']
     if base:
         head += ['bb time/OS8', 'bb MACs/OS8', 'model time/OS8',
                  'model MACs/OS8']
@@ -130,8 +133,9 @@ def main():
     print('|' + '---|' * len(head))
     for r in rows:
         cells = [r['case'], f'{r["backbone_ms"]:.1f}', f'{r["model_ms"]:.1f}',
-                 f'{r["images_per_s"]:.2f}',
-                 '-' if r['peak_mb'] is None else f'{r["peak_mb"]:.0f}']
+                 f'{r["images_per_s"]:.2f}'] + [
+                     '-' if r[k] is None else f'{r[k]:.0f}'
+                     for k in ('backbone_peak_mb', 'model_peak_mb')]
         if base:
             cells += [f'{r["backbone_time_ratio"]:.3f}',
                       f'{r["backbone_flops_ratio"]:.3f}',
