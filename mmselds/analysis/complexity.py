@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmselds.models.backbones.selds_resnet import ENTRANCE, is_3x3, main_path
+from mmselds.models.backbones.selds_resnet import (ENTRANCE, dense_stages,
+                                                   is_3x3, main_path)
 from mmselds.models.mask_heads import mask_head_macs
 
 
@@ -75,9 +76,7 @@ class _DensePrefix(nn.Module):
         self.backbone = backbone
 
     def forward(self, x):
-        b = self.backbone
-        x = b.stem(x) if b.deep_stem else b.relu(b.norm1(b.conv1(x)))
-        return b.layer2(b.layer1(b.maxpool(x)))
+        return dense_stages(self.backbone, x)[-1]
 
 
 def dense_prefix_macs(backbone: nn.Module, input_size: Tuple[int, int]

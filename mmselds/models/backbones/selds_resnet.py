@@ -32,6 +32,24 @@ def is_3x3(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3)
 
 
+def dense_stages(resnet: nn.Module, x: Tensor) -> List[Tensor]:
+    """Stem and stages 1-2 of any mmseg ``ResNet``: [stage-1, stage-2].
+
+    Shared by :class:`SelDSResNetV1c` (which always runs them dense) and the
+    FLOP counter, which applies it to plain ``ResNetV1c`` references too.
+    """
+    if resnet.deep_stem:
+        x = resnet.stem(x)
+    else:
+        x = resnet.relu(resnet.norm1(resnet.conv1(x)))
+    x = resnet.maxpool(x)
+    outs = []
+    for layer_name in resnet.res_layers[:2]:
+        x = getattr(resnet, layer_name)(x)
+        outs.append(x)
+    return outs
+
+
 @MODELS.register_module()
 class SelDSResNetV1c(ResNetV1c):
     """ResNetV1c with mask-based selective down-sampling in stages 3-4.
@@ -228,6 +246,10 @@ class SelDSResNetV1c(ResNetV1c):
         return MixedFeature(cp.checkpoint(run, data, use_reentrant=False),
                             cells, pool)
 
+    def forward_dense_stages(self, x: Tensor) -> List[Tensor]:
+        """Stem and stages 1-2, always dense: [stage-1, stage-2 output]."""
+        return dense_stages(self, x)
+
     def forward(self, x: Tensor, ds_mask: Optional[Tensor] = None
                 ) -> Tuple[Tensor, ...]:
         """Args:
@@ -239,16 +261,9 @@ class SelDSResNetV1c(ResNetV1c):
             ``ResNetV1c`` returns them (stages 3-4 densified at OS8).
         """
         size = x.shape[2:]
-        if self.deep_stem:
-            x = self.stem(x)
-        else:
-            x = self.relu(self.norm1(self.conv1(x)))
-        x = self.maxpool(x)
-        outs = []
-        for i, layer_name in enumerate(self.res_layers[:2]):
-            x = getattr(self, layer_name)(x)
-            if i in self.out_indices:
-                outs.append(x)
+        dense = self.forward_dense_stages(x)
+        outs = [out for i, out in enumerate(dense) if i in self.out_indices]
+        x = dense[-1]
         h, w = x.shape[2:]
         if h % 2 or w % 2:
             raise ValueError(
