@@ -44,22 +44,33 @@ def inference_fn(model: nn.Module, x: torch.Tensor, part: str,
 
 
 def time_interleaved(cases: Dict[str, Callable[[], None]], repeat: int,
-                     warmup: int = 1, device: str = 'cpu') -> Dict[str, list]:
+                     warmup: int = 1, device: str = 'cpu',
+                     progress: Optional[Callable[[str], None]] = None
+                     ) -> Dict[str, list]:
     """Seconds of every case over ``repeat`` rounds, each round running all
-    cases once (noise of a shared machine hits all cases alike)."""
+    cases once (noise of a shared machine hits all cases alike).
+    ``progress`` (e.g. a logger's ``info``) gets a line after each round."""
     sync = torch.cuda.synchronize if device.startswith('cuda') else (
         lambda: None)
-    for _ in range(warmup):
+    begin = time.perf_counter()
+
+    def report(done: str):
+        if progress is not None:
+            progress(f'{done} ({time.perf_counter() - begin:.0f} s)')
+
+    for i in range(warmup):
         for fn in cases.values():
             fn()
+        report(f'warm-up round {i + 1}/{warmup} done')
     times = {name: [] for name in cases}
-    for _ in range(repeat):
+    for i in range(repeat):
         for name, fn in cases.items():
             sync()
             start = time.perf_counter()
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
+        report(f'timed round {i + 1}/{repeat} done')
     return times
 
 

@@ -92,7 +92,9 @@ def main():
             fns[(name, part)] = inference_fn(model, x, part, mask)
     print_log(f'timing {len(cases)} cases x 2 parts, {args.repeat} rounds '
               f'after a warm-up round ...', logger='current')
-    times = time_interleaved(fns, args.repeat, device=args.device)
+    times = time_interleaved(
+        fns, args.repeat, device=args.device,
+        progress=lambda msg: print_log(msg, logger='current'))
     memory = {}
     if not args.no_memory:
         for (name, part) in fns:

@@ -1,0 +1,67 @@
+"""Benchmark helpers: forced masks, interleaved timing, peak memory,
+dense twins. No timing assertions (the host is noisy), only behaviour."""
+import pytest
+import torch
+
+from mmselds.analysis.timing import (dense_twin, inference_fn, peak_memory,
+                                     random_masks, time_interleaved)
+from tests.test_models.test_segmentor import SELDS_CFG
+from tests.test_models.utils import randomize_
+
+
+@pytest.mark.parametrize('ratio', [0, 0.25, 0.5, 1])
+def test_random_masks_have_the_exact_ratio(ratio):
+    g = torch.Generator().manual_seed(0)
+    mask = random_masks(3, 4, 6, ratio, g)
+    assert mask.shape == (3, 1, 4, 6)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert mask.flatten(1).sum(1).tolist() == [round(ratio * 24)] * 3
+
+
+def test_time_interleaved_runs_rounds_in_order_and_reports():
+    calls, messages = [], []
+    cases = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
+    times = time_interleaved(cases, repeat=3, warmup=1,
+                             progress=messages.append)
+    assert calls == ['a', 'b'] * 4
+    assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+    assert len(messages) == 4
+    assert messages[0].startswith('warm-up round 1/1')
+    assert messages[-1].startswith('timed round 3/3')
+
+
+def test_peak_memory_counts_live_tensors():
+    n = 1 << 20
+
+    def two_live():
+        a = torch.ones(n)  # 4 MiB
+        b = torch.ones(n)  # 4 MiB, both alive
+        return a.sum() + b.sum()
+
+    def one_at_a_time():
+        for _ in range(2):
+            torch.ones(n).sum()
+
+    two = peak_memory(two_live)
+    one = peak_memory(one_at_a_time)
+    assert two >= 2 * 4 * n
+    assert 4 * n <= one < 2 * 4 * n
+
+
+def test_dense_twin_holds_the_selective_weights():
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(SELDS_CFG).model
+    cfg.pop('data_preprocessor')
+    model = randomize_(MODELS.build(cfg)).eval()
+    x = torch.randn(1, 3, 64, 128)
+    for os in (8, 16):
+        twin = dense_twin(cfg, model, os)
+        assert type(twin.backbone).__name__ == 'ResNetV1c'
+        assert twin.backbone.strides[2] == (2 if os == 16 else 1)
+    twin8 = dense_twin(cfg, model, 8)
+    ones = torch.zeros(1, 1, 4, 8)  # all full resolution
+    sel = inference_fn(model, x, 'model', ones)()
+    dense = inference_fn(twin8, x, 'model')()
+    torch.testing.assert_close(sel, dense, rtol=1e-4, atol=1e-4)
