@@ -66,14 +66,22 @@ class MixedFeature:
 
         Args:
             x (Tensor): (N, C, H, W) full-resolution map.
+
+        Sparse rows of a channels-last ``x`` with no low cell are a view of
+        ``x`` (no copy), as ``Tensor.view`` would share memory: in-place
+        ops on the feature then change ``x``.
         """
         cells.check_feature(x)
         pool = as_pooling(pool)
         if cells.execution == 'dense':
             return cls(blend(x, pool(x), cells.mask), cells, pool)
         rows = to_rows(x)
+        if cells.num_low == 0:  # the rows are the NHWC map
+            return cls(rows, cells, pool)
         quads = rows.index_select(0, cells.low_quad_pixels)  # low cells only
         lo = pool.pool_rows(quads.view(-1, 4, x.shape[1]))
+        if cells.num_high == 0:
+            return cls(lo, cells, pool)
         return cls(torch.cat([lo, rows.index_select(0, cells.high_pixels())]),
                    cells, pool)
 

@@ -142,6 +142,28 @@ def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     return torch.cat([feat.data, zero, feat.pooled_rows(pool)])
 
 
+def _uniform_conv2d(rows: Tensor, cells: CellMask, weight: Tensor,
+                    bias: Optional[Tensor], r: int, rl: int
+                    ) -> Optional[Tensor]:
+    """Sparse 3x3 conv when every cell has the same resolution, else None.
+
+    With no low cell the rows are the NHWC full-resolution map, with no
+    high cell the NHWC OS16 map (row order of :class:`CellMask`), so the
+    conv is one dense conv (dilation r, or rl at OS16) on a channels-last
+    view: no gather and no im2col buffer, so the selective machinery costs
+    nothing when nothing is selected.
+    """
+    N, h, w = cells.n, cells.h, cells.w
+    if cells.num_low == 0:
+        h, w, d = 2 * h, 2 * w, r
+    elif cells.num_high == 0:
+        d = rl
+    else:
+        return None
+    x = rows.view(N, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+    return to_rows(F.conv2d(x, weight, bias, padding=d, dilation=d))
+
+
 def selective_conv2d(feat: MixedFeature, weight: Tensor,
                      bias: Optional[Tensor] = None, dilation: int = 1,
                      pool: Optional[PoolSpec] = None) -> MixedFeature:
@@ -177,8 +199,11 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
         hi = F.conv2d(v, weight, bias, padding=r, dilation=r)
         lo = F.conv2d(pool(v), weight, bias, padding=rl, dilation=rl)
         return feat.new(blend(hi, lo, feat.cells.mask), pool)
-    out = gather_linear(_source(feat, pool), feat.cells.conv_index(r), weight,
-                        bias)
+    cells = feat.cells
+    out = _uniform_conv2d(feat.data, cells, weight, bias, r, rl)
+    if out is None:
+        out = gather_linear(_source(feat, pool), cells.conv_index(r), weight,
+                            bias)
     return feat.new(out, pool)
 
 
@@ -212,8 +237,14 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
         hi = F.conv2d(x, weight, bias, padding=r, dilation=r)
         lo = F.conv2d(x, weight, bias, stride=2, padding=rl, dilation=rl)
         return MixedFeature(blend(hi, lo, cells.mask), cells, pool)
-    src = torch.cat([to_rows(x), x.new_zeros(1, x.shape[1])])
-    out = gather_linear(src, cells.entrance_index(r), weight, bias)
+    if cells.num_low == 0:  # the rows of the OS8 conv (see _uniform_conv2d)
+        out = to_rows(F.conv2d(x, weight, bias, padding=r, dilation=r))
+    elif cells.num_high == 0:  # the rows of the OS16 stride-2 conv
+        out = to_rows(F.conv2d(x, weight, bias, stride=2, padding=rl,
+                               dilation=rl))
+    else:
+        src = torch.cat([to_rows(x), x.new_zeros(1, x.shape[1])])
+        out = gather_linear(src, cells.entrance_index(r), weight, bias)
     return MixedFeature(out, cells, pool)
 
 

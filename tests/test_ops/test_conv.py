@@ -197,3 +197,34 @@ def test_sparse_entrance_gradients_equal_dense():
         results.append((xs.grad, ws.grad))
     for a, e in zip(*results):
         torch.testing.assert_close(a, e, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('fill', [0.0, 1.0])
+def test_uniform_masks_run_one_dense_conv(fill):
+    """All cells at one resolution: no gather, so neither an index table
+    nor the im2col buffer is built (the machinery costs nothing)."""
+    from mmselds.ops import functional
+    x, w, b, _ = make_case(2, 5, 12, 10, 1.0, seed=6)
+    cells = CellMask(torch.full((2, 1, 6, 5), fill), 'sparse')
+    functional.release_workspace()
+    with torch.no_grad():
+        feat = MixedFeature.from_dense(x, cells)
+        selective_conv2d(feat, w, b, 2)
+        selective_entrance_conv2d(x, cells, w, b, 2)
+    assert functional._WORKSPACE == {}
+    assert cells._cache == {}
+
+
+def test_batch_of_one_all_high_and_one_all_low_image():
+    x, w, b, _ = make_case(2, 5, 12, 10, 1.0, seed=7)
+    mask = torch.zeros(2, 1, 6, 5)
+    mask[1] = 1
+    for entrance in (False, True):
+        outs = []
+        for execution in ('dense', 'sparse'):
+            cells = CellMask(mask, execution)
+            out = selective_entrance_conv2d(x, cells, w, b, 4) if entrance \
+                else selective_conv2d(MixedFeature.from_dense(x, cells), w,
+                                      b, 4)
+            outs.append(out.densify())
+        torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=0)
