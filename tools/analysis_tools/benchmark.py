@@ -102,7 +102,7 @@ def main():
             memory[(name, part)] = peak_memory(
                 inference_fn(m, x, part, mask), args.device) / 2**20
             print_log(f'peak memory {name} {part}: '
-                      f'{memory[(name, part)]:.0f} MB', logger='current')
+                      f'{memory[(name, part)]:.0f} MiB', logger='current')
     base = 'OS8' if 'OS8' in cases else None
     rows = []
     for name, (_, _, macs) in cases.items():
@@ -110,8 +110,8 @@ def main():
                    * 1e3, model_ms=median(times[(name, 'model')]) * 1e3,
                    backbone_gmacs=macs['backbone'] / 1e9,
                    model_gmacs=macs['total'] / 1e9,
-                   backbone_peak_mb=memory.get((name, 'backbone')),
-                   model_peak_mb=memory.get((name, 'model')))
+                   backbone_peak_mib=memory.get((name, 'backbone')),
+                   model_peak_mib=memory.get((name, 'model')))
         row['images_per_s'] = args.batch_size / row['model_ms'] * 1e3
         rows.append(row)
     if base:
@@ -126,8 +126,8 @@ def main():
     print(f'\n{osp.basename(args.config)}: input {args.shape[0]}x'
           f'{args.shape[1]}, batch {args.batch_size}, {dev}, torch '
           f'{torch.__version__}, median of {args.repeat} interleaved rounds')
-    head = ['case', 'backbone ms', 'model ms', 'img/s', 'bb peak MB',
-            'model peak MB']
+    head = ['case', 'backbone ms', 'model ms', 'img/s', 'bb peak MiB',
+            'model peak MiB']
     if base:
         head += ['bb time/OS8', 'bb MACs/OS8', 'model time/OS8',
                  'model MACs/OS8']
@@ -137,7 +137,7 @@ def main():
         cells = [r['case'], f'{r["backbone_ms"]:.1f}', f'{r["model_ms"]:.1f}',
                  f'{r["images_per_s"]:.2f}'] + [
                      '-' if r[k] is None else f'{r[k]:.0f}'
-                     for k in ('backbone_peak_mb', 'model_peak_mb')]
+                     for k in ('backbone_peak_mib', 'model_peak_mib')]
         if base:
             cells += [f'{r["backbone_time_ratio"]:.3f}',
                       f'{r["backbone_flops_ratio"]:.3f}',
