@@ -1,0 +1,83 @@
+"""The analysis tools end to end on the demo's small configs: get_flops
+(forced ratios and the model's own masks on generated images),
+mask_head_flops (Table 1) and benchmark (--compare, JSON, plot)."""
+import json
+import re
+import sys
+
+import cv2
+import pytest
+
+from tests.helpers import DEMO, SELDS_DEMO
+from tests.test_tools import run
+
+OS8_DEMO = f'{DEMO}/deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py'
+
+
+def test_get_flops_forced_ratios_and_own_masks(demo_data, tmp_path):
+    out_json = tmp_path / 'flops.json'
+    out = run([sys.executable, 'tools/analysis_tools/get_flops.py',
+               SELDS_DEMO, '--shape', 128, 256, '--ds-ratio', 0, 0.5, 1,
+               '--data-root', demo_data, '--num-images', 2, '--out',
+               out_json])
+    assert 'multiply-adds (GMACs)' in out and 'OS16' in out
+    counts = json.load(open(out_json))
+    columns = counts['columns']
+    own = [c for c in columns if c.startswith('own mask')]
+    assert len(own) == 1 and '2 images' in own[0]
+    s0, s5, s1 = columns['s=0'], columns['s=0.5'], columns['s=1']
+    for col in columns.values():
+        assert col['total'] == col['backbone'] + col['decode_head']
+        assert col['backbone'] == pytest.approx(
+            col['stem_stages12'] + col['stages34_full'] +
+            col['stages34_down'] + col['mask_head'] + col['pooling'])
+    # I4: full-resolution work linear in (1 - s), down-sampled work in s
+    assert s0['stages34_down'] == 0 and s1['stages34_full'] == 0
+    assert s5['stages34_full'] == pytest.approx(s0['stages34_full'] / 2)
+    assert s5['stages34_down'] == pytest.approx(s1['stages34_down'] / 2)
+    refs = counts['references']
+    # all full resolution = OS8 + mask head (nothing pooled); all low =
+    # OS16's convs + mask head + the adaptive pooling of the stage-2 map at
+    # the stage entrance (the only full-resolution values then read)
+    assert s0['pooling'] == 0
+    assert s0['backbone'] - s0['mask_head'] == refs['OS8']['backbone']
+    assert s1['pooling'] > 0
+    assert s1['backbone'] - s1['mask_head'] - s1['pooling'] == \
+        refs['OS16']['backbone']
+
+
+def test_get_flops_dense_config(tmp_path):
+    out_json = tmp_path / 'flops.json'
+    run([sys.executable, 'tools/analysis_tools/get_flops.py', OS8_DEMO,
+         '--shape', 128, 256, '--out', out_json])
+    counts = json.load(open(out_json))
+    assert list(counts['columns']) == ['dense']
+    dense = counts['columns']['dense']
+    assert dense['backbone'] == counts['references']['OS8']['backbone']
+    assert dense['total'] == counts['references']['OS8']['total']
+
+
+def test_mask_head_flops_reports_the_reduction():
+    out = run([sys.executable, 'tools/analysis_tools/mask_head_flops.py',
+               '--shape', 256, 512])
+    light = re.search(r'Prop\. 1: DepthwiseMaskHead\s+[\d.]+M\s+(-[\d.]+)%',
+                      out)
+    assert light and float(light.group(1)) <= -80
+    assert out.count('Prop. 2: + adaptive pooling') == 3
+
+
+def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
+    out_json, png = tmp_path / 'bench.json', tmp_path / 'bench.png'
+    out = run([sys.executable, 'tools/analysis_tools/benchmark.py',
+               SELDS_DEMO, '--shape', 64, 128, '--repeat', 1, '--compare',
+               '--ds-ratio', 0, 1, '--out', out_json, '--plot', png])
+    assert 'timed round 1/1 done' in out
+    rows = {r['case']: r for r in json.load(open(out_json))['rows']}
+    assert set(rows) == {'OS8', 'OS16', 's=0', 's=1'}
+    assert rows['OS8']['backbone_time_ratio'] == 1
+    assert rows['s=1']['backbone_flops_ratio'] < \
+        rows['s=0']['backbone_flops_ratio']
+    for r in rows.values():
+        assert r['backbone_ms'] > 0 and r['model_peak_mib'] > 0
+    figure = cv2.imread(str(png))
+    assert figure is not None and figure.shape[0] > 200
