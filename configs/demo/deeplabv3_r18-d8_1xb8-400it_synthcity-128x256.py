@@ -3,7 +3,8 @@
 _base_ = [
     'mmseg::_base_/models/deeplabv3_r50-d8.py',
     '../_base_/datasets/synthetic_cityscapes.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_80k.py'
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_80k.py'
 ]
 crop_size = (128, 256)
 norm_cfg = dict(type='BN', requires_grad=True)
