@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmselds.analysis.timing import (dense_twin, inference_fn, peak_memory,
-                                     random_masks, time_interleaved)
+                                     time_interleaved)
+from mmselds.ops import random_cell_mask
 from tests.test_models.test_segmentor import SELDS_CFG
 from tests.test_models.utils import randomize_
 
@@ -12,10 +13,16 @@ from tests.test_models.utils import randomize_
 @pytest.mark.parametrize('ratio', [0, 0.25, 0.5, 1])
 def test_random_masks_have_the_exact_ratio(ratio):
     g = torch.Generator().manual_seed(0)
-    mask = random_masks(3, 4, 6, ratio, g)
+    mask = random_cell_mask(3, 4, 6, ratio, g)
     assert mask.shape == (3, 1, 4, 6)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert mask.flatten(1).sum(1).tolist() == [round(ratio * 24)] * 3
+
+
+@pytest.mark.parametrize('ratio', [-0.1, 1.5])
+def test_random_masks_reject_a_ratio_outside_0_1(ratio):
+    with pytest.raises(ValueError, match='ratio must be in'):
+        random_cell_mask(1, 2, 2, ratio)
 
 
 def test_time_interleaved_runs_rounds_in_order_and_reports():

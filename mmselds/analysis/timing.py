@@ -11,17 +11,6 @@ from torch import nn
 from mmselds.ops.functional import release_workspace
 
 
-def random_masks(n: int, h: int, w: int, ratio: float,
-                 generator: torch.Generator) -> torch.Tensor:
-    """(n, 1, h, w) masks with round(ratio * h * w) down-sampled cells
-    each, at random places."""
-    mask = torch.zeros(n, h * w)
-    k = round(ratio * h * w)
-    for i in range(n):
-        mask[i, torch.randperm(h * w, generator=generator)[:k]] = 1
-    return mask.view(n, 1, h, w)
-
-
 def inference_fn(model: nn.Module, x: torch.Tensor, part: str,
                  mask: Optional[torch.Tensor] = None) -> Callable[[], None]:
     """A closure running the backbone (``part='backbone'``) or the whole

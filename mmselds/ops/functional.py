@@ -132,13 +132,10 @@ def release_workspace() -> None:
 
 
 def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
-    """Rows a sparse 3x3 conv reads: cat([rows, zero, pooled high cells]).
-
-    Only low cells read pooled values, so the pooling is skipped without
-    them."""
+    """Rows the gather of a sparse 3x3 conv reads under a mixed mask (a
+    uniform one takes :func:`_uniform_conv2d`): cat([rows, zero, pooled
+    high cells])."""
     zero = feat.data.new_zeros(1, feat.channels)
-    if feat.cells.num_low == 0:
-        return torch.cat([feat.data, zero])
     return torch.cat([feat.data, zero, feat.pooled_rows(pool)])
 
 

@@ -9,7 +9,7 @@ cells in flat ``(n, i, j)`` order, then the 4K pixels of the high cells in
 raster ``(n, y, x)`` order. With no low cell the rows are exactly the NHWC
 map, so a mask that keeps everything at full resolution costs nothing.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,6 +22,20 @@ def check_execution(execution: str) -> str:
         raise ValueError(f'unknown execution mode {execution!r}; '
                          f'expected one of {EXECUTION_MODES}')
     return execution
+
+
+def random_cell_mask(n: int, h: int, w: int, ratio: float,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """(n, 1, h, w) cell masks with ``round(ratio * h * w)`` down-sampled
+    cells (1) in each image, at random places: forced masks for benchmarks
+    and analysis."""
+    if not 0 <= ratio <= 1:
+        raise ValueError(f'down-sampling ratio must be in [0, 1], got {ratio}')
+    mask = torch.zeros(n, h * w)
+    k = round(ratio * h * w)
+    for i in range(n):
+        mask[i, torch.randperm(h * w, generator=generator)[:k]] = 1
+    return mask.view(n, 1, h, w)
 
 
 def _taps(dilation: int) -> Tuple[Tensor, Tensor]:

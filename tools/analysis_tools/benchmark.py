@@ -23,8 +23,8 @@ import mmselds  # noqa: F401
 from mmselds.analysis import model_macs, reference_macs
 from mmselds.analysis.plots import plot_ratios
 from mmselds.analysis.timing import (dense_twin, inference_fn, median,
-                                     peak_memory, random_masks,
-                                     time_interleaved)
+                                     peak_memory, time_interleaved)
+from mmselds.ops import random_cell_mask
 from mmselds.utils.model_io import build_segmentor
 
 
@@ -69,7 +69,7 @@ def build_cases(args):
             cases[f'OS{os_}'] = (dense_twin(cfg.model, model, os_), None,
                                  refs[f'OS{os_}'])
     for s in args.ds_ratio:
-        mask = random_masks(n, h, w, s, gen).to(args.device)
+        mask = random_cell_mask(n, h, w, s, gen).to(args.device)
         cases[f's={s:g}'] = (model, mask, model_macs(model, size, [s]))
     if args.checkpoint:
         x = torch.randn(n, 3, *size, device=args.device)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-from mmselds.ops import CellMask, MixedFeature, selective_conv2d  # noqa: E402
+from mmselds.ops import (CellMask, MixedFeature,  # noqa: E402
+                         random_cell_mask, selective_conv2d)
 
 
 def parse_args():
@@ -48,16 +49,6 @@ def parse_args():
                    help='torch CPU threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)
     return p.parse_args()
-
-
-def random_mask(n, h, w, density, generator, device, low=None):
-    """(n, 1, h, w) mask with round((1 - density) * h * w) low cells each
-    (or ``low`` cells)."""
-    mask = torch.zeros(n, h * w)
-    k = round((1 - density) * h * w) if low is None else low
-    for i in range(n):
-        mask[i, torch.randperm(h * w, generator=generator)[:k]] = 1
-    return mask.view(n, 1, h, w).to(device)
 
 
 def timer(device):
@@ -88,14 +79,15 @@ def main():
     cases = {'dense': lambda: F.conv2d(x, weight, padding=r, dilation=r)}
     feats, index_ms, max_diff = {}, {}, {}
     cells_per_image = (H // 2) * (W // 2)
-    rows = [(f'{rho:.2f}', rho, None) for rho in args.densities]
+    # row key (density, or the label of a one-cell case) -> down-sampled ratio
+    ratios = {rho: 1 - rho for rho in args.densities}
     if not args.no_extremes:
-        rows += [('1-1cell', 1.0, 1), ('0+1cell', 0.0, cells_per_image - 1)]
+        ratios['1-1cell'] = 1 / cells_per_image
+        ratios['0+1cell'] = (cells_per_image - 1) / cells_per_image
     densities = {}
-    for label, rho, low in rows:
-        mask = random_mask(N, H // 2, W // 2, rho, gen, device, low)
+    for rho, ratio in ratios.items():
+        mask = random_cell_mask(N, H // 2, W // 2, ratio, gen).to(device)
         cells = CellMask(mask, 'sparse')
-        rho = label if low is not None else rho
         densities[rho] = 1 - mask.mean().item()
         index_ms[rho] = run(lambda: cells.conv_index(r)) * 1e3
         feats[rho] = MixedFeature.from_dense(x, cells)

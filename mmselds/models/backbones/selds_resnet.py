@@ -246,10 +246,6 @@ class SelDSResNetV1c(ResNetV1c):
         return MixedFeature(cp.checkpoint(run, data, use_reentrant=False),
                             cells, pool)
 
-    def forward_dense_stages(self, x: Tensor) -> List[Tensor]:
-        """Stem and stages 1-2, always dense: [stage-1, stage-2 output]."""
-        return dense_stages(self, x)
-
     def forward(self, x: Tensor, ds_mask: Optional[Tensor] = None
                 ) -> Tuple[Tensor, ...]:
         """Args:
@@ -261,7 +257,7 @@ class SelDSResNetV1c(ResNetV1c):
             ``ResNetV1c`` returns them (stages 3-4 densified at OS8).
         """
         size = x.shape[2:]
-        dense = self.forward_dense_stages(x)
+        dense = dense_stages(self, x)  # stem and stages 1-2 stay dense
         outs = [out for i, out in enumerate(dense) if i in self.out_indices]
         x = dense[-1]
         h, w = x.shape[2:]
