@@ -38,6 +38,19 @@ def test_time_interleaved_runs_rounds_in_order_and_reports():
     assert messages[-1].startswith('timed round 3/3')
 
 
+def test_time_interleaved_one_round_per_input():
+    calls = []
+    cases = {'a': lambda x: calls.append(('a', x)),
+             'b': lambda x: calls.append(('b', x))}
+    times = time_interleaved(cases, warmup=2, inputs=[10, 20, 30])
+    assert calls == [('a', 10), ('b', 10), ('a', 20), ('b', 20),
+                     ('a', 10), ('b', 10), ('a', 20), ('b', 20),
+                     ('a', 30), ('b', 30)]
+    assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
+    with pytest.raises(ValueError, match='repeat or inputs'):
+        time_interleaved(cases)
+
+
 def test_peak_memory_counts_live_tensors():
     n = 1 << 20
 

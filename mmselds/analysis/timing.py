@@ -2,7 +2,7 @@
 import copy
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +32,22 @@ def inference_fn(model: nn.Module, x: torch.Tensor, part: str,
     return run
 
 
-def time_interleaved(cases: Dict[str, Callable[[], None]], repeat: int,
-                     warmup: int = 1, device: str = 'cpu',
-                     progress: Optional[Callable[[str], None]] = None
-                     ) -> Dict[str, list]:
-    """Seconds of every case over ``repeat`` rounds, each round running all
-    cases once (noise of a shared machine hits all cases alike).
-    ``progress`` (e.g. a logger's ``info``) gets a line after each round."""
+def time_interleaved(cases: Dict[str, Callable[..., None]],
+                     repeat: Optional[int] = None, warmup: int = 1,
+                     device: str = 'cpu',
+                     progress: Optional[Callable[[str], None]] = None,
+                     inputs: Optional[Sequence] = None) -> Dict[str, list]:
+    """Seconds of every case over the rounds, each round running all cases
+    once (noise of a shared machine hits all cases alike): ``repeat``
+    rounds of ``fn()``, or one round per element x of ``inputs`` running
+    ``fn(x)`` (warm-up rounds take the first inputs). ``progress`` (e.g. a
+    logger's ``info``) gets a line after each round."""
+    if inputs is None:
+        if repeat is None:
+            raise ValueError('time_interleaved needs repeat or inputs')
+        rounds = [()] * repeat
+    else:
+        rounds = [(x, ) for x in inputs]
     sync = torch.cuda.synchronize if device.startswith('cuda') else (
         lambda: None)
     begin = time.perf_counter()
@@ -49,17 +58,17 @@ def time_interleaved(cases: Dict[str, Callable[[], None]], repeat: int,
 
     for i in range(warmup):
         for fn in cases.values():
-            fn()
+            fn(*rounds[i % len(rounds)])
         report(f'warm-up round {i + 1}/{warmup} done')
     times = {name: [] for name in cases}
-    for i in range(repeat):
+    for i, args in enumerate(rounds):
         for name, fn in cases.items():
             sync()
             start = time.perf_counter()
-            fn()
+            fn(*args)
             sync()
             times[name].append(time.perf_counter() - start)
-        report(f'timed round {i + 1}/{repeat} done')
+        report(f'timed round {i + 1}/{len(rounds)} done')
     return times
 
 

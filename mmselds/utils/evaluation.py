@@ -1,7 +1,6 @@
 """In-process evaluation with mmseg's own data pipeline and metrics (the
 loop of mmengine's TestLoop, reusable for sweeps and timing)."""
 import logging
-import time
 from contextlib import contextmanager
 from typing import Dict, List, Sequence
 
@@ -10,6 +9,8 @@ from mmengine.evaluator import Evaluator
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 from mmseg.registry import METRICS
+
+from mmselds.analysis.timing import median, time_interleaved
 
 
 @contextmanager
@@ -67,14 +68,7 @@ def time_models(models: Dict[str, torch.nn.Module], batches: Sequence[dict],
                 warmup: int = 2) -> Dict[str, float]:
     """Median seconds of ``test_step`` per batch for each model, timed in
     one run, models interleaved batch by batch (noise hits all alike)."""
-    times = {name: [] for name in models}
+    steps = {name: model.test_step for name, model in models.items()}
     with torch.no_grad():
-        for batch in batches[:warmup]:
-            for model in models.values():
-                model.test_step(batch)
-        for batch in batches:
-            for name, model in models.items():
-                start = time.perf_counter()
-                model.test_step(batch)
-                times[name].append(time.perf_counter() - start)
-    return {name: float(torch.tensor(t).median()) for name, t in times.items()}
+        times = time_interleaved(steps, warmup=warmup, inputs=batches)
+    return {name: median(t) for name, t in times.items()}
