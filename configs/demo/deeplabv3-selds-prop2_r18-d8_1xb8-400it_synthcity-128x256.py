@@ -1,7 +1,9 @@
 # Selective down-sampling with the letter's Prop. 2 settings: depthwise mask
 # head, adaptive pooling, target-free sparsity loss.
-_base_ = ['./deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py']
-custom_imports = dict(imports=['mmselds'], allow_failed_imports=False)
+_base_ = [
+    './deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py',
+    '../_base_/selds_runtime.py'
+]
 model = dict(
     type='SelDSEncoderDecoder',
     backbone=dict(

@@ -1,6 +1,8 @@
 # CAD baseline: CADMaskHead, stride pooling, target sparsity loss (t = 0.5).
-_base_ = ['mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py']
-custom_imports = dict(imports=['mmselds'], allow_failed_imports=False)
+_base_ = [
+    'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py',
+    '../_base_/selds_runtime.py'
+]
 
 model = dict(
     type='SelDSEncoderDecoder',

@@ -8,9 +8,6 @@ load_from = 'https://mmassets.onedl.ai/mmsegmentation/v0.5/deeplabv3/deeplabv3_r
 model = dict(
     pretrained=None,
     train_only=('backbone.mask_head', 'backbone.pooling'))
-# raise if the checkpoint misses parameters other than the new ones
-custom_hooks = [dict(type='CheckLoadFromHook')]
-
 iters = 20000
 param_scheduler = [
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=iters,
