@@ -8,9 +8,10 @@ pipeline, IoUMetric and tools.
    checkpoint, as one starts from a released mmseg model;
 3. evaluates them with mmseg's ``IoUMetric``, counts backbone multiply-adds,
    times CPU inference (models interleaved, one run);
-4. sets the selective model's test-time threshold so that it down-samples
-   as many cells as training did (calibrated on training images) and sweeps
-   the threshold (one checkpoint, several cost/accuracy points);
+4. evaluates the selective model as ``tools/test.py`` does (its checkpoint's
+   own decision rule: as many cells down-sampled as training did, no
+   calibration step) and sweeps an explicit test-time threshold (one
+   checkpoint, several cost/accuracy points);
 5. prints a table and a verdict, writes ``results.json``/``results.md``,
    mask overlays (``masks/*.png``) and ``cost_accuracy.png`` to --work-dir.
 
@@ -34,8 +35,8 @@ import torch
 from mmengine.utils import ProgressBar
 
 import mmselds  # noqa: F401
-from mmselds.analysis import (calibrated_threshold, mask_probabilities,
-                              model_macs, reference_macs, threshold_for_ratio)
+from mmselds.analysis import (mask_probabilities, model_macs, reference_macs,
+                              threshold_for_ratio)
 from mmselds.datasets import generate, is_generated
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
@@ -244,6 +245,10 @@ def verdict(results, sweep) -> str:
                      f' and {os8["mIoU"]:.1f} mIoU).')
         met = acc > 0.5 and cost < 0.5
     lines.append(
+        f'down-sampling ratio: {sel["ds_ratio"]:.3f} on the val images with '
+        f'the checkpoint\'s own rule (as tools/test.py runs it), '
+        f'{sel["trained_ratio"]:.3f} at the end of training.')
+    lines.append(
         f'full-resolution cells: {sel["boundary_kept"]:.0%} of the cells on '
         f'object boundaries vs {sel["kept"]:.0%} of all cells.')
     lines.append(
@@ -300,14 +305,9 @@ def main():
     size = (-(-size[0] // 16) * 16, -(-size[1] // 16) * 16)
     selective = models['selective']
     head = selective.backbone.mask_head
-    default = head.threshold
-    train_batches = load_batches(build_test_loader(cfg, args.data_root, 50,
-                                                   'train'))
-    head.threshold = calibrated_threshold(
-        mask_probabilities(selective, train_batches))
-    log(f'selective: threshold {head.threshold:.4f}, calibrated on '
-        f'{len(train_batches)} training images to down-sample the fraction '
-        f'of cells training did (config default: {default})')
+    trained_ratio = float(head.trained_ratio)
+    log(f'selective: trained at ds ratio {trained_ratio:.3f} (running mean '
+        f'kept in the checkpoint); test-time rule: {head.decision_rule()}')
     for name, model in models.items():
         metrics = evaluate(model, batches, meta) if name != 'selective' \
             else evaluate(model, batches, meta, [
@@ -315,8 +315,6 @@ def main():
                 dict(type='DownsampleRatioMetric')])
         ratio = metrics.get('ds_ratio')
         results[name] = dict(mIoU=metrics['mIoU'], ds_ratio=ratio,
-                             threshold=head.threshold if ratio is not None
-                             else None,
                              backbone_gmacs=backbone_gmacs(model, size,
                                                            ratio))
         log(f'{name}: mIoU {metrics["mIoU"]:.2f}' +
@@ -330,13 +328,14 @@ def main():
     for name, sec in time_models(models, batches).items():
         results[name]['latency_ms'] = sec * 1e3
     kept, boundary_kept = mask_statistics(selective, batches)
-    results['selective'].update(kept=kept, boundary_kept=boundary_kept)
+    results['selective'].update(kept=kept, boundary_kept=boundary_kept,
+                                trained_ratio=trained_ratio,
+                                rule=head.decision_rule())
 
-    calibrated = head.threshold
     probs = mask_probabilities(selective, batches)
     thresholds = args.thresholds or sorted(
         {threshold_for_ratio(probs, r)
-         for r in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)} | {default},
+         for r in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)} | {0.5},
         reverse=True)
     log(f'sweeping the test-time threshold over '
         f'{[round(t, 4) for t in thresholds]} ...')
@@ -352,7 +351,7 @@ def main():
         print(f'    threshold {t:.4g}: mIoU {m["mIoU"]:6.2f}  ds ratio '
               f'{m["ds_ratio"]:.3f}  backbone '
               f'{sweep[-1]["backbone_gmacs"]:.3f} GMACs', flush=True)
-    head.threshold = calibrated
+    head.threshold = None  # back to the checkpoint's own rule
 
     overlays = write_overlays(selective, batches,
                               osp.join(args.work_dir, 'masks'),

@@ -1,5 +1,5 @@
-from .calibration import (calibrated_threshold, mask_probabilities,
-                          threshold_for_ratio)
+from .calibration import (build_calibration_loader, calibrated_threshold,
+                          mask_probabilities, threshold_for_ratio)
 from .complexity import (BackboneMacs, backbone_macs, backbone_output_shapes,
                          conv_macs, decode_head_macs, dense_prefix_macs,
                          dense_reference_macs, meta_macs, module_macs,
@@ -8,6 +8,7 @@ from .model_flops import heads_macs, is_selective, model_macs, reference_macs
 
 __all__ = [
     'BackboneMacs', 'backbone_macs', 'backbone_output_shapes',
+    'build_calibration_loader',
     'calibrated_threshold', 'conv_macs', 'decode_head_macs',
     'dense_prefix_macs', 'dense_reference_macs', 'heads_macs', 'is_selective',
     'mask_probabilities', 'meta_macs', 'model_macs', 'module_macs',

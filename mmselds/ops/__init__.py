@@ -4,12 +4,14 @@ from .functional import (batch_norm_affine, fold_batch_norm, gather_linear,
                          low_res_dilation, release_workspace, rows_linear,
                          selective_apply, selective_batch_norm,
                          selective_conv2d, selective_entrance_conv2d)
-from .mask import EXECUTION_MODES, CellMask, random_cell_mask
+from .mask import (EXECUTION_MODES, CellMask, expected_ratio_mask,
+                   random_cell_mask)
 from .pooling import POOLING_MODES, SelectivePooling, as_pooling
 
 __all__ = [
     'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
     'SelectivePooling', 'as_pooling', 'batch_norm_affine', 'blend',
+    'expected_ratio_mask',
     'fold_batch_norm', 'gather_linear', 'low_res_dilation',
     'random_cell_mask', 'release_workspace', 'rows_linear', 'selective_apply',
     'selective_batch_norm', 'selective_conv2d', 'selective_entrance_conv2d',

@@ -38,6 +38,34 @@ def random_cell_mask(n: int, h: int, w: int, ratio: float,
     return mask.view(n, 1, h, w)
 
 
+def expected_ratio_mask(prob: Tensor) -> Tensor:
+    """The deterministic counterpart of a hard Gumbel-softmax sample.
+
+    A hard Gumbel sample down-samples each cell with probability ``P``, so
+    in expectation a fraction ``mean(P)`` of an image's cells. This rule
+    down-samples exactly ``round(mean(P) * cells)`` cells of each image: the
+    ones with the highest ``P`` (ties broken by raster order). It matches the
+    training-time ratio by construction, with no state, per image (so the
+    result does not depend on the batch) and whatever the scale of ``P``.
+
+    Args:
+        prob (Tensor): (N, 1, h, w) P(down-sample), in [0, 1].
+    Returns:
+        Tensor: (N, 1, h, w) binary mask of ``prob``'s dtype, 1 = down-sample.
+    """
+    if prob.dim() != 4 or prob.shape[1] != 1:
+        raise ValueError('prob must have shape (N, 1, h, w), got '
+                         f'{tuple(prob.shape)}')
+    flat = prob.detach().flatten(1).float()
+    cells = flat.shape[1]
+    keep = (flat.mean(1) * cells).round().long()
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(cells, device=prob.device)
+                  .expand_as(order))
+    return (rank < keep[:, None]).to(prob.dtype).view_as(prob)
+
+
 def _taps(dilation: int) -> Tuple[Tensor, Tensor]:
     """Offsets (dy, dx) of the 9 taps of a 3x3 kernel, row-major."""
     d = torch.tensor([-dilation, 0, dilation])

@@ -67,5 +67,92 @@ def test_eval_threshold_trades_ratio():
 def test_bad_arguments():
     with pytest.raises(ValueError, match='tau must be positive'):
         CADMaskHead(8, tau=0)
-    with pytest.raises(ValueError, match=r'threshold must be in \[0, 1\]'):
+    with pytest.raises(ValueError, match=r'threshold must be None or a '
+                       r'number in \[0, 1\], got 1.5'):
         CADMaskHead(8, threshold=1.5)
+    head = CADMaskHead(8)
+    with pytest.raises(ValueError, match='threshold must be None'):
+        head.threshold = 'high'
+    with pytest.raises(ValueError, match='ratio_momentum must be in'):
+        CADMaskHead(8, ratio_momentum=0)
+
+
+def saturated_logits(n=3, h=8, w=8, seed=0):
+    """Logits whose P(down-sample) sits in (0.5, 0.6) everywhere, as after a
+    short training: a 0.5 threshold down-samples every cell."""
+    g = torch.Generator().manual_seed(seed)
+    p = 0.5 + 0.1 * torch.rand(n, 1, h, w, generator=g)
+    return torch.cat([torch.zeros_like(p), torch.log(p / (1 - p))], 1)
+
+
+def test_default_decision_matches_the_gumbel_expectation():
+    """No threshold, nothing calibrated: the eval mask down-samples as many
+    cells as hard Gumbel samples of the same logits do on average, the
+    cells of highest P, image by image."""
+    head = DepthwiseMaskHead(8, channels=(8, 8)).eval()
+    assert head.threshold is None and head.test_threshold() is None
+    logits = saturated_logits()
+    p = head.probability(logits)
+    mask = head.sample(logits)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert (p > 0.5).all()  # the old rule: every cell down-sampled
+    torch.manual_seed(0)
+    gumbel = torch.stack([
+        torch.nn.functional.gumbel_softmax(logits, hard=True, dim=1)[:, 1:2]
+        for _ in range(200)]).mean((0, 2, 3, 4))
+    for i in range(3):
+        k = round(p[i].mean().item() * 64)
+        assert mask[i].sum().item() == k
+        assert abs(mask[i].mean().item() - gumbel[i].item()) < 0.03
+        # the down-sampled cells are the most probable ones
+        assert p[i][mask[i] == 1].min() >= p[i][mask[i] == 0].max()
+    # per image: the decision does not depend on the rest of the batch
+    torch.testing.assert_close(head.sample(logits[1:2]), mask[1:2])
+    # a uniformly confident head down-samples accordingly
+    sure = torch.tensor([0.0, 8.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4)
+    assert head.sample(sure).mean().item() == 1.0
+    assert head.sample(-sure).mean().item() == 0.0
+
+
+def test_threshold_precedence():
+    """explicit threshold > calibrated threshold > expected-ratio rule."""
+    head = DepthwiseMaskHead(8, channels=(8, 8)).eval()
+    logits = saturated_logits()
+    p = head.probability(logits)
+    assert 'expected ratio' in head.decision_rule()
+    head.calibrated_threshold.fill_(0.55)
+    torch.testing.assert_close(head.sample(logits), (p > 0.55).float())
+    assert 'calibrated' in head.decision_rule()
+    head.threshold = 0.5
+    assert head.sample(logits).mean().item() == 1.0
+    assert 'explicit' in head.decision_rule()
+    head.threshold = None
+    head.calibrated_threshold.fill_(float('nan'))
+    assert head.test_threshold() is None
+
+
+def test_training_tracks_the_ratio_in_a_saved_buffer():
+    head = DepthwiseMaskHead(8, channels=(8, 8), ratio_momentum=0.5).train()
+    assert torch.isnan(head.trained_ratio)
+    torch.manual_seed(0)
+    ratios = [head.sample(saturated_logits(seed=i)).mean().item()
+              for i in range(4)]
+    # mean over the first 1 / momentum = 2 updates, then momentum 0.5
+    expected = (ratios[0] + ratios[1]) / 2
+    for r in ratios[2:]:
+        expected = 0.5 * expected + 0.5 * r
+    assert head.ratio_updates.item() == 4
+    assert abs(head.trained_ratio.item() - expected) < 1e-6
+    state = head.state_dict()
+    assert {'trained_ratio', 'calibrated_threshold',
+            'ratio_updates'} <= set(state)
+    head.eval().sample(saturated_logits())
+    assert head.ratio_updates.item() == 4  # evaluation does not track
+
+
+def test_non_finite_logits_are_an_error():
+    head = DepthwiseMaskHead(8, channels=(8, 8)).eval()
+    feat = torch.randn(1, 8, 8, 8)
+    feat[0, 0, 3, 3] = float('nan')
+    with pytest.raises(FloatingPointError, match='NaN or Inf logits'):
+        head(feat)

@@ -3,38 +3,81 @@
 Shape shorthand: N batch, C stage-2 channels, h x w the OS8 map (even), the
 cell grid is (h/2) x (w/2). Logit 1 is "down-sample".
 """
+import math
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from mmselds.ops import expected_ratio_mask
+
 
 class BaseMaskHead(BaseModule):
     """Shared interface of the mask heads.
 
+    Training samples the mask with a hard Gumbel-softmax. Evaluation is
+    deterministic, and by default down-samples the fraction of cells that
+    training did (see :meth:`decide`); no calibration step is needed.
+
     Args:
         in_channels (int): channels of the stage-2 map. Default: 512.
         tau (float): Gumbel-softmax temperature in training. Default: 1.0.
-        threshold (float): test-time threshold on P(down-sample); a cell is
-            down-sampled when its probability exceeds it. Raising it keeps
-            more cells at full resolution (more accurate, more FLOPs).
-            Default: 0.5.
+        threshold (float, optional): an explicit test-time threshold on
+            P(down-sample): a cell is down-sampled when its probability
+            exceeds it. Raising it keeps more cells at full resolution (more
+            accurate, more FLOPs). It overrides the checkpoint's calibrated
+            threshold and the expected-ratio rule. None (default) leaves the
+            decision to the checkpoint (see :meth:`decide`).
+        ratio_momentum (float): momentum of the running mean of the training
+            ratio kept in the ``trained_ratio`` buffer (a plain mean over the
+            first ``1 / ratio_momentum`` iterations). Default: 0.05.
         init_cfg (dict, optional): mmengine initialisation config.
+
+    Buffers (saved in checkpoints):
+        trained_ratio: running mean of the down-sampling ratio of the
+            training-time Gumbel samples (NaN before training).
+        calibrated_threshold: a threshold set by
+            ``tools/misc/calibrate_mask.py`` (NaN: none).
+        ratio_updates: training forwards counted into ``trained_ratio``.
     """
 
     def __init__(self, in_channels: int = 512, tau: float = 1.0,
-                 threshold: float = 0.5, init_cfg: Optional[dict] = None):
+                 threshold: Optional[float] = None,
+                 ratio_momentum: float = 0.05,
+                 init_cfg: Optional[dict] = None):
         super().__init__(init_cfg)
         if tau <= 0:
             raise ValueError(f'tau must be positive, got {tau}')
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f'threshold must be in [0, 1], got {threshold}')
+        if not 0 < ratio_momentum <= 1:
+            raise ValueError('ratio_momentum must be in (0, 1], got '
+                             f'{ratio_momentum}')
         self.in_channels = in_channels
         self.tau = tau
         self.threshold = threshold
+        self.ratio_momentum = ratio_momentum
+        nan = torch.tensor(float('nan'))
+        self.register_buffer('trained_ratio', nan.clone())
+        self.register_buffer('calibrated_threshold', nan.clone())
+        self.register_buffer('ratio_updates', torch.tensor(0))
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The explicit test-time threshold (None: the checkpoint decides)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Optional[float]) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float))\
+                    or not 0.0 <= value <= 1.0:
+                raise ValueError('threshold must be None or a number in '
+                                 f'[0, 1], got {value!r}')
+            value = float(value)
+        self._threshold = value
 
     def layers(self, feat: Tensor) -> Tensor:
         raise NotImplementedError
@@ -58,7 +101,12 @@ class BaseMaskHead(BaseModule):
         if feat.shape[2] % 2 or feat.shape[3] % 2:
             raise ValueError('the mask head needs an even OS8 map, got '
                              f'{feat.shape[2]}x{feat.shape[3]}')
-        return self.layers(feat)
+        logits = self.layers(feat)
+        if not bool(torch.isfinite(logits.detach()).all()):
+            raise FloatingPointError(
+                f'{type(self).__name__} produced NaN or Inf logits: the '
+                'stage-2 features or the weights are not finite')
+        return logits
 
     @staticmethod
     def probability(logits: Tensor) -> Tensor:
@@ -69,13 +117,61 @@ class BaseMaskHead(BaseModule):
         """(N, 1, h, w) mask, 1 = down-sample.
 
         Training: hard Gumbel-softmax with a straight-through gradient (the
-        forward value is exactly 0 or 1). Evaluation: deterministic,
-        ``P(down-sample) > threshold``.
+        forward value is exactly 0 or 1); its ratio is tracked in
+        ``trained_ratio``. Evaluation: :meth:`decide`.
         """
         if self.training:
-            return F.gumbel_softmax(logits, tau=self.tau, hard=True,
+            mask = F.gumbel_softmax(logits, tau=self.tau, hard=True,
                                     dim=1)[:, 1:2]
-        return (self.probability(logits) > self.threshold).to(logits.dtype)
+            self._track_ratio(mask)
+            return mask
+        return self.decide(logits)
+
+    @torch.no_grad()
+    def _track_ratio(self, mask: Tensor) -> None:
+        ratio = mask.detach().float().mean()
+        self.ratio_updates += 1
+        momentum = max(self.ratio_momentum, 1.0 / float(self.ratio_updates))
+        if bool(torch.isnan(self.trained_ratio)):
+            self.trained_ratio.copy_(ratio)
+        else:
+            self.trained_ratio.lerp_(ratio, momentum)
+
+    def test_threshold(self) -> Optional[float]:
+        """The threshold evaluation uses: the explicit ``threshold``, else a
+        calibrated one carried by the checkpoint, else None (the
+        expected-ratio rule)."""
+        if self.threshold is not None:
+            return self.threshold
+        calibrated = float(self.calibrated_threshold)
+        return None if math.isnan(calibrated) else calibrated
+
+    def decision_rule(self) -> str:
+        """A one-line description of the evaluation-time decision."""
+        if self.threshold is not None:
+            return f'P(down-sample) > {self.threshold:g} (explicit threshold)'
+        t = self.test_threshold()
+        if t is not None:
+            return f'P(down-sample) > {t:.4g} (calibrated threshold)'
+        return ('expected ratio: per image, the round(mean(P) * cells) cells '
+                'of highest P(down-sample)')
+
+    def decide(self, logits: Tensor) -> Tensor:
+        """Deterministic (N, 1, h, w) mask for evaluation.
+
+        With a threshold (:meth:`test_threshold`), ``P > threshold``.
+        Otherwise the expected-ratio rule
+        (:func:`mmselds.ops.expected_ratio_mask`): each image down-samples
+        the ``mean(P)`` fraction of its cells with the highest P, which is
+        the expected ratio of training's Gumbel samples. A fixed 0.5
+        threshold does not do that: after training P often sits just above
+        0.5 almost everywhere, and every cell would be down-sampled.
+        """
+        prob = self.probability(logits)
+        threshold = self.test_threshold()
+        if threshold is None:
+            return expected_ratio_mask(prob)
+        return (prob > threshold).to(logits.dtype)
 
 
 def conv_block(in_channels: int, out_channels: int,

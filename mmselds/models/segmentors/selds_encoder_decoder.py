@@ -1,6 +1,7 @@
 from typing import List, Optional, Sequence
 
 import torch
+from mmengine.logging import MessageHub
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
@@ -66,12 +67,38 @@ class SelDSEncoderDecoder(EncoderDecoder):
                 module.eval()
         return self
 
+    @staticmethod
+    def check_finite(inputs: Tensor, data_samples: OptSampleList = None,
+                     stage: str = 'inference') -> None:
+        """Raise ``FloatingPointError`` if the images hold NaN or Inf, naming
+        the images (their files where known) and, in training, the iteration.
+        A non-finite pixel would otherwise silently give class 0 everywhere
+        and a meaningless down-sampling mask."""
+        finite = torch.isfinite(inputs).flatten(1).all(1)
+        if bool(finite.all()):
+            return
+        bad = (~finite).nonzero().flatten().tolist()
+        names = []
+        for i in bad:
+            meta = data_samples[i].metainfo if data_samples is not None \
+                and i < len(data_samples) else {}
+            names.append(str(meta.get('img_path', f'image {i} of the batch')))
+        where = stage
+        if stage == 'training':
+            info = MessageHub.get_current_instance().get_info('iter')
+            if info is not None:
+                where = f'training iteration {int(info) + 1}'
+        raise FloatingPointError(
+            f'input images contain NaN or Inf ({where}): '
+            f'{", ".join(names)}')
+
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
         x = super().extract_feat(inputs)
         self._masks.append(self.backbone.last_mask)
         return x
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        self.check_finite(inputs, data_samples, 'training')
         self._masks = []
         losses = super().loss(inputs, data_samples)
         mask = self.backbone.last_mask
@@ -82,6 +109,7 @@ class SelDSEncoderDecoder(EncoderDecoder):
 
     def predict(self, inputs: Tensor,
                 data_samples: OptSampleList = None) -> SampleList:
+        self.check_finite(inputs, data_samples)
         self._masks = []
         results = super().predict(inputs, data_samples)
         ratios = torch.stack([m.detach().float().mean((1, 2, 3))
