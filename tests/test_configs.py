@@ -31,6 +31,11 @@ def test_config_builds(path):
         assert cfg.custom_imports['imports'] == ['mmselds']
         names = [m['type'] for m in cfg.val_evaluator]
         assert names == ['IoUMetric', 'DownsampleRatioMetric']
+        # a fixed threshold would override the trained-ratio rule (I6)
+        assert cfg.model.backbone.mask_head.get('threshold') is None
+        assert model.backbone.mask_head.test_threshold() is None
+        hooks = [h['type'] for h in cfg.custom_hooks]
+        assert 'CheckLoadFromHook' in hooks
     assert cfg.model.data_preprocessor.test_cfg == dict(size_divisor=16)
 
 

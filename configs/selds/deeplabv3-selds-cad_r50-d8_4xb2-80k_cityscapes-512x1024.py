@@ -10,7 +10,9 @@ model = dict(
     data_preprocessor=dict(test_cfg=dict(size_divisor=16)),
     backbone=dict(
         type='SelDSResNetV1c',
-        mask_head=dict(type='CADMaskHead', tau=1.0, threshold=0.5),
+        # no threshold: evaluation down-samples as many cells as training
+        # did; --cfg-options model.backbone.mask_head.threshold=T overrides
+        mask_head=dict(type='CADMaskHead', tau=1.0),
         pooling=dict(type='SelectivePooling', mode='stride'),
         execution='auto'),
     sparsity_loss=dict(

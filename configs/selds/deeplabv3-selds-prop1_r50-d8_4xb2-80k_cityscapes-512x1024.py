@@ -6,5 +6,4 @@ model = dict(
         mask_head=dict(
             type='DepthwiseMaskHead',
             norm_cfg=dict(type='SyncBN', requires_grad=True),
-            tau=1.0,
-            threshold=0.5)))
+            tau=1.0)))
