@@ -6,4 +6,7 @@ custom_hooks = [
     # stop with an error naming mismatched tensors when a checkpoint
     # (load_from, tools/test.py CHECKPOINT) does not fit the model
     dict(type='CheckLoadFromHook'),
+    # --resume ends with the weights of the uninterrupted run: random
+    # states saved in checkpoints, validation draws no training randomness
+    dict(type='ExactResumeHook'),
 ]
