@@ -19,8 +19,10 @@ class Holder(torch.nn.Module):
         self.backbone = backbone
 
 
-def runner_for(model, path):
-    return SimpleNamespace(_load_from=str(path), _resume=False, model=model,
+def runner_for(model, path, resume=False, work_dir='.'):
+    return SimpleNamespace(_load_from=None if path is None else str(path),
+                           _resume=resume, _has_loaded=False, model=model,
+                           work_dir=str(work_dir),
                            logger=logging.getLogger('test'))
 
 
@@ -29,23 +31,102 @@ def save(module, path):
                                          module.state_dict().items()}), path)
 
 
-def test_check_load_from_accepts_an_mmseg_checkpoint(tmp_path):
-    model = Holder(selds_backbone(18))
+def load(hook, runner):
+    """What Runner.load_or_resume does around the hook: before_run, read
+    the file, after_load_checkpoint."""
+    hook.before_run(runner)
+    ckpt = torch.load(runner._load_from, map_location='cpu',
+                      weights_only=False)
+    hook.after_load_checkpoint(runner, ckpt)
+
+
+def test_check_load_from_accepts_an_mmseg_checkpoint(tmp_path, caplog):
+    model = Holder(selds_backbone(18, pool='adaptive'))
     save(mmseg_resnet(model.backbone), tmp_path / 'mmseg.pth')
     hook = HOOKS.build(dict(type='CheckLoadFromHook'))
-    hook.before_train(runner_for(model, tmp_path / 'mmseg.pth'))
+    with caplog.at_level(logging.INFO):
+        load(hook, runner_for(model, tmp_path / 'mmseg.pth'))
+    notice = [r.getMessage() for r in caplog.records
+              if 'keep their initialisation' in r.getMessage()]
+    assert len(notice) == 1, caplog.text
+    assert 'backbone.mask_head.*' in notice[0]
+    assert 'backbone.pooling.*' in notice[0]
+    n = sum(k.startswith(('backbone.mask_head.', 'backbone.pooling.'))
+            for k in model.state_dict())
+    assert f': {n} tensors under' in notice[0]
 
 
 def test_check_load_from_names_missing_and_mismatched_keys(tmp_path):
     from mmseg.models.backbones import ResNetV1c
     other = ResNetV1c(depth=18, **OS8, **NARROW)  # another depth
     save(other, tmp_path / 'r18.pth')
+    model = Holder(selds_backbone(50))
+    ours = other.state_dict()['layer1.0.conv1.weight'].shape
+    theirs = model.backbone.state_dict()['layer1.0.conv1.weight'].shape
+    assert ours != theirs
+    shapes = (rf'backbone.layer1.0.conv1.weight: checkpoint '
+              rf'\({", ".join(map(str, ours))}\), model '
+              rf'\({", ".join(map(str, theirs))}\)')
     hook = HOOKS.build(dict(type='CheckLoadFromHook'))
-    with pytest.raises(ValueError, match=r'does not fit the model: [1-9]\d* '
-                       r'missing keys.*layer1.0.conv3.weight.*[1-9]\d* shape '
-                       'mismatches'):
-        hook.before_train(runner_for(Holder(selds_backbone(50)),
-                                     tmp_path / 'r18.pth'))
+    with pytest.raises(ValueError, match=r'r18.pth does not fit the model: '
+                       r'[1-9]\d* shape mismatches: ' + shapes +
+                       r'.*[1-9]\d* missing keys .*layer1.0.conv3.weight'):
+        load(hook, runner_for(model, tmp_path / 'r18.pth'))
+
+
+def test_check_load_from_refuses_extra_blocks(tmp_path):
+    """A deeper checkpoint whose common tensors all fit (R34 into R18):
+    only its unexpected keys tell."""
+    from mmseg.models.backbones import ResNetV1c
+    save(ResNetV1c(depth=34, **OS8, **NARROW), tmp_path / 'r34.pth')
+    hook = HOOKS.build(dict(type='CheckLoadFromHook'))
+    with pytest.raises(ValueError, match=r'r34.pth does not fit the model: '
+                       r'[1-9]\d* unexpected keys .*backbone.layer1.2.'):
+        load(hook, runner_for(Holder(selds_backbone(18)),
+                              tmp_path / 'r34.pth'))
+
+
+def test_check_load_from_not_strict_warns(tmp_path, caplog):
+    from mmseg.models.backbones import ResNetV1c
+    save(ResNetV1c(depth=34, **OS8, **NARROW), tmp_path / 'r34.pth')
+    hook = HOOKS.build(dict(type='CheckLoadFromHook', strict=False))
+    with caplog.at_level(logging.WARNING):
+        load(hook, runner_for(Holder(selds_backbone(18)),
+                              tmp_path / 'r34.pth'))
+    assert 'does not fit the model' in caplog.text
+    assert 'not strict' in caplog.text
+
+
+@pytest.mark.parametrize('content', [b'', b'\x9b' * 64])
+def test_check_load_from_names_a_bad_file_before_loading(tmp_path, content):
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(content)
+    hook = HOOKS.build(dict(type='CheckLoadFromHook'))
+    with pytest.raises(ValueError,
+                       match=r'bad.pth is not a valid checkpoint'):
+        hook.before_run(runner_for(Holder(selds_backbone(18)), bad))
+
+
+def test_check_load_from_reads_the_checkpoint_resume_finds(tmp_path):
+    (tmp_path / 'iter_4.pth').write_bytes(b'PK\x03\x04 truncated')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    hook = HOOKS.build(dict(type='CheckLoadFromHook'))
+    with pytest.raises(ValueError, match=r'iter_4.pth is not a valid '):
+        hook.before_run(runner_for(Holder(selds_backbone(18)), None,
+                                   resume=True, work_dir=tmp_path))
+
+
+def test_add_check_load_hook():
+    from mmengine.config import Config
+
+    from mmselds.engine.hooks import add_check_load_hook
+    cfg = add_check_load_hook(Config(dict(custom_hooks=[
+        dict(type='EMAHook')])), strict=False)
+    assert cfg.custom_hooks == [dict(type='EMAHook'), dict(
+        type='CheckLoadFromHook', strict=False)]
+    cfg = add_check_load_hook(Config(dict(custom_hooks=[
+        dict(type='CheckLoadFromHook', strict=False)])))
+    assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True)]
 
 
 def test_slurm_scripts_pass_the_job_layout(tmp_path):

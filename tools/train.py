@@ -2,6 +2,7 @@
 import argparse
 import logging
 import os
+import sys
 
 from mmengine.config import DictAction
 from mmengine.logging import print_log
@@ -9,6 +10,9 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
+from mmselds.engine.hooks import add_check_load_hook
+from mmselds.utils.checkpoint import (CheckpointMismatchError,
+                                      InvalidCheckpointError)
 from mmselds.utils.launch import load_config, prepare_launch
 
 
@@ -23,6 +27,12 @@ def parse_args():
     parser.add_argument(
         '--amp', action='store_true', default=False,
         help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--no-strict-load', action='store_true',
+        help='load a load_from or resume checkpoint that does not fit the '
+        'model (missing, unexpected or differently shaped tensors) with a '
+        'warning instead of an error; what does not fit keeps its '
+        'initialisation')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings of the config, key=value pairs, e.g. '
@@ -50,10 +60,14 @@ def main():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
+    add_check_load_hook(cfg, strict=not args.no_strict_load)
     cfg = prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except (InvalidCheckpointError, CheckpointMismatchError) as err:
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

@@ -1,57 +1,83 @@
-from typing import Sequence
+from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner.checkpoint import find_latest_checkpoint
 from mmseg.registry import HOOKS
+
+from mmselds.utils.checkpoint import (ALLOWED_MISSING, check_checkpoint,
+                                      read_checkpoint)
 
 
 @HOOKS.register_module()
 class CheckLoadFromHook(Hook):
-    """Fail early when ``load_from`` does not fit the model.
+    """Stop with an error when a loaded checkpoint does not fit the model.
 
-    mmengine loads ``load_from`` non-strictly and only warns about missing
-    keys, so a checkpoint of another depth or head silently leaves layers at
-    their initialisation. This hook re-reads the checkpoint before training
-    and raises ``ValueError`` naming every model parameter that is missing
-    (other than the ones the checkpoint cannot have, e.g. the mask head) or
-    has another shape.
+    mmengine loads checkpoints non-strictly and only logs what it skipped,
+    so a checkpoint of another depth, width or head silently leaves layers
+    at their initialisation. This hook covers every checkpoint the runner
+    loads (``load_from`` in training, ``tools/test.py CONFIG CHECKPOINT``,
+    ``--resume``):
+
+    * ``before_run``: the file is read once, so that a missing, empty,
+      truncated or corrupt file is a ``ValueError`` naming the file;
+    * ``after_load_checkpoint`` (before mmengine copies the tensors into the
+      model): any missing key, unexpected key or shape mismatch raises a
+      ``ValueError`` naming the first ones (``name: checkpoint (a, b),
+      model (c, d)``). Missing keys under ``allowed_missing`` (the mask head
+      and pooling, which an mmseg checkpoint cannot have) get a one-line
+      notice.
 
     Args:
-        allowed_missing (Sequence[str]): prefixes of parameters that may be
-            absent. Default: ``('backbone.mask_head.', 'backbone.pooling.')``.
+        strict (bool): raise on a mismatch; if False, log a warning and let
+            mmengine load what fits (``--no-strict-load`` of our tools).
+            Default: True.
+        allowed_missing (Sequence[str]): prefixes of model keys that may be
+            absent from the checkpoint.
+            Default: ``('backbone.mask_head.', 'backbone.pooling.')``.
     """
 
     priority = 'VERY_LOW'
 
-    def __init__(self, allowed_missing: Sequence[str] = (
-            'backbone.mask_head.', 'backbone.pooling.')):
+    def __init__(self, strict: bool = True,
+                 allowed_missing: Sequence[str] = ALLOWED_MISSING):
+        self.strict = strict
         self.allowed_missing = tuple(allowed_missing)
+        self._path: Optional[str] = None
 
-    def before_train(self, runner) -> None:
-        path = runner._load_from
-        if not path or runner._resume:
+    @staticmethod
+    def checkpoint_path(runner) -> Optional[str]:
+        """The file ``Runner.load_or_resume`` will load, if any."""
+        if runner._load_from is not None:
+            return str(runner._load_from)
+        if runner._resume:
+            return find_latest_checkpoint(runner.work_dir)
+        return None
+
+    def before_run(self, runner) -> None:
+        if getattr(runner, '_has_loaded', False):
             return
-        ckpt = _load_checkpoint(path, map_location='cpu')
-        state = ckpt.get('state_dict', ckpt)
-        state = {k[7:] if k.startswith('module.') else k: v
-                 for k, v in state.items()}
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
-        missing, mismatched = [], []
-        for key, value in model.state_dict().items():
-            if key not in state:
-                if not key.startswith(self.allowed_missing):
-                    missing.append(key)
-            elif tuple(state[key].shape) != tuple(value.shape):
-                mismatched.append(f'{key}: checkpoint '
-                                  f'{tuple(state[key].shape)}, model '
-                                  f'{tuple(value.shape)}')
-        if missing or mismatched:
-            raise ValueError(
-                f'load_from={path} does not fit the model: '
-                f'{len(missing)} missing keys {missing[:10]}'
-                f'{" ..." if len(missing) > 10 else ""}; '
-                f'{len(mismatched)} shape mismatches {mismatched[:10]}')
-        runner.logger.info(f'load_from {path}: every parameter found '
-                           f'(allowed missing: {self.allowed_missing})')
+        self._path = self.checkpoint_path(runner)
+        if self._path:
+            read_checkpoint(self._path)  # ValueError naming a bad file
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        path = self._path or 'the loaded checkpoint'
+        check_checkpoint(checkpoint, runner.model, path, strict=self.strict,
+                         allowed_missing=self.allowed_missing,
+                         logger=runner.logger)
+
+
+def add_check_load_hook(cfg, strict: bool = True):
+    """Make a config's loading strict (or not, ``strict=False``): add a
+    ``CheckLoadFromHook`` to ``custom_hooks`` when the config has none (a
+    user's own config), and set ``strict`` on the ones it has."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    found = [h for h in hooks if h.get('type') in
+             ('CheckLoadFromHook', CheckLoadFromHook)]
+    if not found:
+        hooks.append(dict(type='CheckLoadFromHook'))
+        found = hooks[-1:]
+    for hook in found:
+        hook['strict'] = strict
+    cfg.custom_hooks = hooks
+    return cfg

@@ -3,15 +3,19 @@ from typing import Optional
 
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
+
+from .checkpoint import load_model_checkpoint
 
 
 def build_segmentor(config: str, checkpoint: Optional[str] = None,
-                    cfg_options: Optional[dict] = None, device: str = 'cpu'):
+                    cfg_options: Optional[dict] = None, device: str = 'cpu',
+                    strict: bool = True):
     """(model in eval mode, config). Without a checkpoint the model keeps
     PyTorch's default random initialisation (enough to count and time it);
-    pretrained backbones are never downloaded."""
+    pretrained backbones are never downloaded. A checkpoint is loaded
+    through ``mmselds.utils.checkpoint.load_model_checkpoint``: a bad file
+    or (with ``strict``) tensors that do not fit are a ``ValueError``."""
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -20,7 +24,7 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
     cfg.model.backbone.pop('init_cfg', None)
     model = MODELS.build(cfg.model)
     if checkpoint:
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_model_checkpoint(model, checkpoint, strict=strict)
     model.to(device)
     model.eval()
     return model, cfg

@@ -1,0 +1,227 @@
+"""Reading checkpoints and checking that they fit a model, in one place.
+
+``read_checkpoint`` turns an unreadable file (missing, empty, truncated,
+corrupt) into one ``ValueError`` naming the file; ``compare_state_dicts``
+lists what differs between a checkpoint and a model by name;
+``check_checkpoint`` applies the comparison with the rules of our tools
+(missing mask-head and pooling parameters are expected of an mmseg
+checkpoint and only noted; anything else is an error unless not strict).
+"""
+import logging
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.runner.checkpoint import _load_checkpoint
+
+# Parameters an mmseg DeepLabV3 / ResNetV1c checkpoint cannot have: the
+# selective backbone's mask head and pooling start from their initialisation.
+ALLOWED_MISSING = ('backbone.mask_head.', 'backbone.pooling.')
+
+
+class InvalidCheckpointError(ValueError):
+    """A file that cannot be read as a checkpoint."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the model."""
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in str(path)
+
+
+def read_checkpoint(path: str, map_location='cpu') -> dict:
+    """The checkpoint dict stored at ``path`` (a local file or anything
+    mmengine's ``_load_checkpoint`` reads: URLs, ``open-mmlab://``...).
+
+    Raises:
+        InvalidCheckpointError (a ``ValueError``): the file is missing, empty,
+            truncated or corrupt, or holds something other than a dict; the
+            message names the file, the original error is the cause.
+    """
+    path = str(path)
+    if not _is_remote(path):
+        if not osp.isfile(path):
+            raise InvalidCheckpointError(
+                f'{path} is not a valid checkpoint: no such file')
+        if osp.getsize(path) == 0:
+            raise InvalidCheckpointError(
+                f'{path} is not a valid checkpoint: the file is empty')
+    try:
+        ckpt = _load_checkpoint(path, map_location=map_location) \
+            if _is_remote(path) else _load_local(path, map_location)
+    except Exception as err:  # unpickling can fail in many ways
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        if len(reason) > 120:
+            reason = reason[:117] + '...'
+        raise InvalidCheckpointError(
+            f'{path} is not a valid checkpoint (truncated or corrupt?): '
+            f'{type(err).__name__}' + (f': {reason}' if reason else '')
+        ) from err
+    if not isinstance(ckpt, Mapping):
+        raise InvalidCheckpointError(
+            f'{path} is not a valid checkpoint: it holds a '
+            f'{type(ckpt).__name__}, not a dict')
+    return ckpt
+
+
+def _load_local(path: str, map_location):
+    """``torch.load`` of a local file: tensors-only first, then (for the
+    plain Python objects of mmengine's ``meta``) the full unpickler, as
+    mmengine does, without its warning in between."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def state_dict_of(ckpt: Mapping, path: str = 'checkpoint') -> Dict:
+    """The weights of a checkpoint dict (its ``state_dict``, or the dict
+    itself when it maps names to tensors), with a leading ``module.``
+    stripped from every name."""
+    state = ckpt.get('state_dict', ckpt)
+    if not isinstance(state, Mapping):
+        raise InvalidCheckpointError(
+            f'{path} is not a valid checkpoint: its state_dict is a '
+            f'{type(state).__name__}, not a dict')
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InvalidCheckpointError(
+            f'{path} is not a valid checkpoint: no state_dict, and '
+            f'{bad[0]!r} is a {type(state[bad[0]]).__name__}, not a tensor')
+    return strip_prefix(state)
+
+
+def strip_prefix(state: Mapping, prefix: str = 'module.') -> Dict:
+    n = len(prefix)
+    return {k[n:] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+@dataclass
+class StateDictDiff:
+    """What differs between a checkpoint's and a model's state dicts."""
+
+    missing: List[str] = field(default_factory=list)
+    allowed_missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    # (name, checkpoint shape, model shape)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 5) -> str:
+        """One line: shape mismatches first (the usual sign of another
+        depth or width), then unexpected and missing keys."""
+
+        def cut(items):
+            return ', '.join(items[:limit]) + (
+                f', ... ({len(items) - limit} more)'
+                if len(items) > limit else '')
+
+        parts = []
+        if self.mismatched:
+            parts.append(f'{len(self.mismatched)} shape mismatches: ' + cut(
+                [f'{k}: checkpoint {_fmt(a)}, model {_fmt(b)}'
+                 for k, a, b in self.mismatched]))
+        if self.unexpected:
+            parts.append(f'{len(self.unexpected)} unexpected keys (in the '
+                         f'checkpoint, not in the model): '
+                         + cut(self.unexpected))
+        if self.missing:
+            parts.append(f'{len(self.missing)} missing keys (in the model, '
+                         f'not in the checkpoint): ' + cut(self.missing))
+        return '; '.join(parts) if parts else 'every tensor fits'
+
+
+def _fmt(shape: tuple) -> str:
+    return '(' + ', '.join(str(s) for s in shape) + ')'
+
+
+def compare_state_dicts(
+        checkpoint_state: Mapping, model_state: Mapping,
+        allowed_missing: Sequence[str] = ALLOWED_MISSING) -> StateDictDiff:
+    """Compare a checkpoint's state dict with a model's, by name, after
+    stripping a leading ``module.`` on both sides. Model keys that start
+    with one of ``allowed_missing`` may be absent from the checkpoint."""
+    ckpt = strip_prefix(checkpoint_state)
+    model = strip_prefix(model_state)
+    allowed = tuple(allowed_missing)
+    diff = StateDictDiff()
+    for key, value in model.items():
+        if key not in ckpt:
+            (diff.allowed_missing if allowed and key.startswith(allowed)
+             else diff.missing).append(key)
+        elif tuple(ckpt[key].shape) != tuple(value.shape):
+            diff.mismatched.append(
+                (key, tuple(ckpt[key].shape), tuple(value.shape)))
+    diff.unexpected = [k for k in ckpt if k not in model]
+    return diff
+
+
+def model_state_of(model: torch.nn.Module) -> Dict:
+    """The state dict of a model, of a wrapped model (DDP) or of a
+    test-time-augmentation model, named as in a checkpoint."""
+    return unwrap(model).state_dict()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The segmentor inside a model wrapper (DDP) or a TTA model."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
+                     path: str = 'checkpoint', strict: bool = True,
+                     allowed_missing: Sequence[str] = ALLOWED_MISSING,
+                     logger='current') -> StateDictDiff:
+    """Check that ``checkpoint`` (a checkpoint dict or a state dict) fits
+    ``model``.
+
+    Keys under ``allowed_missing`` that the checkpoint lacks get a one-line
+    notice. Any other missing key, an unexpected key or a shape mismatch
+    raises ``CheckpointMismatchError`` (a ``ValueError``) naming the first
+    ones, or, with ``strict=False``, a warning.
+    """
+    diff = compare_state_dicts(state_dict_of(checkpoint, path),
+                               model_state_of(model), allowed_missing)
+    if diff.allowed_missing:
+        prefixes = sorted({p for p in allowed_missing for k in
+                           diff.allowed_missing if k.startswith(p)})
+        print_log(f'{path}: {len(diff.allowed_missing)} tensors under '
+                  f'{", ".join(p + "*" for p in prefixes)} are not in the '
+                  'checkpoint and keep their initialisation (expected for '
+                  'an mmseg checkpoint)', logger=logger, level=logging.INFO)
+    if not diff.ok:
+        message = f'{path} does not fit the model: {diff.describe()}'
+        if strict:
+            raise CheckpointMismatchError(
+                message + ' (to load what fits anyway, pass --no-strict-load '
+                'to tools/train.py or tools/test.py, or set '
+                'strict=False in CheckLoadFromHook)')
+        print_log(message + ' (not strict: loading what fits)',
+                  logger=logger, level=logging.WARNING)
+    return diff
+
+
+def load_model_checkpoint(model: torch.nn.Module, path: str,
+                          strict: bool = True,
+                          allowed_missing: Sequence[str] = ALLOWED_MISSING,
+                          map_location='cpu',
+                          logger: Optional[str] = 'current') -> dict:
+    """Read ``path``, check it against ``model`` (``check_checkpoint``) and
+    load the tensors that fit. Returns the checkpoint dict."""
+    ckpt = read_checkpoint(path, map_location=map_location)
+    diff = check_checkpoint(ckpt, model, path, strict, allowed_missing,
+                            logger)
+    mismatched = {k for k, _, _ in diff.mismatched}
+    state = {k: v for k, v in state_dict_of(ckpt, path).items()
+             if k not in mismatched}
+    unwrap(model).load_state_dict(state, strict=False)
+    return ckpt
