@@ -1,11 +1,15 @@
 """Test (and evaluate) a segmentor (mmseg's ``tools/test.py`` interface)."""
 import argparse
 import os
+import sys
 
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
+from mmselds.engine.hooks import add_check_load_hook
+from mmselds.utils.checkpoint import (CheckpointMismatchError,
+                                      InvalidCheckpointError)
 from mmselds.utils.launch import load_config, prepare_launch
 
 
@@ -36,7 +40,14 @@ def parse_args():
         '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none', help='job launcher')
     parser.add_argument(
-        '--tta', action='store_true', help='test time augmentation')
+        '--tta', action='store_true',
+        help='test time augmentation: the tta_pipeline (flips and scales) '
+        'and tta_model of the config')
+    parser.add_argument(
+        '--no-strict-load', action='store_true',
+        help='load a checkpoint that does not fit the model (missing, '
+        'unexpected or differently shaped tensors) with a warning instead '
+        'of an error; what does not fit keeps its initialisation')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -64,7 +75,20 @@ def main():
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
+    add_check_load_hook(cfg, strict=not args.no_strict_load)
     if args.tta:
+        absent = [k for k in ('tta_pipeline', 'tta_model')
+                  if cfg.get(k, None) is None]
+        if absent:
+            sys.exit(f'error: --tta needs {" and ".join(absent)} in '
+                     f'{args.config} (e.g. inherit '
+                     'configs/_base_/datasets/synthetic_cityscapes.py or '
+                     "mmseg's _base_/datasets/cityscapes.py, and "
+                     "mmseg's _base_/default_runtime.py)")
+        if cfg.tta_model.get('type') == 'SegTTAModel' and \
+                cfg.model.get('type') == 'SelDSEncoderDecoder':
+            # the same merge, keeping the passes' mean down-sampling ratio
+            cfg.tta_model.type = 'SelDSTTAModel'
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
@@ -76,7 +100,10 @@ def main():
                 evaluator['output_dir'] = args.out
                 evaluator['keep_results'] = True
     cfg = prepare_launch(cfg, args.launcher)
-    Runner.from_cfg(cfg).test()
+    try:
+        Runner.from_cfg(cfg).test()
+    except (InvalidCheckpointError, CheckpointMismatchError) as err:
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

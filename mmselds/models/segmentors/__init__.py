@@ -1,3 +1,4 @@
 from .selds_encoder_decoder import SelDSEncoderDecoder
+from .selds_tta import SelDSTTAModel
 
-__all__ = ['SelDSEncoderDecoder']
+__all__ = ['SelDSEncoderDecoder', 'SelDSTTAModel']
