@@ -11,6 +11,7 @@ from mmengine.runner import Runner
 from mmseg.registry import METRICS
 
 from mmselds.analysis.timing import median, time_interleaved
+from mmselds.datasets.checks import check_dataset_images
 
 
 @contextmanager
@@ -29,7 +30,10 @@ def build_test_loader(cfg, data_root: str, num_images: int = None,
                       split: str = None):
     """The config's test dataloader (test pipeline) on ``data_root``, batch
     1, no workers; optionally the first ``num_images`` images only, and
-    another Cityscapes-layout split (e.g. ``'train'``)."""
+    another Cityscapes-layout split (e.g. ``'train'``).
+
+    Raises :class:`~mmselds.datasets.NoImagesError` naming the image folder
+    if it is missing or holds no images."""
     loader = cfg.test_dataloader.copy()
     loader.dataset = loader.dataset.copy()
     loader.dataset.data_root = data_root
@@ -39,6 +43,7 @@ def build_test_loader(cfg, data_root: str, num_images: int = None,
     if num_images is not None:
         loader.dataset.indices = num_images
     loader.update(batch_size=1, num_workers=0, persistent_workers=False)
+    check_dataset_images(loader.dataset, 'test_dataloader')
     return Runner.build_dataloader(loader)
 
 

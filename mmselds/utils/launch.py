@@ -2,16 +2,27 @@
 import copy
 import os
 import os.path as osp
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from mmselds.datasets.checks import NoImagesError, check_dataloader_images
 
-def load_config(args) -> Config:
+
+def load_config(args, mode: Optional[str] = None) -> Config:
     """The config of ``args.config`` with ``--cfg-options``, ``--launcher``
-    and ``--work-dir`` applied (default: ./work_dirs/<config name>)."""
+    and ``--work-dir`` applied (default: ./work_dirs/<config name>).
+
+    The image folders of the dataloaders the run will build are checked
+    (:func:`check_run_data`): ``mode='train'``: the training and, with a
+    validation loop, validation data; ``mode='test'``: the test data.
+    Default: ``'test'`` for ``tools/test.py``'s arguments (they have
+    ``checkpoint``), else ``'train'``. A missing folder or one without
+    images stops here with a message naming it (``SystemExit``).
+    """
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -21,7 +32,29 @@ def load_config(args) -> Config:
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+    if mode is None:
+        mode = 'test' if getattr(args, 'checkpoint', None) else 'train'
+    try:
+        check_run_data(cfg, mode)
+    except NoImagesError as error:
+        raise SystemExit(f'error: {error}') from None
     return cfg
+
+
+def check_run_data(cfg: Config, mode: str) -> None:
+    """Raise :class:`~mmselds.datasets.NoImagesError` if a dataloader that
+    a ``mode`` run (``'train'``: training + validation if the config has a
+    validation loop; ``'test'``; ``'val'``) builds would find no images."""
+    if mode == 'train':
+        loaders = ['train_dataloader']
+        if cfg.get('val_cfg') and cfg.get('val_evaluator'):
+            loaders.append('val_dataloader')
+    elif mode in ('test', 'val'):
+        loaders = [f'{mode}_dataloader']
+    else:
+        raise ValueError(f"mode must be 'train', 'val' or 'test', got "
+                         f'{mode!r}')
+    check_dataloader_images(cfg, loaders)
 
 
 def sync_bn_to_bn(cfg):

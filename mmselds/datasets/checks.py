@@ -1,0 +1,111 @@
+"""Check that a config's data sets have images before anything is built.
+
+mmengine's ``BaseDataset`` fails on an empty image list with ``ValueError:
+need at least one array to concatenate`` (``_serialize_data``), which names
+neither the folder nor the dataloader. :func:`check_dataloader_images` is
+called where every tool builds its data: ``mmselds.utils.launch.load_config``
+(``tools/train.py``, ``tools/test.py``) and
+``mmselds.utils.evaluation.build_test_loader`` (the analysis tools, the
+demo).
+"""
+import inspect
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+class NoImagesError(FileNotFoundError):
+    """A data set's image folder is missing or holds no images."""
+
+
+def _dataset_class(dataset_type):
+    if inspect.isclass(dataset_type):
+        return dataset_type
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import DATASETS
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return DATASETS.get(dataset_type)
+
+
+def _default(cls, key: str, fallback):
+    for klass in cls.__mro__:
+        init = klass.__dict__.get('__init__')
+        if init is None:
+            continue
+        param = inspect.signature(init).parameters.get(key)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return fallback
+
+
+def _join(data_root: str, path: str) -> str:
+    """As mmengine's ``BaseDataset._join_prefix``."""
+    if data_root and path and not osp.isabs(path) and '://' not in path:
+        return osp.join(data_root, path)
+    return path
+
+
+def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
+    """Raise :class:`NoImagesError` if an mmseg data set config
+    (``BaseSegDataset`` and subclasses such as ``CityscapesDataset``, or a
+    wrapper of them) would find no image: the image folder is missing or
+    holds no ``*{img_suffix}`` file, or its ``ann_file`` lists nothing.
+    Data sets of other kinds and remote storage are not checked."""
+    if dataset is None:
+        return
+    if dataset.get('dataset') is not None:  # RepeatDataset & co.
+        check_dataset_images(dataset['dataset'], where)
+    for i, sub in enumerate(dataset.get('datasets') or ()):  # ConcatDataset
+        check_dataset_images(sub, f'{where}.datasets[{i}]')
+    if 'type' not in dataset:
+        return
+    try:
+        from mmseg.datasets import BaseSegDataset
+        cls = _dataset_class(dataset['type'])
+    except (ImportError, KeyError):
+        return
+    if cls is None or not issubclass(cls, BaseSegDataset):
+        return
+    backend = (dataset.get('backend_args') or {}).get('backend', 'local')
+    if backend != 'local':
+        return
+    data_root = dataset.get('data_root') or ''
+    prefix = (dataset.get('data_prefix') or {}).get('img_path') or ''
+    suffix = dataset.get('img_suffix', _default(cls, 'img_suffix', '.jpg'))
+    img_dir = _join(data_root, prefix)
+    if '://' in img_dir:
+        return
+    settings = (f"(data_root='{data_root}', data_prefix.img_path="
+                f"'{prefix}')")
+    ann_file = _join(data_root, dataset.get('ann_file') or '')
+    if ann_file and not osp.isdir(ann_file):
+        if not osp.isfile(ann_file):
+            raise NoImagesError(f'{where}: the annotation file {ann_file} '
+                                f'does not exist {settings}')
+        with open(ann_file) as f:
+            if not any(line.strip() for line in f):
+                raise NoImagesError(f'{where}: the annotation file '
+                                    f'{ann_file} lists no images')
+        return
+    if not osp.isdir(img_dir or '.'):
+        raise NoImagesError(f'{where}: the image folder {img_dir} does not '
+                            f'exist {settings}')
+    for _, _, files in os.walk(img_dir or '.', followlinks=True):
+        if any(name.endswith(suffix) for name in files):
+            return
+    raise NoImagesError(
+        f'{where}: the image folder {img_dir} holds no images (no '
+        f'*{suffix} file in it or its subfolders) {settings}')
+
+
+def check_dataloader_images(cfg, loaders: Optional[Sequence[str]] = None
+                            ) -> None:
+    """:func:`check_dataset_images` on the data set of each dataloader of
+    ``cfg`` named in ``loaders`` (default: all three) that the config
+    defines."""
+    for name in LOADERS if loaders is None else loaders:
+        loader = cfg.get(name)
+        if loader:
+            check_dataset_images(loader.get('dataset'), name)

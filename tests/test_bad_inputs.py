@@ -1,0 +1,93 @@
+"""Bad inputs answered with a clear error: a data root whose folders hold
+no images (train, test and the analysis tools), visualize_masks.py's
+threshold and unreadable images."""
+import os
+import subprocess
+import sys
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from mmselds.datasets import NoImagesError, generate
+from mmselds.utils.evaluation import build_test_loader
+from mmselds.utils.launch import check_run_data
+from tests.helpers import ROOT, SELDS_DEMO, cfg_options
+
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+NO_VAL_IMAGES = r'leftImg8bit/val holds no images \(no \*_leftImg8bit\.png'
+
+
+def run_failing(cmd, timeout=300):
+    """Run a tool that must fail: (exit status, stdout + stderr)."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-4000:]
+    return proc.returncode, out
+
+
+@pytest.fixture
+def empty_root(tmp_path):
+    """The Cityscapes folders, no images in them."""
+    root = tmp_path / 'empty'
+    for sub in ('leftImg8bit/train/aachen', 'leftImg8bit/val/frankfurt',
+                'gtFine/train/aachen', 'gtFine/val/frankfurt'):
+        (root / sub).mkdir(parents=True)
+    return str(root)
+
+
+def demo_cfg(data_root):
+    cfg = Config.fromfile(SELDS_DEMO)
+    for loader in LOADERS:
+        cfg[loader].dataset.data_root = data_root
+    return cfg
+
+
+def test_check_names_the_folder_without_images(empty_root, tiny_data):
+    with pytest.raises(NoImagesError, match=NO_VAL_IMAGES) as error:
+        build_test_loader(Config.fromfile(SELDS_DEMO), empty_root)
+    assert os.path.join(empty_root, 'leftImg8bit/val') in str(error.value)
+    with pytest.raises(NoImagesError,
+                       match='train_dataloader: the image folder .*'
+                       'leftImg8bit/train holds no images'):
+        check_run_data(demo_cfg(empty_root), 'train')
+    with pytest.raises(NoImagesError, match='test_dataloader: .*' +
+                       NO_VAL_IMAGES):
+        check_run_data(demo_cfg(empty_root), 'test')
+    # a real data root passes, and the loader is built
+    init_default_scope('mmseg')
+    check_run_data(demo_cfg(tiny_data), 'train')
+    assert len(build_test_loader(Config.fromfile(SELDS_DEMO),
+                                 tiny_data).dataset) == 4
+
+
+def test_check_covers_only_the_data_the_run_reads(tmp_path):
+    """A test run needs no training images; training needs them."""
+    root = str(tmp_path / 'val_only')
+    generate(root, num_train=0, num_val=1, size=(64, 128))
+    check_run_data(demo_cfg(root), 'test')
+    with pytest.raises(NoImagesError, match='train_dataloader: the image '
+                       'folder .*leftImg8bit/train does not exist'):
+        check_run_data(demo_cfg(root), 'train')
+
+
+def test_train_test_and_get_flops_name_the_empty_folder(empty_root,
+                                                       tmp_path):
+    commands = {
+        'train': [sys.executable, 'tools/train.py', SELDS_DEMO,
+                  '--work-dir', tmp_path / 'train', '--cfg-options',
+                  *cfg_options(empty_root)],
+        'test': [sys.executable, 'tools/test.py', SELDS_DEMO,
+                 tmp_path / 'never_read.pth', '--work-dir', tmp_path / 'test',
+                 '--cfg-options', *cfg_options(empty_root)],
+        'get_flops': [sys.executable, 'tools/analysis_tools/get_flops.py',
+                      SELDS_DEMO, '--data-root', empty_root],
+    }
+    for name, cmd in commands.items():
+        _, out = run_failing(cmd)
+        folder = 'train' if name == 'train' else 'val'
+        assert (f'the image folder {empty_root}/leftImg8bit/{folder} holds '
+                'no images (no *_leftImg8bit.png') in out, (name, out[-3000:])
+        assert 'need at least one array' not in out, name
+        assert 'Traceback' not in out, (name, out[-3000:])
