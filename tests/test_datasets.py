@@ -84,3 +84,30 @@ def test_boundary_cells():
     assert cells.shape == (2, 3)
     assert cells.tolist() == [[False, True, False], [False, True, False]]
     assert cv2 is not None
+
+
+def test_converter_defaults_match_the_demo(tmp_path):
+    """The converter's defaults are the demo's data set (128x256, 200 +
+    50), shown by --help; generate() defaults to the same size."""
+    import inspect
+    import subprocess
+    import sys
+
+    import cv2
+
+    from tests.helpers import ROOT
+    script = 'tools/dataset_converters/synthetic_cityscapes.py'
+    out = subprocess.run([sys.executable, script, '--help'], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    flat = ' '.join(out.split())
+    for shown in ('(default: 200)', '(default: 50)', '(default: (128, 256))',
+                  '(default: 0)'):
+        assert shown in flat, out
+    assert inspect.signature(generate).parameters['size'].default == \
+        (128, 256)
+    subprocess.run([sys.executable, script, str(tmp_path), '--num-train',
+                    '1', '--num-val', '0'], cwd=ROOT, check=True,
+                   capture_output=True)
+    image = cv2.imread(str(next(tmp_path.glob(
+        'leftImg8bit/train/*/*_leftImg8bit.png'))))
+    assert image.shape == (128, 256, 3)

@@ -38,6 +38,7 @@ APPEARANCE: Dict[int, Tuple[Tuple[int, int, int], float]] = {
     TRAIN: ((100, 100, 60), 15), MOTORCYCLE: ((150, 50, 120), 15),
     BICYCLE: ((160, 40, 140), 12),
 }
+DEFAULT_SIZE = (128, 256)  # (H, W) of the demo configs and the README
 CITIES = {'train': ('aachen', 'bremen', 'zurich'),
           'val': ('frankfurt', 'lindau')}
 
@@ -176,7 +177,7 @@ def render_scene(height: int, width: int,
 
 
 def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
-             size: Tuple[int, int] = (256, 512), seed: int = 0,
+             size: Tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
              progress: Iterable = None) -> Dict[str, int]:
     """Write the data set to ``out_dir``; return the image count per split.
 
@@ -184,7 +185,8 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
         out_dir (str): data root (``data_root`` of the configs).
         num_train (int): training images. Default: 200.
         num_val (int): validation images. Default: 50.
-        size (tuple[int, int]): (height, width). Default: (256, 512).
+        size (tuple[int, int]): (height, width). Default: (128, 256), the
+            demo configs' size.
         seed (int): base seed; image i of a split uses its own seed, so the
             output is the same for the same arguments. Default: 0.
         progress (callable, optional): called as ``progress(n_done, total)``.

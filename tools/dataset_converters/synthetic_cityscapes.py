@@ -1,26 +1,36 @@
 """Generate the synthetic Cityscapes-layout data set used by the demo.
 
+The defaults are the demo's data set (what ``tools/demo.py`` and the README
+use): 200 train + 50 val images of 128x256 (H x W), seed 0.
+
 Example::
 
     python tools/dataset_converters/synthetic_cityscapes.py \
-        data/synthetic_cityscapes --num-train 200 --num-val 50 --size 256 512
+        data/synthetic_cityscapes --num-train 200 --num-val 50 --size 128 256
 """
 import argparse
 
 from mmengine.utils import ProgressBar
 
 from mmselds.datasets import generate
+from mmselds.datasets.synthetic_cityscapes import DEFAULT_SIZE
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('out_dir', help='data root to write')
-    p.add_argument('--num-train', type=int, default=200)
-    p.add_argument('--num-val', type=int, default=50)
-    p.add_argument('--size', type=int, nargs=2, default=(256, 512),
-                   metavar=('H', 'W'))
-    p.add_argument('--seed', type=int, default=0)
-    return p.parse_args()
+    p.add_argument('--num-train', type=int, default=200,
+                   help='training images (leftImg8bit/train)')
+    p.add_argument('--num-val', type=int, default=50,
+                   help='validation images (leftImg8bit/val)')
+    p.add_argument('--size', type=int, nargs=2, default=DEFAULT_SIZE,
+                   metavar=('H', 'W'), help='image height and width '
+                   '(at least 32x32)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='base seed (same arguments, same images)')
+    return p.parse_args(argv)
 
 
 def main():
