@@ -13,7 +13,6 @@ from typing import Callable, Iterable, Optional
 import torch
 
 CALIBRATION_KEY = 'backbone.mask_head.calibrated_threshold'
-TRAINED_RATIO_KEY = 'backbone.mask_head.trained_ratio'
 
 
 def mask_probabilities(model, batches: Iterable[dict],
