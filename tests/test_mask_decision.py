@@ -66,15 +66,15 @@ def test_test_tool_down_samples_as_training_did(trained, demo_data,
     out = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path)
     assert abs(ratio_of(out) - end) <= 0.05, (ratio_of(out), end)
 
-    # the model's own probabilities sit on one side of 0.5 after this
-    # short training: the old fixed rule was degenerate (all or nothing),
-    # and an explicit threshold still applies as given
+    # after this short training P(down-sample) sits above 0.5 in most
+    # cells: the old fixed 0.5 rule misses the trained ratio; an explicit
+    # threshold still applies as given
     fixed = ratio_of(run_test(SELDS_DEMO, ckpt, demo_data, tmp_path,
                               'model.backbone.mask_head.threshold=0.5'))
     assert abs(fixed - end) > 0.05, (fixed, end)
     for threshold, ratio in ((0.0, 1.0), (1.0, 0.0)):
         out = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path,
-                   f'model.backbone.mask_head.threshold={threshold}')
+                       f'model.backbone.mask_head.threshold={threshold}')
         assert ratio_of(out) == ratio
 
 
