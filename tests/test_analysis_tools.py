@@ -81,3 +81,28 @@ def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
         assert r['backbone_ms'] > 0 and r['model_peak_mib'] > 0
     figure = cv2.imread(str(png))
     assert figure is not None and figure.shape[0] > 200
+
+
+def test_get_flops_own_masks_use_the_images_size(demo_data, tmp_path):
+    """Without --shape, the references are the dense networks at the
+    images' own size (128x256 here), not at 1024x2048."""
+    out_json = tmp_path / 'flops.json'
+    out = run([sys.executable, 'tools/analysis_tools/get_flops.py',
+               SELDS_DEMO, '--data-root', demo_data, '--num-images', 2,
+               '--out', out_json])
+    counts = json.load(open(out_json))
+    assert counts['shape'] == [128, 256]
+    assert counts['image_sizes'] == [[128, 256]]
+    refs = counts['references']
+    assert counts['image_references'] == refs
+    (name, own), = counts['columns'].items()
+    assert name.startswith('own mask')
+    # between OS16 and OS8 at the same size (DESIGN I4)
+    convs = own['backbone'] - own['mask_head'] - own['pooling']
+    assert refs['OS16']['backbone'] <= convs <= refs['OS8']['backbone']
+    printed = float(re.search(r'backbone / dense OS8 backbone\s+([\d.]+)',
+                              out).group(1))
+    assert printed == pytest.approx(
+        own['backbone'] / refs['OS8']['backbone'], abs=1e-3)
+    assert printed > 0.3
+    assert 'at 128x256 (mmseg ResNetV1c)' in out

@@ -9,7 +9,8 @@ Examples::
     # forced down-sampling ratios (random masks with that many OS16 cells)
     python tools/analysis_tools/get_flops.py CONFIG --shape 1024 2048 \
         --ds-ratio 0 0.25 0.5 0.75 1
-    # the model's own masks on real images
+    # the model's own masks on real images (each image at its own size;
+    # the dense references at the same size)
     python tools/analysis_tools/get_flops.py CONFIG --checkpoint CKPT \
         --data-root data/cityscapes --num-images 50
 """
@@ -18,11 +19,12 @@ import json
 
 import torch
 from mmengine.config import DictAction
-from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
 
 import mmselds  # noqa: F401
 from mmselds.analysis import is_selective, model_macs, reference_macs
+from mmselds.datasets import NoImagesError
+from mmselds.utils.evaluation import build_test_loader
 from mmselds.utils.model_io import build_segmentor
 
 PARTS = [('stem_stages12', 'stem + stages 1-2'),
@@ -38,8 +40,10 @@ def parse_args():
     p = argparse.ArgumentParser(
         description='Per-image multiply-adds of a selective segmentor')
     p.add_argument('config')
-    p.add_argument('--shape', type=int, nargs=2, default=(1024, 2048),
-                   metavar=('H', 'W'), help='input size (forced ratios)')
+    p.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                   help='input size of the forced-ratio columns and the '
+                   'dense references (default: with --data-root the '
+                   'images\' own size, else 1024 2048)')
     p.add_argument('--checkpoint', help='weights (the mask head matters '
                    'with --data-root)')
     p.add_argument('--data-root', help='average over the first '
@@ -53,50 +57,87 @@ def parse_args():
     return p.parse_args()
 
 
-def own_mask_columns(model, cfg, data_root, num_images):
-    """Per-image MACs through the model's own masks, averaged."""
-    loader_cfg = cfg.test_dataloader
-    loader_cfg.dataset.data_root = data_root
-    loader_cfg.batch_size, loader_cfg.num_workers = 1, 0
-    loader_cfg.persistent_workers = False
-    loader = Runner.build_dataloader(loader_cfg)
+def average(dicts):
+    """Key-wise mean of nested dicts of numbers."""
+    out = {}
+    for key, value in dicts[0].items():
+        values = [d[key] for d in dicts]
+        out[key] = average(values) if isinstance(value, dict) else \
+            sum(values) / len(values)
+    return out
+
+
+def image_columns(model, cfg, data_root, num_images):
+    """Per-image MACs on the first ``num_images`` test images of
+    ``data_root``, each at its own (pre-processed) size, averaged: the
+    model's own-mask column (selective models) or its dense count, the
+    dense references at the same sizes, and the sizes."""
+    try:
+        loader = build_test_loader(cfg, data_root)
+    except NoImagesError as error:
+        raise SystemExit(f'error: --data-root: {error}') from None
     num_images = min(num_images, len(loader.dataset))
-    sums, ratios = {}, []
+    counts, refs, sizes, ratios, cache = [], [], [], [], {}
     bar = ProgressBar(num_images)
     with torch.no_grad():
         for _, batch in zip(range(num_images), loader):
             inputs = model.data_preprocessor(batch, False)['inputs']
-            model.backbone(inputs)
-            ratio = model.backbone.last_ratio
-            ratios.append(ratio)
-            for k, v in model_macs(model, inputs.shape[2:], [ratio]).items():
-                sums[k] = sums.get(k, 0) + v
+            size = tuple(inputs.shape[2:])
+            if is_selective(model):
+                model.backbone(inputs)
+                ratios.append(model.backbone.last_ratio)
+                counts.append(model_macs(model, size, [ratios[-1]]))
+            else:
+                counts.append(model_macs(model, size))
+            if size not in cache:
+                cache[size] = reference_macs(model, size)
+            refs.append(cache[size])
+            sizes.append(size)
             bar.update()
     print()
-    mean_ratio = sum(ratios) / len(ratios)
-    return {f'own mask (s={mean_ratio:.3f}, {num_images} images)':
-            {k: v / num_images for k, v in sums.items()}}
+    if ratios:
+        name = (f'own mask (s={sum(ratios) / len(ratios):.3f}, '
+                f'{num_images} images)')
+    else:
+        name = f'dense ({num_images} images)'
+    return name, average(counts), average(refs), sizes
 
 
 def main():
     args = parse_args()
     model, cfg = build_segmentor(args.config, args.checkpoint,
                                  args.cfg_options)
-    size = tuple(args.shape)
-    columns = {}
-    if not is_selective(model):
-        columns['dense'] = model_macs(model, size)
-    elif args.data_root:
-        columns.update(own_mask_columns(model, cfg, args.data_root,
-                                        args.num_images))
+    columns, column_refs = {}, {}
+    image_refs = sizes = None
+    if args.data_root:
+        name, counts, image_refs, sizes = image_columns(
+            model, cfg, args.data_root, args.num_images)
+        columns[name], column_refs[name] = counts, image_refs
+    if args.shape:
+        size = tuple(args.shape)
+    elif sizes:  # the images' own (most common) size
+        size = max(set(sizes), key=sizes.count)
+    else:
+        size = (1024, 2048)
+    refs = reference_macs(model, size)
+    if not is_selective(model) and not args.data_root:
+        columns['dense'], column_refs['dense'] = model_macs(model, size), refs
     ratios = args.ds_ratio if args.ds_ratio is not None else (
         [] if args.data_root else [0, 0.25, 0.5, 0.75, 1])
     if is_selective(model):
         for s in ratios:
             columns[f's={s:g}'] = model_macs(model, size, [s])
-    refs = reference_macs(model, size)
-    print(f'\nmultiply-adds (GMACs) per image, input {size[0]}x{size[1]} '
-          '(own-mask columns: each image at its own size)')
+            column_refs[f's={s:g}'] = refs
+    if sizes:
+        shown = sorted(set(sizes))
+        image_sizes = ', '.join(f'{h}x{w}' for h, w in shown[:3]) + (
+            ', ...' if len(shown) > 3 else '')
+        print(f'\nmultiply-adds (GMACs) per image; image column: each image '
+              f'at its own input size ({image_sizes})' + (
+                  f', forced-ratio columns: {size[0]}x{size[1]}'
+                  if len(columns) > 1 else ''))
+    else:
+        print(f'\nmultiply-adds (GMACs) per image, input {size[0]}x{size[1]}')
     width = max(max(len(c) for c in columns), 9) + 2
     print(f'{"":46}' + ''.join(f'{c:>{width}}' for c in columns))
     for key, name in PARTS:
@@ -104,26 +145,36 @@ def main():
             print(f'{name:46}' + ''.join(
                 f'{col[key] / 1e9:>{width}.3f}' if key in col else
                 f'{"-":>{width}}' for col in columns.values()))
-    os8 = refs['OS8']
     print(f'{"backbone / dense OS8 backbone":46}' + ''.join(
-        f'{col["backbone"] / os8["backbone"]:>{width}.3f}'
-        for col in columns.values()))
+        f'{col["backbone"] / column_refs[c]["OS8"]["backbone"]:>{width}.3f}'
+        for c, col in columns.items()))
     print(f'{"total / dense OS8 total":46}' + ''.join(
-        f'{col["total"] / os8["total"]:>{width}.3f}'
-        for col in columns.values()))
-    print(f'\ndense references with the same backbone and heads at '
-          f'{size[0]}x{size[1]} (mmseg ResNetV1c):')
-    for name, ref in refs.items():
-        print(f'  {name:5} backbone {ref["backbone"] / 1e9:9.3f}   decode '
-              f'head {ref["decode_head"] / 1e9:9.3f}   total '
-              f'{ref["total"] / 1e9:9.3f}')
+        f'{col["total"] / column_refs[c]["OS8"]["total"]:>{width}.3f}'
+        for c, col in columns.items()))
+    print('(each column against the dense OS8 network at its own input '
+          'size)')
+    listed = [(f'{size[0]}x{size[1]}', refs)]
+    if image_refs is not None and image_refs != refs:
+        listed.append(('the images\' own sizes (mean per image)',
+                       image_refs))
+    for where, ref_set in listed:
+        print(f'\ndense references with the same backbone and heads at '
+              f'{where} (mmseg ResNetV1c):')
+        for name, ref in ref_set.items():
+            print(f'  {name:5} backbone {ref["backbone"] / 1e9:9.3f}   '
+                  f'decode head {ref["decode_head"] / 1e9:9.3f}   total '
+                  f'{ref["total"] / 1e9:9.3f}')
     print('\nCounted: multiply-adds of convolutions and matmuls (adaptive '
           'and average pooling: 4 per pooled value); BatchNorm, ReLU, '
           'additions and resizing are not counted.')
     if args.out:
+        out = dict(config=args.config, shape=size, columns=columns,
+                   references=refs)
+        if image_refs is not None:
+            out.update(image_sizes=sorted(set(sizes)),
+                       image_references=image_refs)
         with open(args.out, 'w') as f:
-            json.dump(dict(config=args.config, shape=size, columns=columns,
-                           references=refs), f, indent=2)
+            json.dump(out, f, indent=2)
 
 
 if __name__ == '__main__':
