@@ -123,3 +123,26 @@ def test_predict_stores_ratio_for_the_metric():
 def test_needs_a_selective_backbone():
     with pytest.raises(TypeError, match='selective down-sampling backbone'):
         build(SELDS_CFG, backbone=Config.fromfile(OS8_CFG).model.backbone)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_images_are_an_error(bad):
+    """Without the check every pixel became class 0 and the ratio 0.0."""
+    from mmengine.logging import MessageHub
+    model = build(SELDS_CFG).eval()
+    x = torch.randn(2, 3, 64, 128)
+    x[1, 0, 5, 7] = bad
+    data = samples(2, 64, 128)
+    data[1].set_metainfo(dict(img_path='data/leftImg8bit/val/b.png'))
+    with pytest.raises(FloatingPointError, match=r'NaN or Inf \(inference\):'
+                       r' data/leftImg8bit/val/b.png$'):
+        with torch.no_grad():
+            model.predict(x, data)
+    # in training the error names the iteration mmengine is at
+    MessageHub.get_current_instance().update_info('iter', 41)
+    with pytest.raises(FloatingPointError,
+                       match=r'training iteration 42\): image 1 of the'):
+        model.train().loss(x, samples(2, 64, 128))
+    # finite images pass
+    with torch.no_grad():
+        model.eval().predict(x.nan_to_num(0, 0, 0), data)
