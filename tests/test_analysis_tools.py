@@ -3,12 +3,13 @@
 mask_head_flops (Table 1) and benchmark (--compare, JSON, plot)."""
 import json
 import re
+import subprocess
 import sys
 
 import cv2
 import pytest
 
-from tests.helpers import DEMO, SELDS_DEMO
+from tests.helpers import DEMO, ROOT, SELDS_DEMO
 from tests.test_tools import run
 
 OS8_DEMO = f'{DEMO}/deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py'
@@ -57,13 +58,53 @@ def test_get_flops_dense_config(tmp_path):
     assert dense['total'] == counts['references']['OS8']['total']
 
 
-def test_mask_head_flops_reports_the_reduction():
-    out = run([sys.executable, 'tools/analysis_tools/mask_head_flops.py',
-               '--shape', 256, 512])
-    light = re.search(r'Prop\. 1: DepthwiseMaskHead\s+[\d.]+M\s+(-[\d.]+)%',
-                      out)
+def run_in(cwd, cmd):
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout
+
+
+def macs_of(out, row):
+    """The MACs (in M) printed on the row starting with ``row``."""
+    found = re.search(re.escape(row) + r'.*?\s([\d.]+)M', out)
+    assert found, out
+    return float(found.group(1))
+
+
+def test_mask_head_flops_reports_the_reduction(tmp_path):
+    # the default config is found from any working directory
+    out = run_in(tmp_path, [sys.executable, f'{ROOT}/tools/analysis_tools/'
+                            'mask_head_flops.py', '--shape', 256, 512])
+    light = re.search(r'Prop\. 1: DepthwiseMaskHead\(512; 128, 64; '
+                      r'BatchNorm2d\)\s+[\d.]+M\s+(-[\d.]+)%', out)
     assert light and float(light.group(1)) <= -80
-    assert out.count('Prop. 2: + adaptive pooling') == 3
+    assert out.count("Prop. 2: this config's head + adaptive pooling") == 3
+    # the letter's 1024x2048 numbers, scaled to 256x512 and marked so
+    assert 'letter*' in out and 'x0.0625 = 256x512 / 1024x2048' in out
+    assert re.search(r'Baseline \(CAD\).*M\s+43\.1M', out), out
+
+
+def test_mask_head_flops_counts_the_configured_head():
+    """--config counts the head the config builds (the demo's
+    DepthwiseMaskHead with widths 32, 16), not one of default widths."""
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    from mmselds.models import mask_head_macs
+    out = run([sys.executable, 'tools/analysis_tools/mask_head_flops.py',
+               '--shape', 128, 256, '--config', SELDS_DEMO])
+    cfg = Config.fromfile(SELDS_DEMO)
+    cfg.model.backbone.pop('init_cfg', None)
+    head = MODELS.build(cfg.model.backbone).mask_head
+    expected = mask_head_macs(head, 16, 32) / 1e6
+    assert 'this config: DepthwiseMaskHead(32; 32, 16; BatchNorm2d)' in out
+    assert macs_of(out, 'this config:') == pytest.approx(expected, abs=0.01)
+    assert macs_of(out, 'Prop. 1:') > 5 * expected
+    pooled = macs_of(out, "Prop. 2: this config's head + adaptive pooling "
+                     '(s = 0.5)')
+    assert expected < pooled < 2 * expected
+    assert 'letter column is not directly comparable' in out
 
 
 def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
