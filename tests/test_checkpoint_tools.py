@@ -1,0 +1,351 @@
+"""Checkpoints: reading and strict checking (mmselds.utils.checkpoint),
+tools/test.py on bad or unfitting checkpoints and with --tta,
+tools/misc/publish_model.py, tools/model_converters/mmseg2selds.py."""
+import hashlib
+import importlib.util
+import math
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+
+from mmselds.utils.checkpoint import (compare_state_dicts, read_checkpoint,
+                                      state_dict_of)
+from mmselds.utils.model_io import build_segmentor
+from tests.helpers import DEMO, ROOT, SELDS_DEMO, cfg_options
+from tests.test_models.utils import NARROW, OS8, randomize_
+
+DENSE_DEMO = osp.join(DEMO, 'deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py')
+
+
+def tool(path):
+    """A tools/ script as a module (its main(argv) runs in-process)."""
+    name = osp.splitext(osp.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(cmd, timeout=600):
+    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- reading
+
+def valid_bytes(tmp_path, legacy=False):
+    path = tmp_path / 'valid.pth'
+    torch.save(dict(meta={}, state_dict={'a.weight': torch.ones(4, 3)}),
+               path, _use_new_zipfile_serialization=not legacy)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize('legacy', [False, True])
+def test_read_checkpoint_reads_both_formats(tmp_path, legacy):
+    path = tmp_path / 'ok.pth'
+    path.write_bytes(valid_bytes(tmp_path, legacy))
+    ckpt = read_checkpoint(str(path))
+    assert torch.equal(state_dict_of(ckpt)['a.weight'], torch.ones(4, 3))
+
+
+@pytest.mark.parametrize('kind', ['missing', 'empty', 'truncated',
+                                  'truncated-legacy', 'garbage', 'list'])
+def test_read_checkpoint_names_an_invalid_file(tmp_path, kind):
+    path = tmp_path / f'{kind}.pth'
+    if kind == 'empty':
+        path.write_bytes(b'')
+    elif kind.startswith('truncated'):
+        data = valid_bytes(tmp_path, legacy=kind.endswith('legacy'))
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == 'garbage':
+        path.write_bytes(b'\x9b' + os.urandom(300))
+    elif kind == 'list':
+        torch.save([torch.ones(2)], path)
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(str(path))
+    message = str(info.value)
+    assert message.startswith(f'{path} is not a valid checkpoint'), message
+    assert '\n' not in message
+    if kind in ('truncated', 'truncated-legacy', 'garbage'):
+        assert info.value.__cause__ is not None  # the original error
+
+
+def test_compare_state_dicts_by_name():
+    model = {'backbone.conv.weight': torch.zeros(8, 3, 3, 3),
+             'backbone.bn.bias': torch.zeros(8),
+             'backbone.mask_head.conv.weight': torch.zeros(1, 8, 1, 1),
+             'decode_head.conv_seg.weight': torch.zeros(19, 8, 1, 1)}
+    ckpt = {'module.backbone.conv.weight': torch.zeros(16, 3, 3, 3),
+            'module.backbone.bn.bias': torch.zeros(8),
+            'module.auxiliary_head.conv_seg.weight': torch.zeros(19, 4)}
+    diff = compare_state_dicts(ckpt, model)
+    assert diff.mismatched == [('backbone.conv.weight', (16, 3, 3, 3),
+                                (8, 3, 3, 3))]
+    assert diff.allowed_missing == ['backbone.mask_head.conv.weight']
+    assert diff.missing == ['decode_head.conv_seg.weight']
+    assert diff.unexpected == ['auxiliary_head.conv_seg.weight']
+    assert not diff.ok
+    assert ('backbone.conv.weight: checkpoint (16, 3, 3, 3), model '
+            '(8, 3, 3, 3)') in diff.describe()
+    assert compare_state_dicts(
+        {k: v for k, v in model.items() if 'mask_head' not in k}, model).ok
+
+
+# ------------------------------------------------------ tools/test.py
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """A selective R18 checkpoint of the demo config (random weights), and
+    an R50 one of the same config, saved as mmengine does."""
+    root = tmp_path_factory.mktemp('ckpts')
+    paths = {}
+    for name, opts in (('r18', None), ('r50', {'model.backbone.depth': 50})):
+        model, cfg = build_segmentor(SELDS_DEMO, cfg_options=opts)
+        paths[name] = root / f'{name}.pth'
+        torch.save(dict(meta=dict(cfg=cfg.pretty_text, iter=1),
+                        state_dict=model.state_dict()), paths[name])
+    return paths
+
+
+def test_tools_test_names_a_corrupt_checkpoint(tmp_path, tiny_data):
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(b'\x9b' * 100)
+    rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO, bad,
+                   '--work-dir', tmp_path / 'w', '--cfg-options',
+                   *cfg_options(tiny_data)])
+    assert rc != 0
+    assert f'error: {bad} is not a valid checkpoint' in out, out[-3000:]
+    assert 'Traceback' not in out
+    assert 'Iter(test)' not in out
+
+
+def test_tools_test_refuses_a_checkpoint_of_another_depth(
+        tmp_path, tiny_data, checkpoints):
+    rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO,
+                   checkpoints['r50'], '--work-dir', tmp_path / 'w',
+                   '--cfg-options', *cfg_options(tiny_data)])
+    assert rc != 0
+    assert 'Traceback' not in out and 'Iter(test)' not in out
+    r50 = torch.load(checkpoints['r50'], weights_only=False)['state_dict']
+    r18 = torch.load(checkpoints['r18'], weights_only=False)['state_dict']
+    first = next(k for k in r18 if r18[k].shape != r50[k].shape)
+    expected = (f'{checkpoints["r50"]} does not fit the model: '
+                r'\d+ shape mismatches: ' + re.escape(
+                    f'{first}: checkpoint ({", ".join(map(str, r50[first].shape))}), '  # noqa: E501
+                    f'model ({", ".join(map(str, r18[first].shape))})'))
+    assert re.search(expected, out), out[-3000:]
+    assert '--no-strict-load' in out
+
+    # the user's opt-out: loads what fits, warns, tests
+    rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO,
+                   checkpoints['r50'], '--no-strict-load', '--work-dir',
+                   tmp_path / 'w', '--cfg-options', *cfg_options(tiny_data)])
+    assert rc == 0, out[-3000:]
+    assert 'does not fit the model' in out and 'not strict' in out
+    assert re.search(r'mIoU: [\d.]+', out)
+
+
+def test_tools_test_tta(tmp_path, tiny_data, checkpoints):
+    rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO,
+                   checkpoints['r18'], '--tta', '--work-dir', tmp_path / 'w',
+                   '--cfg-options', *cfg_options(tiny_data)])
+    assert rc == 0, out[-3000:]
+    metrics = re.search(r'Iter\(test\) \[4/4\].*mIoU: ([\d.]+).*'
+                        r'ds_ratio: ([\d.]+)', out)
+    assert metrics, out[-3000:]
+    assert 0 <= float(metrics.group(2)) <= 1
+
+
+def test_tools_test_tta_without_a_tta_pipeline(tmp_path, tiny_data,
+                                               checkpoints):
+    rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO,
+                   checkpoints['r18'], '--tta', '--work-dir', tmp_path / 'w',
+                   '--cfg-options', *cfg_options(tiny_data),
+                   'tta_pipeline=None'])
+    assert rc != 0
+    assert 'error: --tta needs tta_pipeline in' in out, out[-3000:]
+    assert 'Traceback' not in out
+
+
+def test_tta_model_keeps_the_mean_ratio_of_the_passes():
+    from mmseg.registry import MODELS
+    model, _ = build_segmentor(SELDS_DEMO)
+    tta = MODELS.build(dict(type='SelDSTTAModel', module=model))
+    torch.manual_seed(0)
+    passes, ratios = [], [0.2, 0.4, 0.9, 0.5]
+    for ratio in ratios:
+        sample = SegDataSample(metainfo=dict(img_path='a.png',
+                                             ds_ratio=ratio))
+        sample.seg_logits = PixelData(data=torch.randn(19, 8, 16))
+        passes.append(sample)
+    merged = tta.merge_preds([passes])
+    assert len(merged) == 1
+    assert merged[0].ds_ratio == pytest.approx(np.mean(ratios))
+    probs = sum(p.seg_logits.data.softmax(0) for p in passes)
+    assert torch.equal(merged[0].pred_sem_seg.data[0], probs.argmax(0))
+
+
+# ------------------------------------------------------- publish_model
+
+def test_publish_model(tmp_path, capsys):
+    model, cfg = build_segmentor(SELDS_DEMO)
+    state = model.state_dict()
+    state['backbone.mask_head.trained_ratio'] = torch.tensor(0.42)
+    state['backbone.mask_head.calibrated_threshold'] = torch.tensor(
+        float('nan'))
+    classes = tuple(f'class{i}' for i in range(19))
+    src = tmp_path / 'iter_30.pth'
+    torch.save(dict(
+        meta=dict(cfg=cfg.pretty_text, iter=30, seed=np.int64(0),
+                  dataset_meta=dict(classes=classes,
+                                    palette=np.zeros((19, 3), np.uint8))),
+        state_dict=state,
+        optimizer=dict(state={0: dict(momentum_buffer=torch.ones(3))}),
+        param_schedulers=[dict(last_step=30)],
+        message_hub=dict(log_scalars={})), src)
+    with pytest.raises(Exception):  # the source needs the full unpickler
+        torch.load(src, weights_only=True)
+
+    final = tool('tools/misc/publish_model.py').main(
+        [str(src), str(tmp_path / 'out' / 'selds_r18.pth')])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == final
+    sha = hashlib.sha256(open(final, 'rb').read()).hexdigest()
+    assert final == str(tmp_path / 'out' / f'selds_r18-{sha[:8]}.pth')
+    assert os.listdir(tmp_path / 'out') == [osp.basename(final)]
+
+    ckpt = torch.load(final, map_location='cpu', weights_only=True)
+    assert set(ckpt) == {'meta', 'state_dict'}  # optimizer etc. gone
+    meta = ckpt['meta']
+    assert meta['mask_calibration']['trained_ratio'] == pytest.approx(0.42)
+    assert meta['mask_calibration']['calibrated_threshold'] is None
+    assert meta['iter'] == 30 and meta['seed'] == 0
+    assert list(meta['dataset_meta']['classes']) == list(classes)
+    for key in ('mmselds_version', 'mmseg_version', 'mmengine_version',
+                'torch_version'):
+        assert isinstance(meta[key], str) and meta[key]
+
+    # loads, strictly, into a model built from the config it carries
+    cfg_path = tmp_path / 'published_config.py'
+    cfg_path.write_text(meta['cfg'])
+    rebuilt, _ = build_segmentor(str(cfg_path))
+    rebuilt.load_state_dict(ckpt['state_dict'], strict=True)
+    for key, value in state.items():
+        assert torch.equal(rebuilt.state_dict()[key], value) or (
+            value.dtype.is_floating_point and value.isnan().all()
+            and rebuilt.state_dict()[key].isnan().all()), key
+    assert math.isclose(float(rebuilt.backbone.mask_head.trained_ratio),
+                        0.42, rel_tol=1e-6)
+
+
+def test_publish_model_names_a_bad_input(tmp_path):
+    bad = tmp_path / 'empty.pth'
+    bad.write_bytes(b'')
+    with pytest.raises(SystemExit, match=r'empty.pth is not a valid '
+                       'checkpoint'):
+        tool('tools/misc/publish_model.py').main(
+            [str(bad), str(tmp_path / 'x.pth')])
+    assert not list(tmp_path.glob('x*'))
+
+
+# ---------------------------------------------------- mmseg2selds
+
+
+def mmseg_deeplabv3(path, **cfg_opts):
+    """A stand-in for an mmseg DeepLabV3 release: mmseg's own
+    EncoderDecoder/ResNetV1c (the dense demo config), random weights."""
+    model, cfg = build_segmentor(DENSE_DEMO, cfg_options=cfg_opts or None)
+    assert type(model.backbone).__name__ == 'ResNetV1c'
+    randomize_(model, seed=3)
+    torch.save(dict(meta=dict(cfg=cfg.pretty_text),
+                    state_dict=model.state_dict()), path)
+    return model.state_dict()
+
+
+def test_mmseg2selds_converts_a_deeplabv3_checkpoint(tmp_path, capsys):
+    src_state = mmseg_deeplabv3(tmp_path / 'deeplabv3.pth')
+    dst = tmp_path / 'selds.pth'
+    done = tool('tools/model_converters/mmseg2selds.py').main(
+        [str(tmp_path / 'deeplabv3.pth'), SELDS_DEMO, str(dst)])
+    out = capsys.readouterr().out
+    assert not done['bare'] and not done['dropped']
+    assert done['initialised'] and all(
+        k.startswith(('backbone.mask_head.', 'backbone.pooling.'))
+        for k in done['initialised'])
+    for key in done['initialised']:
+        assert f'  {key}\n' in out
+    ckpt = torch.load(dst, map_location='cpu', weights_only=False)
+    assert set(ckpt) == {'meta', 'state_dict'}
+    selds, _ = build_segmentor(SELDS_DEMO)
+    selds.load_state_dict(ckpt['state_dict'], strict=True)
+    for key, value in src_state.items():
+        assert torch.equal(selds.state_dict()[key], value), key
+
+
+def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys):
+    from mmseg.models.backbones import ResNetV1c
+    backbone = randomize_(ResNetV1c(depth=18, **OS8, **NARROW), seed=4)
+    torch.save(backbone.state_dict(), tmp_path / 'resnet18_v1c.pth')
+    done = tool('tools/model_converters/mmseg2selds.py').main(
+        [str(tmp_path / 'resnet18_v1c.pth'), SELDS_DEMO,
+         str(tmp_path / 'selds.pth')])
+    assert 'a bare backbone, names mapped to backbone.*' in \
+        capsys.readouterr().out
+    assert done['bare']
+    assert any(k.startswith('decode_head.') for k in done['initialised'])
+    state = torch.load(tmp_path / 'selds.pth', weights_only=False)[
+        'state_dict']
+    selds, _ = build_segmentor(SELDS_DEMO)
+    selds.load_state_dict(state, strict=True)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(selds.state_dict()[f'backbone.{key}'], value)
+
+
+def test_mmseg2selds_refuses_a_shape_mismatch(tmp_path):
+    src = mmseg_deeplabv3(tmp_path / 'wide.pth', **{
+        'model.decode_head.channels': 48})
+    own = build_segmentor(SELDS_DEMO)[0].state_dict()
+    first = next(k for k in own if k in src and src[k].shape != own[k].shape)
+    with pytest.raises(SystemExit) as info:
+        tool('tools/model_converters/mmseg2selds.py').main(
+            [str(tmp_path / 'wide.pth'), SELDS_DEMO,
+             str(tmp_path / 'out.pth')])
+    assert (f'{first}: checkpoint {tuple(src[first].shape)}, model '
+            f'{tuple(own[first].shape)}') in str(info.value)
+    assert not (tmp_path / 'out.pth').exists()
+
+
+# ---------------------------------------------------- model zoo files
+
+def test_model_index_metafile_and_readme_cover_every_selds_config():
+    import yaml
+    index = yaml.safe_load(open(osp.join(ROOT, 'model-index.yml')))
+    assert index['Import'] == ['configs/selds/metafile.yaml']
+    meta = yaml.safe_load(open(osp.join(ROOT, index['Import'][0])))
+    collections = {c['Name'] for c in meta['Collections']}
+    listed = set()
+    for model in meta['Models']:
+        assert model['In Collection'] in collections
+        assert osp.isfile(osp.join(ROOT, model['Config'])), model['Config']
+        assert model['Name'] == osp.splitext(
+            osp.basename(model['Config']))[0]
+        listed.add(model['Config'])
+        for result in model.get('Results') or []:
+            assert result['Task'] == 'Semantic Segmentation'
+            assert set(result['Metrics']) <= {'mIoU', 'mIoU(ms+flip)'}
+    configs = {f'configs/selds/{f}' for f in
+               os.listdir(osp.join(ROOT, 'configs', 'selds'))
+               if f.endswith('.py')}
+    assert configs == listed
+    readme = open(osp.join(ROOT, 'configs', 'selds', 'README.md')).read()
+    for config in configs:
+        assert osp.basename(config) in readme, config
