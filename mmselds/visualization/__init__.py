@@ -1,3 +1,7 @@
-from .masks import boundary_cells, cell_boxes, overlay_mask
+from .masks import (boundary_cells, cell_boxes, legend, mask_panel,
+                    overlay_mask, palette_image)
 
-__all__ = ['boundary_cells', 'cell_boxes', 'overlay_mask']
+__all__ = [
+    'boundary_cells', 'cell_boxes', 'legend', 'mask_panel', 'overlay_mask',
+    'palette_image'
+]

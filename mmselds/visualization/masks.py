@@ -1,5 +1,6 @@
 """Drawing down-sampling masks on images, and where object boundaries are."""
-from typing import Tuple
+import math
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -58,6 +59,81 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, scale: float = 1.0,
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
                 cv2.LINE_AA)
     return out
+
+
+def palette_image(label: np.ndarray, palette: Sequence) -> np.ndarray:
+    """(H, W, 3) uint8 BGR colours of an (H, W) label map; ``palette``: RGB
+    colour of each class (mmseg's ``dataset_meta['palette']``); other
+    labels (e.g. 255) stay black."""
+    colors = np.zeros(label.shape + (3, ), np.uint8)
+    for cls, color in enumerate(palette):
+        colors[label == cls] = tuple(color)[::-1]  # RGB -> BGR
+    return colors
+
+
+def legend(width: int, height: int = 22) -> np.ndarray:
+    """A (height, width, 3) BGR strip explaining the overlay: a tinted
+    swatch "down-sampled cell (OS16)" and an outlined one "full-resolution
+    cell (OS8)" (one row each, 2 * height high, if one row is too narrow).
+    """
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    side = height - 8
+    items = [('down-sampled cell (OS16)', True),
+             ('full-resolution cell (OS8)', False)]
+    needed = sum(side + 18 + cv2.getTextSize(label, font, size, 1)[0][0]
+                 for label, _ in items)
+    rows = 1 if needed <= width else len(items)
+    strip = np.full((height * rows, width, 3), 40, np.uint8)
+    x, y = 4, 0
+    for label, tinted in items:
+        top = y + (height - side) // 2
+        if tinted:
+            box = strip[top:top + side, x:x + side]
+            box[:] = (0.45 * box + 0.55 * np.array(DOWN_TINT)).astype(
+                np.uint8)
+        else:
+            cv2.rectangle(strip, (x, top), (x + side - 1, top + side - 1),
+                          FULL_EDGE, 1)
+        cv2.putText(strip, label, (x + side + 4, y + height // 2 + 4), font,
+                    size, (255, 255, 255), 1, cv2.LINE_AA)
+        if rows == 1:
+            x += side + 18 + cv2.getTextSize(label, font, size, 1)[0][0]
+        else:
+            y += height
+    return strip
+
+
+def mask_panel(image: np.ndarray, mask: np.ndarray, scale: float = 1.0,
+               pred: Optional[np.ndarray] = None,
+               min_height: int = 256) -> np.ndarray:
+    """The mask figure: the image with the mask drawn on it
+    (:func:`overlay_mask`), the prediction (BGR colours, e.g. from
+    :func:`palette_image`) with the full-resolution cells outlined on its
+    right, and a :func:`legend` below. Images lower than ``min_height``
+    pixels are enlarged by an integer factor (nearest neighbour) first, so
+    that small cells stay visible.
+
+    Args:
+        image (ndarray): (H, W, 3) uint8 BGR image.
+        mask (ndarray): (h, w) cell mask, 1 = down-sampled (OS16).
+        scale (float): image size / network input size. Default: 1.
+        pred (ndarray, optional): (H, W, 3) uint8 BGR prediction colours.
+        min_height (int): enlarge smaller images to at least this height.
+            Default: 256.
+    """
+    factor = max(1, math.ceil(min_height / image.shape[0]))
+    if factor > 1:
+        def enlarge(img):
+            return cv2.resize(img, (img.shape[1] * factor,
+                                    img.shape[0] * factor),
+                              interpolation=cv2.INTER_NEAREST)
+        image = enlarge(image)
+        pred = None if pred is None else enlarge(pred)
+    panels = [overlay_mask(image, mask, scale * factor)]
+    if pred is not None:
+        panels.append(overlay_mask(pred, mask, scale * factor, alpha=0.0))
+    top = np.concatenate(panels, axis=1)
+    return np.concatenate([top, legend(top.shape[1])], axis=0)
 
 
 def boundary_cells(label: np.ndarray, cell: int = 16,

@@ -1,60 +1,104 @@
 """Draw the down-sampling mask a selective model predicts on images.
 
-Full-resolution (OS8) cells are outlined, down-sampled (OS16) cells tinted;
-one PNG per image, the size of the image, in --out-dir.
+One PNG per image in --out-dir, as the demo's overlays: left, the image with
+down-sampled (OS16) cells tinted and full-resolution (OS8) cells outlined;
+right, the model's prediction with the full-resolution cells outlined; a
+legend below. Images lower than --min-height pixels are enlarged (nearest
+neighbour) so that the cells stay visible. An image that cannot be read or
+run is reported and skipped; the tool then lists the failures and exits
+with status 1.
+
+The mask is the model's test-time decision (the checkpoint's rule, as
+``tools/test.py``), or ``P(down-sample) > --threshold``.
 
 Example::
 
     python tools/analysis_tools/visualize_masks.py CONFIG CHECKPOINT \
-        demo/*.png --out-dir work_dirs/masks --threshold 0.5
+        demo/*.png --out-dir work_dirs/masks
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
-import cv2
-from mmengine.config import DictAction
-from mmseg.apis import inference_model, init_model
+import mmselds  # noqa: F401  (first: it silences mmcv-lite's import noise)
+import cv2  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+from mmseg.apis import inference_model, init_model  # noqa: E402
 
-import mmselds  # noqa: F401
-from mmselds.visualization import overlay_mask
+from mmselds.visualization import mask_panel, palette_image  # noqa: E402
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not a number: {text!r}')
+    if not 0.0 <= value <= 1.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f'must be a probability in [0, 1], got {text}')
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint')
     p.add_argument('images', nargs='+', help='image files')
     p.add_argument('--out-dir', required=True)
-    p.add_argument('--threshold', type=float,
-                   help='test-time threshold on P(down-sample) '
-                   '(default: the config\'s)')
+    p.add_argument('--threshold', type=unit_interval, default=None,
+                   help='explicit test-time threshold on P(down-sample), in '
+                   '[0, 1] (default None: the model\'s own decision, as '
+                   'tools/test.py)')
+    p.add_argument('--min-height', type=int, default=256,
+                   help='enlarge lower images to at least this height')
     p.add_argument('--device', default='cpu')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main():
-    args = parse_args()
+def draw(model, path: str, out_dir: str, min_height: int) -> str:
+    """Write the mask figure of one image; return the output path."""
+    if not osp.isfile(path):
+        raise OSError('no such file')
+    image = cv2.imread(path)
+    if image is None:
+        raise OSError('not a readable image (corrupt or unsupported format)')
+    result = inference_model(model, image)
+    mask = model.backbone.last_mask[0, 0].cpu().numpy()
+    scale = image.shape[0] / result.img_shape[0]
+    palette = model.dataset_meta['palette']
+    pred = palette_image(result.pred_sem_seg.data[0].cpu().numpy(), palette)
+    out = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '_mask.png')
+    cv2.imwrite(out, mask_panel(image, mask, scale, pred, min_height))
+    print(f'{out}: {1 - mask.mean():.1%} of cells at full resolution')
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
     model = init_model(args.config, args.checkpoint, args.device,
                        cfg_options=args.cfg_options)
     if not hasattr(model.backbone, 'mask_head'):
-        raise SystemExit(f'{args.config} has no selective down-sampling '
-                         'backbone: there is no mask to draw')
+        raise SystemExit(f'error: {args.config} has no selective '
+                         'down-sampling backbone: there is no mask to draw')
     if args.threshold is not None:
         model.backbone.mask_head.threshold = args.threshold
+    print(f'mask decision: {model.backbone.mask_head.decision_rule()}')
     os.makedirs(args.out_dir, exist_ok=True)
+    failures = []
     for path in args.images:
-        image = cv2.imread(path)
-        if image is None:
-            raise SystemExit(f'cannot read image {path}')
-        result = inference_model(model, path)
-        mask = model.backbone.last_mask[0, 0].cpu().numpy()
-        scale = image.shape[0] / result.img_shape[0]
-        out = osp.join(args.out_dir,
-                       osp.splitext(osp.basename(path))[0] + '_mask.png')
-        cv2.imwrite(out, overlay_mask(image, mask, scale))
-        print(f'{out}: {1 - mask.mean():.1%} of cells at full resolution')
+        try:
+            draw(model, path, args.out_dir, args.min_height)
+        except Exception as error:  # report, go on with the other images
+            failures.append((path, f'{type(error).__name__}: {error}'))
+            print(f'{path}: skipped ({failures[-1][1]})', file=sys.stderr)
+    if failures:
+        lines = '\n'.join(f'  {path}: {why}' for path, why in failures)
+        raise SystemExit(f'error: {len(failures)} of {len(args.images)} '
+                         f'images failed:\n{lines}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,98 @@
+"""tools/analysis_tools/visualize_masks.py: the figure (mask on the image,
+prediction panel, legend, small images enlarged), --threshold checked and
+applied, unreadable images skipped and listed with a non-zero exit."""
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mmselds.visualization import legend, mask_panel, palette_image
+from mmselds.visualization.masks import DOWN_TINT, FULL_EDGE
+from tests.helpers import ROOT, SELDS_DEMO
+
+TOOL = 'tools/analysis_tools/visualize_masks.py'
+
+
+def tool(*args):
+    proc = subprocess.run([sys.executable, TOOL, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def has_color(img, bgr):
+    return bool((img.reshape(-1, 3) == np.array(bgr, np.uint8)).all(1).any())
+
+
+def test_panel_enlarges_small_images_and_has_prediction_and_legend():
+    image = np.full((64, 128, 3), 100, np.uint8)
+    mask = np.zeros((4, 8))
+    mask[:, :4] = 1  # left half down-sampled
+    pred = palette_image(np.ones((64, 128), np.int64), [(0, 0, 0),
+                                                        (10, 200, 30)])
+    assert (pred == (30, 200, 10)).all()  # RGB palette -> BGR
+    panel = mask_panel(image, mask, 1.0, pred, min_height=256)
+    strip = legend(1024)
+    assert panel.shape == (256 + strip.shape[0], 2 * 512, 3)
+    assert (panel[-strip.shape[0]:] == strip).all()
+    assert has_color(strip, FULL_EDGE)  # outlined swatch
+    tint = (0.45 * 40 + 0.55 * np.array(DOWN_TINT)).astype(np.uint8)
+    assert has_color(strip, tint)  # tinted swatch
+    left, right = panel[:256, :512], panel[:256, 512:]
+    # cells of 16 input pixels are 64 pixels wide after the 4x enlargement;
+    # the outline of the first full-resolution cell (column 4) is at x=256
+    assert (left[100, 256] == FULL_EDGE).all()
+    assert (left[100, 255] != FULL_EDGE).any()
+    assert not (left[100:200, 100] == 100).all(1).any()  # tinted
+    # the prediction panel: the class colour, cells outlined, no tint
+    assert (right[100, 100] == (30, 200, 10)).all()
+    assert (right[100, 256] == FULL_EDGE).all()
+    # a small legend stacks its two entries when one row is too narrow
+    assert legend(120).shape[0] == 2 * legend(1024).shape[0]
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """The demo selective config's model, random weights."""
+    from mmselds.utils.model_io import build_segmentor
+    model, _ = build_segmentor(SELDS_DEMO)
+    path = tmp_path_factory.mktemp('ckpt') / 'random.pth'
+    torch.save({'meta': {}, 'state_dict': model.state_dict()}, path)
+    return path
+
+
+def test_threshold_outside_unit_interval_is_rejected(checkpoint, tmp_path):
+    for bad in ('1.5', '-0.1', 'nan'):
+        rc, _, err = tool(SELDS_DEMO, checkpoint, 'x.png', '--out-dir',
+                          tmp_path, '--threshold', bad)
+        assert rc == 2 and f'must be a probability in [0, 1], got {bad}' \
+            in err, err
+
+
+def test_unreadable_images_are_listed_after_the_others(checkpoint, tiny_data,
+                                                       tmp_path):
+    from pathlib import Path
+    good = sorted(Path(tiny_data).glob('leftImg8bit/val/*/*.png'))[:2]
+    corrupt = tmp_path / 'corrupt_leftImg8bit.png'
+    corrupt.write_bytes(b'\x89PNG\r\n\x1a\n' + b'not an image' * 10)
+    missing = tmp_path / 'missing.png'
+    out_dir = tmp_path / 'out'
+    rc, out, err = tool(SELDS_DEMO, checkpoint, good[0], corrupt, missing,
+                        good[1], '--out-dir', out_dir, '--threshold', 1)
+    assert rc == 1, out + err
+    # both readable images drawn, the one after the failures too
+    written = sorted(p.name for p in out_dir.glob('*.png'))
+    assert written == sorted(p.stem + '_mask.png' for p in good)
+    # --threshold 1: P(down-sample) > 1 never holds: all full resolution
+    assert 'P(down-sample) > 1 (explicit threshold)' in out
+    assert out.count('100.0% of cells at full resolution') == 2
+    assert 'error: 2 of 4 images failed:' in err
+    assert f'{corrupt}: OSError: not a readable image' in err
+    assert f'{missing}: OSError: no such file' in err
+    figure = cv2.imread(str(out_dir / written[0]))
+    # 64x128 images enlarged 4x to 256 high, image + prediction side by side,
+    # legend below
+    assert figure.shape[1] == 2 * 512 and figure.shape[0] > 256
+    assert has_color(figure[256:], FULL_EDGE)
