@@ -38,6 +38,7 @@ def load(hook, runner):
     ckpt = torch.load(runner._load_from, map_location='cpu',
                       weights_only=False)
     hook.after_load_checkpoint(runner, ckpt)
+    return ckpt
 
 
 def test_check_load_from_accepts_an_mmseg_checkpoint(tmp_path, caplog):
@@ -45,7 +46,14 @@ def test_check_load_from_accepts_an_mmseg_checkpoint(tmp_path, caplog):
     save(mmseg_resnet(model.backbone), tmp_path / 'mmseg.pth')
     hook = HOOKS.build(dict(type='CheckLoadFromHook'))
     with caplog.at_level(logging.INFO):
-        load(hook, runner_for(model, tmp_path / 'mmseg.pth'))
+        ckpt = load(hook, runner_for(model, tmp_path / 'mmseg.pth'))
+    # filled in with the model's own values: mmengine finds every key
+    assert set(ckpt['state_dict']) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        if key.startswith('backbone.mask_head.'):
+            assert ckpt['state_dict'][key] is not None
+            assert torch.equal(ckpt['state_dict'][key], value) or \
+                value.isnan().all()
     notice = [r.getMessage() for r in caplog.records
               if 'keep their initialisation' in r.getMessage()]
     assert len(notice) == 1, caplog.text

@@ -5,7 +5,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from mmseg.registry import HOOKS
 
 from mmselds.utils.checkpoint import (ALLOWED_MISSING, check_checkpoint,
-                                      read_checkpoint)
+                                      model_state_of, read_checkpoint)
 
 
 @HOOKS.register_module()
@@ -25,7 +25,8 @@ class CheckLoadFromHook(Hook):
       ``ValueError`` naming the first ones (``name: checkpoint (a, b),
       model (c, d)``). Missing keys under ``allowed_missing`` (the mask head
       and pooling, which an mmseg checkpoint cannot have) get a one-line
-      notice.
+      notice and are filled in with the model's own initial values, so
+      that mmengine loads them unchanged without its block of warnings.
 
     Args:
         strict (bool): raise on a mismatch; if False, log a warning and let
@@ -62,9 +63,18 @@ class CheckLoadFromHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         path = self._path or 'the loaded checkpoint'
-        check_checkpoint(checkpoint, runner.model, path, strict=self.strict,
-                         allowed_missing=self.allowed_missing,
-                         logger=runner.logger)
+        diff = check_checkpoint(checkpoint, runner.model, path,
+                                strict=self.strict,
+                                allowed_missing=self.allowed_missing,
+                                logger=runner.logger)
+        if diff.allowed_missing:
+            # the model's own initial values: loading them changes nothing,
+            # and mmengine does not repeat the notice as a block of
+            # "missing keys" warnings
+            state = checkpoint.get('state_dict', checkpoint)
+            own = model_state_of(runner.model)
+            for key in diff.allowed_missing:
+                state[key] = own[key]
 
 
 def add_check_load_hook(cfg, strict: bool = True):
