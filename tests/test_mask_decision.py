@@ -26,6 +26,12 @@ def logged(work):
             [r for r in records if 'mIoU' in r])
 
 
+def metrics_of(out):
+    """The metrics tools/test.py printed (not its timings)."""
+    return {k: float(v) for k, v in re.findall(
+        r'(aAcc|mIoU|mAcc|ds_ratio): ([\d.]+)', out)}
+
+
 def ratio_of(out):
     return float(re.findall(r'ds_ratio: ([\d.]+)', out)[-1])
 
@@ -65,6 +71,10 @@ def test_test_tool_down_samples_as_training_did(trained, demo_data,
 
     out = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path)
     assert abs(ratio_of(out) - end) <= 0.05, (ratio_of(out), end)
+    # deterministic: the same checkpoint tests to the same numbers
+    again = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path)
+    assert metrics_of(out) == metrics_of(again)
+    assert set(metrics_of(out)) == {'aAcc', 'mIoU', 'mAcc', 'ds_ratio'}
 
     # after this short training P(down-sample) sits above 0.5 in most
     # cells: the old fixed 0.5 rule misses the trained ratio; an explicit
