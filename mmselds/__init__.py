@@ -15,6 +15,7 @@ except ModuleNotFoundError as error:  # torch-only install: core ops only
     if error.name != 'mmseg':
         raise
 else:
-    from .utils import fix_mmseg_package_name
+    from .utils.setup_env import fix_mmseg_package_name, import_quietly
     fix_mmseg_package_name()
+    import_quietly()  # mmcv-lite's and the onedl fork's misleading noise
     from . import engine, evaluation, models  # noqa: F401,E402

@@ -1,6 +1,10 @@
 """Timing and peak memory of segmentor inference under forced masks."""
+import contextlib
 import copy
+import os
 import statistics
+import sys
+import tempfile
 import time
 from typing import Callable, Dict, Optional, Sequence
 
@@ -76,6 +80,42 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+@contextlib.contextmanager
+def drop_native_stderr_lines(*patterns: str):
+    """Drop the lines containing any of ``patterns`` that native code (C++)
+    writes to the process's stderr (file descriptor 2) inside the block;
+    every other line is written back to stderr when the block ends."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr: pass
+        yield
+        return
+    encoded = [p.encode() for p in patterns]
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode='w+b') as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            keep = [line for line in capture.read().splitlines(True)
+                    if not any(p in line for p in encoded)]
+            if keep:
+                os.write(fd, b''.join(keep))
+
+
+# what torch's profiler writes to stderr on every CPU memory profile, and
+# is no problem for :func:`peak_memory`: kineto's trace points, and the
+# notice that blocks allocated before profiling and freed during it are not
+# in the timeline (right for a peak on top of what existed before)
+PROFILER_NOISE = ('USDT:', 'Memory block of unknown size was allocated '
+                  'before the profiling started')
+
+
 def peak_memory(fn: Callable[[], None], device: str = 'cpu') -> int:
     """Peak bytes of tensor memory one call of ``fn`` allocates on top of
     what existed before it (activations, index tables, the sparse im2col
@@ -95,8 +135,9 @@ def peak_memory(fn: Callable[[], None], device: str = 'cpu') -> int:
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                 record_shapes=True, with_stack=True) as prof:
+    with drop_native_stderr_lines(*PROFILER_NOISE), profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True,
+            record_shapes=True, with_stack=True) as prof:
         fn()
     current = peak = 0
     for _, action, _, size in sorted(prof._memory_profile().timeline,
