@@ -72,8 +72,8 @@ def test_check_covers_only_the_data_the_run_reads(tmp_path):
         check_run_data(demo_cfg(root), 'train')
 
 
-def test_train_test_and_get_flops_name_the_empty_folder(empty_root,
-                                                       tmp_path):
+def test_train_test_and_get_flops_name_the_empty_folder(
+        empty_root, tmp_path):
     commands = {
         'train': [sys.executable, 'tools/train.py', SELDS_DEMO,
                   '--work-dir', tmp_path / 'train', '--cfg-options',

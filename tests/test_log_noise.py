@@ -5,7 +5,7 @@ the profiler's USDT lines. Only those: other output passes."""
 import subprocess
 import sys
 
-from tests.helpers import SELDS_DEMO, ROOT
+from tests.helpers import ROOT, SELDS_DEMO
 
 MMCV_LITE = 'MultiScaleDeformableAttention'
 ONEDL = 'Could not import OneDL'

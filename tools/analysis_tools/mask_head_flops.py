@@ -5,16 +5,17 @@ Counts multiply-adds on the stage-2 map of DeepLabV3-R101-D8 (512 channels,
 OS8) for a 1024x2048 input by default; ``--config`` counts the mask head
 that config builds (type, widths, norm) next to the letter's two heads on
 its map. The letter's column is for 1024x2048: with another ``--shape`` it
-is scaled by the pixel count (marked ``letter*``). The adaptive pooling's cost depends
-on the mask (it pools the full-resolution cells that down-sampled
-neighbours read), so it is given at the down-sampling ratios asked for.
+is scaled by the pixel count (marked ``letter*``). The adaptive pooling's
+cost depends on the mask (it pools the full-resolution cells that
+down-sampled neighbours read), so it is given at the down-sampling ratios
+asked for.
 
 Example::
 
     python tools/analysis_tools/mask_head_flops.py --shape 1024 2048
+    # a config's own head, e.g. a demo config at its 128x256 input
     python tools/analysis_tools/mask_head_flops.py --shape 128 256 \
-        --config configs/demo/deeplabv3-selds-prop2_r18-d8_1xb8-400it_\
-synthcity-128x256.py
+        --config CONFIG
 """
 import argparse
 import os.path as osp

@@ -21,12 +21,16 @@ import os
 import os.path as osp
 import sys
 
-import mmselds  # noqa: F401  (first: it silences mmcv-lite's import noise)
-import cv2  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
-from mmseg.apis import inference_model, init_model  # noqa: E402
+# before mmseg.apis, whose imports print mmcv-lite's and the onedl fork's
+# misleading notices that ``import mmselds`` drops
+import mmselds  # noqa: F401
 
-from mmselds.visualization import mask_panel, palette_image  # noqa: E402
+# isort: split
+import cv2
+from mmengine.config import DictAction
+from mmseg.apis import inference_model, init_model
+
+from mmselds.visualization import mask_panel, palette_image
 
 
 def unit_interval(text: str) -> float:
