@@ -22,6 +22,9 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ('OS8', 'OS16', 'selective'):
         assert f'| {name} |' in out
     assert 'quality bar' in out and 'boundaries' in out
+    # evaluated as tools/test.py does: the checkpoint's own rule
+    assert 'test-time rule: expected ratio' in out
+    assert 'at the end of training' in out
     results = json.load(open(work / 'results.json'))
     assert set(results['results']) == {'OS8', 'OS16', 'selective'}
     os8, os16 = results['results']['OS8'], results['results']['OS16']
@@ -31,7 +34,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert figure is not None and figure.shape[0] > 200
     overlays = sorted(glob.glob(str(work / 'masks' / '*.png')))
     assert len(overlays) == 2
-    assert cv2.imread(overlays[0]).shape == (128, 512, 3)  # 2 panels
+    # image and prediction panels, enlarged x2 (128 -> 256 rows), legend
+    height, width, _ = cv2.imread(overlays[0]).shape
+    assert width == 2 * 2 * 256 and height > 256
 
     # second run: checkpoints are reused, nothing is trained again
     again = run([sys.executable, 'tools/demo.py', '--work-dir', work,
@@ -49,5 +54,7 @@ def test_demo_runs_end_to_end(tmp_path):
                0.6])
     for image in images:
         drawn = vis / (osp.splitext(osp.basename(image))[0] + '_mask.png')
-        assert cv2.imread(str(drawn)).shape == cv2.imread(image).shape
+        h, w, _ = cv2.imread(image).shape
+        height, width, _ = cv2.imread(str(drawn)).shape  # 2 panels, x2
+        assert width == 2 * 2 * w and height > 2 * h
     assert 'of cells at full resolution' in out

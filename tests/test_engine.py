@@ -135,6 +135,11 @@ def test_add_check_load_hook():
     cfg = add_check_load_hook(Config(dict(custom_hooks=[
         dict(type='CheckLoadFromHook', strict=False)])))
     assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True)]
+    # tools/train.py adds ExactResumeHook the same way, once
+    from mmselds.engine.hooks import add_hook
+    cfg = add_hook(add_hook(Config(dict()), 'ExactResumeHook'),
+                   'ExactResumeHook')
+    assert cfg.custom_hooks == [dict(type='ExactResumeHook')]
 
 
 def test_slurm_scripts_pass_the_job_layout(tmp_path):

@@ -94,6 +94,20 @@ def test_resumed_run_ends_with_the_uninterrupted_weights(demo_data,
     assert len(differing(final, weights(control / f'iter_{ITERS}.pth'))) > 10
 
 
+@pytest.mark.slow
+def test_train_tool_adds_exact_resume_to_any_config(demo_data, tmp_path):
+    """A config without the hook (the dense OS8 demo config) still gets
+    it from tools/train.py: its checkpoints carry the random states."""
+    from tests.helpers import DEMO
+    config = f'{DEMO}/deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py'
+    run([sys.executable, 'tools/train.py', config, '--work-dir', tmp_path,
+         '--cfg-options', *cfg_options(demo_data, **{
+             'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+             'default_hooks.checkpoint.interval': 2,
+             'train_dataloader.batch_size': 2})])
+    assert 'rng_states' in load(tmp_path / 'iter_2.pth')
+
+
 class Noise(torch.utils.data.Dataset):
     """Samples made of numpy, Python and torch random numbers, as a data
     pipeline's augmentations draw them."""

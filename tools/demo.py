@@ -30,7 +30,6 @@ import sys
 import time
 
 import cv2
-import numpy as np
 import torch
 from mmengine.utils import ProgressBar
 
@@ -41,7 +40,7 @@ from mmselds.datasets import generate, is_generated
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
 from mmselds.utils.model_io import build_segmentor
-from mmselds.visualization import boundary_cells, overlay_mask
+from mmselds.visualization import boundary_cells, mask_panel, palette_image
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo')
@@ -167,14 +166,9 @@ def mask_statistics(model, batches):
     return kept / cells, boundary_kept / max(boundary, 1)
 
 
-def palette_image(label: np.ndarray, palette) -> np.ndarray:
-    colors = np.zeros(label.shape + (3, ), np.uint8)
-    for cls, color in enumerate(palette):
-        colors[label == cls] = color[::-1]  # RGB -> BGR
-    return colors
-
-
 def write_overlays(model, batches, out_dir, palette, count) -> list:
+    """The mask figure of ``visualize_masks.py`` (image with the mask,
+    prediction, legend) for the first ``count`` images."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     with torch.no_grad():
@@ -185,12 +179,9 @@ def write_overlays(model, batches, out_dir, palette, count) -> list:
             scale = image.shape[0] / out.img_shape[0]
             pred = palette_image(out.pred_sem_seg.data[0].cpu().numpy(),
                                  palette)
-            panel = np.concatenate(
-                [overlay_mask(image, mask, scale),
-                 overlay_mask(pred, mask, scale, alpha=0.0)], axis=1)
             path = osp.join(out_dir, osp.splitext(osp.basename(
                 out.img_path))[0] + '_mask.png')
-            cv2.imwrite(path, panel)
+            cv2.imwrite(path, mask_panel(image, mask, scale, pred))
             paths.append(path)
     return paths
 

@@ -10,7 +10,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
-from mmselds.engine.hooks import add_check_load_hook
+from mmselds.engine.hooks import add_check_load_hook, add_hook
 from mmselds.utils.checkpoint import (CheckpointMismatchError,
                                       InvalidCheckpointError)
 from mmselds.utils.launch import load_config, prepare_launch
@@ -48,7 +48,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = load_config(args, mode='train')
     if args.amp:
         if cfg.optim_wrapper.type == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.',
@@ -61,6 +61,7 @@ def main():
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
     add_check_load_hook(cfg, strict=not args.no_strict_load)
+    add_hook(cfg, 'ExactResumeHook')  # --resume continues the run exactly
     cfg = prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)

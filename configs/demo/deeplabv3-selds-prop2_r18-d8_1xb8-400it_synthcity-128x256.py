@@ -12,6 +12,8 @@ model = dict(
         pooling=dict(type='SelectivePooling', mode='adaptive')),
     sparsity_loss=dict(
         type='SparsityLoss', mode='target-free', loss_weight=0.03))
+# tools/test.py --tta: averages the ds_ratio of the augmented passes too
+tta_model = dict(type='SelDSTTAModel')
 val_evaluator = [
     dict(type='IoUMetric', iou_metrics=['mIoU']),
     dict(type='DownsampleRatioMetric')

@@ -18,6 +18,8 @@ model = dict(
     sparsity_loss=dict(
         type='SparsityLoss', mode='target', target=0.5, loss_weight=1.0))
 
+# tools/test.py --tta: averages the ds_ratio of the augmented passes too
+tta_model = dict(type='SelDSTTAModel')
 val_evaluator = [
     dict(type='IoUMetric', iou_metrics=['mIoU']),
     dict(type='DownsampleRatioMetric')

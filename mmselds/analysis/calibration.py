@@ -67,11 +67,14 @@ def build_calibration_loader(cfg, num_images: Optional[int] = None):
     """The training images of ``cfg`` through its *test* pipeline (whole
     images, no augmentation), batch 1, no worker processes."""
     from mmengine.runner import Runner
+
+    from mmselds.datasets.checks import check_dataset_images
     loader = cfg.test_dataloader.copy()
     dataset = cfg.train_dataloader.dataset.copy()
     while 'dataset' in dataset and 'pipeline' not in dataset:
         dataset = dataset.dataset.copy()  # e.g. RepeatDataset
     dataset.pipeline = cfg.test_dataloader.dataset.pipeline
+    check_dataset_images(dataset, 'train_dataloader')
     if num_images is not None:
         dataset.indices = num_images
     loader.update(dataset=dataset, batch_size=1, num_workers=0,

@@ -77,17 +77,23 @@ class CheckLoadFromHook(Hook):
                 state[key] = own[key]
 
 
+def add_hook(cfg, hook_type: str, **options):
+    """Add a ``hook_type`` hook to a config's ``custom_hooks`` when it has
+    none (a user's own config), and set ``options`` on the ones it has."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    found = [h for h in hooks if h.get('type') in
+             (hook_type, HOOKS.get(hook_type))]
+    if not found:
+        hooks.append(dict(type=hook_type))
+        found = hooks[-1:]
+    for hook in found:
+        hook.update(options)
+    cfg.custom_hooks = hooks
+    return cfg
+
+
 def add_check_load_hook(cfg, strict: bool = True):
     """Make a config's loading strict (or not, ``strict=False``): add a
     ``CheckLoadFromHook`` to ``custom_hooks`` when the config has none (a
     user's own config), and set ``strict`` on the ones it has."""
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    found = [h for h in hooks if h.get('type') in
-             ('CheckLoadFromHook', CheckLoadFromHook)]
-    if not found:
-        hooks.append(dict(type='CheckLoadFromHook'))
-        found = hooks[-1:]
-    for hook in found:
-        hook['strict'] = strict
-    cfg.custom_hooks = hooks
-    return cfg
+    return add_hook(cfg, 'CheckLoadFromHook', strict=strict)
