@@ -107,6 +107,16 @@ def test_mask_head_flops_counts_the_configured_head():
     assert 'letter column is not directly comparable' in out
 
 
+def test_mask_head_flops_names_a_dense_config():
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/'
+                           'mask_head_flops.py', '--config', OS8_DEMO],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(
+        'has no selective down-sampling backbone (no mask head to count)')
+    assert 'Traceback' not in proc.stderr
+
+
 def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
     out_json, png = tmp_path / 'bench.json', tmp_path / 'bench.png'
     out = run([sys.executable, 'tools/analysis_tools/benchmark.py',

@@ -7,12 +7,13 @@ before the trained-ratio rule still load."""
 import glob
 import json
 import re
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.helpers import SELDS_DEMO, cfg_options
+from tests.helpers import ROOT, SELDS_DEMO, cfg_options
 from tests.test_tools import run
 
 ITERS = 30
@@ -136,3 +137,14 @@ def test_checkpoint_from_before_the_rule_still_tests_right(
     new = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path)
     assert ratio_of(out) == ratio_of(new)
     assert abs(ratio_of(out) - end) <= 0.05
+
+
+def test_calibrate_ratio_is_checked(tmp_path):
+    for ratio in ('1.5', '-0.1'):
+        proc = subprocess.run(
+            [sys.executable, 'tools/misc/calibrate_mask.py', SELDS_DEMO,
+             tmp_path / 'x.pth', '--ratio', ratio, '--out', tmp_path / 'y'],
+            cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert f'--ratio must be in [0, 1], got {float(ratio)}' in \
+            proc.stderr
