@@ -148,3 +148,28 @@ def test_calibrate_ratio_is_checked(tmp_path):
         assert proc.returncode == 2
         assert f'--ratio must be in [0, 1], got {float(ratio)}' in \
             proc.stderr
+
+
+@pytest.mark.slow
+def test_cad_settings_test_as_they_trained(demo_data, tmp_path):
+    """The CAD row's settings (conv mask head, stride pooling, target loss)
+    through the same commands."""
+    work = tmp_path / 'cad'
+    cad = {'model.backbone.mask_head.type': 'CADMaskHead',
+           'model.backbone.mask_head.norm_cfg': None,
+           'model.backbone.pooling.mode': 'stride',
+           'model.sparsity_loss.mode': 'target',
+           'model.sparsity_loss.target': 0.3,
+           'model.sparsity_loss.loss_weight': 1.0}
+    run([sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir', work,
+         '--cfg-options', *cfg_options(demo_data, **cad, **{
+             'train_cfg.max_iters': ITERS, 'train_cfg.val_interval': ITERS,
+             'default_hooks.checkpoint.interval': ITERS,
+             'default_hooks.logger.interval': 1,
+             'train_dataloader.batch_size': 4})])
+    train_log, val_log = logged(work)
+    end = sum(r['ds_ratio'] for r in train_log[-5:]) / 5
+    assert abs(val_log[-1]['ds_ratio'] - end) <= 0.05, (val_log, end)
+    out = run_test(SELDS_DEMO, work / f'iter_{ITERS}.pth', demo_data,
+                   tmp_path, *[f'{k}={v}' for k, v in cad.items()])
+    assert abs(ratio_of(out) - end) <= 0.05, (ratio_of(out), end)
