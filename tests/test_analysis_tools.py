@@ -124,8 +124,11 @@ def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
                '--ds-ratio', 0, 1, '--out', out_json, '--plot', png])
     assert 'timed round 1/1 done' in out
     rows = {r['case']: r for r in json.load(open(out_json))['rows']}
-    assert set(rows) == {'OS8', 'OS16', 's=0', 's=1'}
-    assert rows['OS8']['backbone_time_ratio'] == 1
+    assert set(rows) == {'OS8', 'OS16', 'OS8 opt', 'OS16 opt', 's=0', 's=1'}
+    # ratios to the optimised dense OS8, and to the plain one
+    assert rows['OS8 opt']['backbone_time_ratio'] == 1
+    assert rows['OS8']['backbone_time_ratio_plain'] == 1
+    assert rows['OS8 opt']['model_flops_ratio'] == 1
     assert rows['s=1']['backbone_flops_ratio'] < \
         rows['s=0']['backbone_flops_ratio']
     for r in rows.values():

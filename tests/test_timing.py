@@ -85,3 +85,41 @@ def test_dense_twin_holds_the_selective_weights():
     sel = inference_fn(model, x, 'model', ones)()
     dense = inference_fn(twin8, x, 'model')()
     torch.testing.assert_close(sel, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_optimised_dense_twin_folds_every_norm_and_keeps_outputs():
+    """The optimised baseline of benchmark.py --compare: BatchNorms folded
+    into convs (backbone and heads), channels-last, same logits."""
+    import copy
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from mmselds.analysis.timing import (dense_twin, inference_fn,
+                                         optimise_dense)
+    from tests.helpers import SELDS_DEMO
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(SELDS_DEMO)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    for m in model.modules():  # statistics far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    for os_ in (8, 16):
+        twin = dense_twin(cfg.model, model.eval(), os_)
+        fast = optimise_dense(copy.deepcopy(twin))
+        norms = [m for m in fast.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms == []
+        conv = fast.backbone.layer1[0].conv1
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        x = torch.randn(1, 3, 64, 128)
+        expected = inference_fn(twin, x, 'model')()
+        got = inference_fn(fast, x.contiguous(
+            memory_format=torch.channels_last), 'model')()
+        torch.testing.assert_close(got, expected, rtol=1e-4,
+                                   atol=1e-4 * expected.abs().max().item())

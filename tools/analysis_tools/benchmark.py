@@ -1,8 +1,12 @@
 """Latency, throughput and peak memory of a selective segmentor at forced
 down-sampling ratios (and its own mask with a checkpoint); with --compare,
-mmseg's dense DeepLabV3 OS8 and OS16 with the same backbone and heads are
-timed in the same run, cases interleaved, and every time is printed as a
-ratio to OS8 next to the multiply-add ratio.
+mmseg's dense DeepLabV3 OS8 and OS16 with the same backbone, heads and
+weights are timed in the same run, cases interleaved, each twice: as mmseg
+builds it ("OS8") and in the optimised form a performance-minded user runs
+on a CPU ("OS8 opt": every BatchNorm folded into the conv before it,
+channels-last weights and input; ``mmselds.analysis.timing.optimise_dense``).
+Times are printed as ratios to the optimised OS8 (the baseline of any
+speed-up claim) and to the plain OS8, next to the multiply-add ratio.
 
 Example (CPU, the numbers of docs/benchmarks.md)::
 
@@ -23,7 +27,8 @@ import mmselds  # noqa: F401
 from mmselds.analysis import model_macs, reference_macs
 from mmselds.analysis.plots import plot_ratios
 from mmselds.analysis.timing import (dense_twin, inference_fn, median,
-                                     peak_memory, time_interleaved)
+                                     optimise_dense, peak_memory,
+                                     time_interleaved)
 from mmselds.ops import random_cell_mask
 from mmselds.utils.model_io import build_segmentor
 
@@ -56,7 +61,8 @@ def parse_args(argv=None):
 
 
 def build_cases(args):
-    """{name: (model, mask or None, macs dict)} for every case."""
+    """{name: (model, mask or None, macs dict, channels_last)} for every
+    case."""
     model, cfg = build_segmentor(args.config, args.checkpoint,
                                  args.cfg_options, args.device)
     size, n = tuple(args.shape), args.batch_size
@@ -67,16 +73,21 @@ def build_cases(args):
         refs = reference_macs(model, size)
         for os_ in (8, 16):
             cases[f'OS{os_}'] = (dense_twin(cfg.model, model, os_), None,
-                                 refs[f'OS{os_}'])
+                                 refs[f'OS{os_}'], False)
+        for os_ in (8, 16):
+            cases[f'OS{os_} opt'] = (
+                optimise_dense(dense_twin(cfg.model, model, os_)), None,
+                refs[f'OS{os_}'], True)
     for s in args.ds_ratio:
         mask = random_cell_mask(n, h, w, s, gen).to(args.device)
-        cases[f's={s:g}'] = (model, mask, model_macs(model, size, [s]))
+        cases[f's={s:g}'] = (model, mask, model_macs(model, size, [s]),
+                             False)
     if args.checkpoint:
         x = torch.randn(n, 3, *size, device=args.device)
         inference_fn(model, x, 'backbone')()
         ratio = model.backbone.last_ratio
         cases[f'own (s={ratio:.2f})'] = (
-            model, None, model_macs(model, size, [ratio]))
+            model, None, model_macs(model, size, [ratio]), False)
     return cases
 
 
@@ -86,10 +97,12 @@ def main():
         torch.set_num_threads(args.threads)
     cases = build_cases(args)
     x = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     fns = {}
-    for name, (model, mask, _) in cases.items():
+    for name, (model, mask, _, cl) in cases.items():
         for part in ('backbone', 'model'):
-            fns[(name, part)] = inference_fn(model, x, part, mask)
+            fns[(name, part)] = inference_fn(model, x_cl if cl else x, part,
+                                             mask)
     print_log(f'timing {len(cases)} cases x 2 parts, {args.repeat} rounds '
               f'after a warm-up round ...', logger='current')
     times = time_interleaved(
@@ -98,14 +111,15 @@ def main():
     memory = {}
     if not args.no_memory:
         for (name, part) in fns:
-            m, mask, _ = cases[name]
+            m, mask, _, cl = cases[name]
             memory[(name, part)] = peak_memory(
-                inference_fn(m, x, part, mask), args.device) / 2**20
+                inference_fn(m, x_cl if cl else x, part, mask),
+                args.device) / 2**20
             print_log(f'peak memory {name} {part}: '
                       f'{memory[(name, part)]:.0f} MiB', logger='current')
-    base = 'OS8' if 'OS8' in cases else None
+    base = 'OS8 opt' if 'OS8 opt' in cases else None
     rows = []
-    for name, (_, _, macs) in cases.items():
+    for name, (_, _, macs, _) in cases.items():
         row = dict(case=name, backbone_ms=median(times[(name, 'backbone')])
                    * 1e3, model_ms=median(times[(name, 'model')]) * 1e3,
                    backbone_gmacs=macs['backbone'] / 1e9,
@@ -116,9 +130,13 @@ def main():
         rows.append(row)
     if base:
         b = next(r for r in rows if r['case'] == base)
+        plain = next(r for r in rows if r['case'] == 'OS8')
         for r in rows:
             for part in ('backbone', 'model'):
+                # *_time_ratio: to the optimised dense OS8
                 r[f'{part}_time_ratio'] = r[f'{part}_ms'] / b[f'{part}_ms']
+                r[f'{part}_time_ratio_plain'] = r[f'{part}_ms'] / \
+                    plain[f'{part}_ms']
                 r[f'{part}_flops_ratio'] = r[f'{part}_gmacs'] / \
                     b[f'{part}_gmacs']
     dev = torch.cuda.get_device_name() if args.device.startswith(
@@ -129,8 +147,8 @@ def main():
     head = ['case', 'backbone ms', 'model ms', 'img/s', 'bb peak MiB',
             'model peak MiB']
     if base:
-        head += ['bb time/OS8', 'bb MACs/OS8', 'model time/OS8',
-                 'model MACs/OS8']
+        head += ['bb time/OS8 opt', 'bb time/OS8', 'bb MACs/OS8',
+                 'model time/OS8 opt', 'model time/OS8', 'model MACs/OS8']
     print('| ' + ' | '.join(head) + ' |')
     print('|' + '---|' * len(head))
     for r in rows:
@@ -139,10 +157,10 @@ def main():
                      '-' if r[k] is None else f'{r[k]:.0f}'
                      for k in ('backbone_peak_mib', 'model_peak_mib')]
         if base:
-            cells += [f'{r["backbone_time_ratio"]:.3f}',
-                      f'{r["backbone_flops_ratio"]:.3f}',
-                      f'{r["model_time_ratio"]:.3f}',
-                      f'{r["model_flops_ratio"]:.3f}']
+            cells += [f'{r[k]:.3f}' for k in (
+                'backbone_time_ratio', 'backbone_time_ratio_plain',
+                'backbone_flops_ratio', 'model_time_ratio',
+                'model_time_ratio_plain', 'model_flops_ratio')]
         print('| ' + ' | '.join(cells) + ' |')
     if args.plot:
         if not base:
