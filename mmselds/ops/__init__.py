@@ -1,9 +1,9 @@
 """Core selective down-sampling ops; they import torch only."""
 from .feature import MixedFeature, blend, upsample2
-from .functional import (batch_norm_affine, fold_batch_norm, gather_linear,
-                         low_res_dilation, release_workspace, rows_linear,
+from .functional import (batch_norm_affine, fold_batch_norm, low_res_dilation,
                          selective_apply, selective_batch_norm,
                          selective_conv2d, selective_entrance_conv2d)
+from .kernels import gather_linear, release_workspace, rows_linear
 from .mask import (EXECUTION_MODES, CellMask, expected_ratio_mask,
                    random_cell_mask)
 from .pooling import POOLING_MODES, SelectivePooling, as_pooling

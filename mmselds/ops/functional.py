@@ -1,8 +1,11 @@
-"""Selective layers on :class:`MixedFeature` (DESIGN §3).
+"""Selective layers on :class:`MixedFeature` (DESIGN §3): the public tier.
 
 One public function per layer; both executions compute the same function
-(I3). The sparse path is gather -> matmul over the active rows only, in pure
-PyTorch; it is the reference for any faster kernel.
+(I3). Each checks its arguments, runs the dense emulation itself, and for
+sparse execution builds the gather source and index table (or takes the
+uniform path) and calls :mod:`mmselds.ops.kernels`, which dispatches the
+compute (gather -> matmul over the active rows) to the backend of the
+tensor's device type and dtype.
 """
 from typing import Optional, Tuple
 
@@ -11,16 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import kernels
 from .feature import MixedFeature, blend, to_rows
+# Re-exported for callers that import them from here (e.g. release_workspace
+# in mmselds.analysis.timing); they live in mmselds.ops.kernels.
+from .kernels import gather_linear, release_workspace, rows_linear  # noqa
 from .mask import CellMask
 from .pooling import PoolSpec, SelectivePooling, as_pooling
-
-# Smallest matmul (multiply-adds) that rows_linear hands to oneDNN on the CPU.
-_ONEDNN_MACS = 10**8
-
-# Largest im2col block gathered at once by the sparse 3x3 conv: larger
-# blocks are a little faster, smaller ones lower the peak memory.
-_GATHER_BYTES = 80 * 2**20
 
 
 def low_res_dilation(dilation: int) -> int:
@@ -58,79 +58,6 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor],
     return kh
 
 
-def rows_linear(rows: Tensor, weight: Tensor,
-                bias: Optional[Tensor] = None) -> Tensor:
-    """(M, K) @ (C_out, K)^T + bias -> (M, C_out): the matmul of every
-    sparse layer, dispatched on the device here only.
-
-    On the CPU a 1x1 convolution over channels-last rows runs oneDNN's
-    kernels, ~1.4x faster than ``torch.mm`` (MKL) on the build machines for
-    large products; below ``_ONEDNN_MACS`` multiply-adds oneDNN's fixed
-    cost (~0.15 ms a call) makes ``torch.mm`` faster.
-    """
-    M, K = rows.shape
-    if rows.device.type != 'cpu' or M * K * weight.shape[0] < _ONEDNN_MACS:
-        return F.linear(rows, weight, bias)
-    out = F.conv2d(rows.view(1, 1, M, K).permute(0, 3, 1, 2),
-                   weight.view(-1, K, 1, 1), bias)
-    return out.permute(0, 2, 3, 1).reshape(M, -1)
-
-
-# Reused im2col buffers of inference (no autograd), one per device and
-# dtype: a fresh buffer of this size costs more in page faults than the
-# gather itself on the CPU.
-_WORKSPACE = {}
-
-
-def _workspace(numel: int, like: Tensor) -> Tensor:
-    key = (like.device, like.dtype)
-    buf = _WORKSPACE.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = _WORKSPACE[key] = like.new_empty(numel)
-    return buf[:numel]
-
-
-def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
-                  bias: Optional[Tensor] = None) -> Tensor:
-    """Sparse convolution: row r of the output is
-    ``sum_t src[index[r, t]] @ W_t + bias``.
-
-    Args:
-        src (Tensor): (M, C) source rows.
-        index (Tensor): (R * T,) flat (R, T) rows of ``src`` per tap.
-        weight (Tensor): (C_out, C, k, k) with T = k * k taps, row-major.
-    Returns:
-        Tensor: (R, C_out).
-    """
-    c_out, c_in = weight.shape[:2]
-    taps = weight.shape[2] * weight.shape[3]
-    w2d = weight.permute(0, 2, 3, 1).reshape(c_out, taps * c_in)
-    R = index.numel() // taps
-    if R == 0:
-        return src.new_zeros(0, c_out)
-    row_bytes = taps * c_in * src.element_size()
-    blocks = -(-R * row_bytes // _GATHER_BYTES)
-    block = -(-R // blocks)
-    grad = torch.is_grad_enabled() and (src.requires_grad
-                                        or weight.requires_grad)
-    outs = []
-    for start in range(0, R, block):
-        idx = index[start * taps:(start + block) * taps]
-        if grad:
-            cols = src.index_select(0, idx)
-        else:
-            cols = torch.index_select(
-                src, 0, idx, out=_workspace(idx.numel() * c_in, src).view(
-                    idx.numel(), c_in))
-        outs.append(rows_linear(cols.view(-1, taps * c_in), w2d, bias))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
-def release_workspace() -> None:
-    """Free the cached im2col buffers of sparse inference."""
-    _WORKSPACE.clear()
-
-
 def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     """Rows the gather of a sparse 3x3 conv reads under a mixed mask (a
     uniform one takes :func:`_uniform_conv2d`): cat([rows, zero, pooled
@@ -139,26 +66,36 @@ def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     return torch.cat([feat.data, zero, feat.pooled_rows(pool)])
 
 
-def _uniform_conv2d(rows: Tensor, cells: CellMask, weight: Tensor,
+def _uniform_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
                     bias: Optional[Tensor], r: int, rl: int
                     ) -> Optional[Tensor]:
-    """Sparse 3x3 conv when every cell has the same resolution, else None.
+    """The sparse 3x3 conv when every cell has the same resolution, else
+    None: the one uniform path, taken by :func:`selective_conv2d` and
+    :func:`selective_entrance_conv2d`.
 
-    With no low cell the rows are the NHWC full-resolution map, with no
-    high cell the NHWC OS16 map (row order of :class:`CellMask`), so the
-    conv is one dense conv (dilation r, or rl at OS16) on a channels-last
-    view: no gather and no im2col buffer, so the selective machinery costs
-    nothing when nothing is selected.
+    With no low cell the output rows are the NHWC full-resolution map, with
+    no high cell the NHWC OS16 map (row order of :class:`CellMask`), so the
+    conv is one dense conv (dilation r at full resolution, rl at OS16): no
+    gather, no index table and no im2col buffer, so the selective machinery
+    costs nothing when nothing is selected.
+
+    Args:
+        x (Tensor): sparse rows (R, C), which under a uniform mask are the
+            NHWC map at the cells' resolution (read as a channels-last
+            view), or the (N, C, H, W) full-resolution input of the
+            entrance, whose low cells take the stride-2 conv of the OS16
+            network.
     """
-    N, h, w = cells.n, cells.h, cells.w
+    rows = x.dim() == 2
     if cells.num_low == 0:
-        h, w, d = 2 * h, 2 * w, r
-    elif cells.num_high == 0:
-        d = rl
+        size, d, stride = cells.feature_size, r, 1
+    elif cells.num_high == 0:  # rows at OS16; the entrance's input at OS8
+        size, d, stride = (cells.h, cells.w), rl, 1 if rows else 2
     else:
         return None
-    x = rows.view(N, h, w, rows.shape[1]).permute(0, 3, 1, 2)
-    return to_rows(F.conv2d(x, weight, bias, padding=d, dilation=d))
+    if rows:
+        x = x.view(cells.n, *size, x.shape[1]).permute(0, 3, 1, 2)
+    return kernels.conv2d_rows(x, weight, bias, d, stride)
 
 
 def selective_conv2d(feat: MixedFeature, weight: Tensor,
@@ -189,7 +126,8 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
     if k == 1:
         if feat.execution == 'dense':
             return feat.new(F.conv2d(feat.data, weight, bias), pool)
-        return feat.new(rows_linear(feat.data, weight.flatten(1), bias), pool)
+        return feat.new(kernels.rows_linear(feat.data, weight.flatten(1),
+                                            bias), pool)
     r, rl = dilation, low_res_dilation(dilation)
     if feat.execution == 'dense':
         v = feat.data
@@ -199,8 +137,8 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
     cells = feat.cells
     out = _uniform_conv2d(feat.data, cells, weight, bias, r, rl)
     if out is None:
-        out = gather_linear(_source(feat, pool), cells.conv_index(r), weight,
-                            bias)
+        out = kernels.gather_linear(_source(feat, pool), cells.conv_index(r),
+                                    weight, bias)
     return feat.new(out, pool)
 
 
@@ -234,14 +172,11 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
         hi = F.conv2d(x, weight, bias, padding=r, dilation=r)
         lo = F.conv2d(x, weight, bias, stride=2, padding=rl, dilation=rl)
         return MixedFeature(blend(hi, lo, cells.mask), cells, pool)
-    if cells.num_low == 0:  # the rows of the OS8 conv (see _uniform_conv2d)
-        out = to_rows(F.conv2d(x, weight, bias, padding=r, dilation=r))
-    elif cells.num_high == 0:  # the rows of the OS16 stride-2 conv
-        out = to_rows(F.conv2d(x, weight, bias, stride=2, padding=rl,
-                               dilation=rl))
-    else:
+    out = _uniform_conv2d(x, cells, weight, bias, r, rl)
+    if out is None:
         src = torch.cat([to_rows(x), x.new_zeros(1, x.shape[1])])
-        out = gather_linear(src, cells.entrance_index(r), weight, bias)
+        out = kernels.gather_linear(src, cells.entrance_index(r), weight,
+                                    bias)
     return MixedFeature(out, cells, pool)
 
 

@@ -203,16 +203,26 @@ def test_sparse_entrance_gradients_equal_dense():
 def test_uniform_masks_run_one_dense_conv(fill):
     """All cells at one resolution: no gather, so neither an index table
     nor the im2col buffer is built (the machinery costs nothing)."""
-    from mmselds.ops import functional
+    from mmselds.ops import release_workspace
+    from mmselds.ops.kernels import torch_ref
     x, w, b, _ = make_case(2, 5, 12, 10, 1.0, seed=6)
     cells = CellMask(torch.full((2, 1, 6, 5), fill), 'sparse')
-    functional.release_workspace()
+    release_workspace()
     with torch.no_grad():
         feat = MixedFeature.from_dense(x, cells)
         selective_conv2d(feat, w, b, 2)
         selective_entrance_conv2d(x, cells, w, b, 2)
-    assert functional._WORKSPACE == {}
+    assert torch_ref._WORKSPACE == {}
     assert cells._cache == {}
+    # control: a mixed mask gathers, so it builds both
+    mixed = torch.full((2, 1, 6, 5), fill)
+    mixed[0, 0, 0, 0] = 1 - fill
+    cells = CellMask(mixed, 'sparse')
+    with torch.no_grad():
+        selective_conv2d(MixedFeature.from_dense(x, cells), w, b, 2)
+    assert torch_ref._WORKSPACE != {} and cells._cache != {}
+    release_workspace()
+    assert torch_ref._WORKSPACE == {}
 
 
 def test_batch_of_one_all_high_and_one_all_low_image():

@@ -1,0 +1,113 @@
+"""Pure-PyTorch kernels of sparse selective execution: the CPU backend and
+the reference for every other kernel.
+
+Registered by :mod:`mmselds.ops.kernels` for ``'cpu'`` and, until a Triton
+backend takes over, for ``'cuda'`` (the same code runs there; the CPU
+tuning below only applies to CPU tensors). The functions see tensors and
+index tables only: which rows to gather is decided by the public ops.
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The dtypes these kernels support (sparse execution of the public ops).
+DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32,
+                    torch.float64})
+
+# Smallest matmul (multiply-adds) that rows_linear hands to oneDNN on the CPU.
+_ONEDNN_MACS = 10**8
+
+# Largest im2col block gathered at once by gather_linear: larger blocks are
+# a little faster, smaller ones lower the peak memory.
+_GATHER_BYTES = 80 * 2**20
+
+# Reused im2col buffers of inference (no autograd), one per device and
+# dtype: a fresh buffer of this size costs more in page faults than the
+# gather itself on the CPU.
+_WORKSPACE: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _workspace(numel: int, like: Tensor) -> Tensor:
+    key = (like.device, like.dtype)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE[key] = like.new_empty(numel)
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free the cached im2col buffers of sparse inference."""
+    _WORKSPACE.clear()
+
+
+def rows_linear(rows: Tensor, weight: Tensor,
+                bias: Optional[Tensor] = None) -> Tensor:
+    """(M, K) @ (C_out, K)^T + bias -> (M, C_out): the matmul of every
+    sparse layer.
+
+    On the CPU a 1x1 convolution over channels-last rows runs oneDNN's
+    kernels, ~1.4x faster than ``torch.mm`` (MKL) on the build machines for
+    large products; below ``_ONEDNN_MACS`` multiply-adds oneDNN's fixed
+    cost (~0.15 ms a call) makes ``torch.mm`` faster.
+    """
+    M, K = rows.shape
+    if rows.device.type != 'cpu' or M * K * weight.shape[0] < _ONEDNN_MACS:
+        return F.linear(rows, weight, bias)
+    out = F.conv2d(rows.view(1, 1, M, K).permute(0, 3, 1, 2),
+                   weight.view(-1, K, 1, 1), bias)
+    return out.permute(0, 2, 3, 1).reshape(M, -1)
+
+
+def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
+                  bias: Optional[Tensor] = None) -> Tensor:
+    """Sparse convolution: row r of the output is
+    ``sum_t src[index[r, t]] @ W_t + bias``.
+
+    Gathers the (R, T * C) im2col matrix in blocks of at most
+    ``_GATHER_BYTES`` (into the reused workspace when no gradient is
+    recorded) and multiplies each block by :func:`rows_linear`.
+
+    Args:
+        src (Tensor): (M, C) source rows.
+        index (Tensor): (R * T,) flat (R, T) rows of ``src`` per tap.
+        weight (Tensor): (C_out, C, k, k) with T = k * k taps, row-major.
+        bias (Tensor, optional): (C_out,).
+    Returns:
+        Tensor: (R, C_out).
+    """
+    c_out, c_in = weight.shape[:2]
+    taps = weight.shape[2] * weight.shape[3]
+    w2d = weight.permute(0, 2, 3, 1).reshape(c_out, taps * c_in)
+    R = index.numel() // taps
+    if R == 0:
+        return src.new_zeros(0, c_out)
+    row_bytes = taps * c_in * src.element_size()
+    blocks = -(-R * row_bytes // _GATHER_BYTES)
+    block = -(-R // blocks)
+    grad = torch.is_grad_enabled() and (src.requires_grad
+                                        or weight.requires_grad)
+    outs = []
+    for start in range(0, R, block):
+        idx = index[start * taps:(start + block) * taps]
+        if grad:
+            cols = src.index_select(0, idx)
+        else:
+            cols = torch.index_select(
+                src, 0, idx, out=_workspace(idx.numel() * c_in, src).view(
+                    idx.numel(), c_in))
+        outs.append(rows_linear(cols.view(-1, taps * c_in), w2d, bias))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def conv2d_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                dilation: int, stride: int = 1) -> Tensor:
+    """One dense conv (padding = dilation) of the (N, C, H, W) map ``x``,
+    returned as (N * H_out * W_out, C_out) raster rows: the uniform path
+    (all cells at one resolution). For a channels-last ``x`` (a view of
+    sparse rows) the conv runs channels-last and the rows are a free view.
+    """
+    out = F.conv2d(x, weight, bias, stride=stride, padding=dilation,
+                   dilation=dilation)
+    return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
