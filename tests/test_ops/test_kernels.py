@@ -1,0 +1,165 @@
+"""The kernel dispatch: one backend per device type, dtypes declared per
+backend, clear errors for combinations with no kernel, and the public ops
+reaching their kernels only through it."""
+import collections
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+
+from mmselds.ops import (CellMask, MixedFeature, kernels, release_workspace,
+                         rows_linear, selective_conv2d,
+                         selective_entrance_conv2d)
+from mmselds.ops.kernels import torch_ref
+
+MIXED = torch.tensor([[[[1., 0., 1.], [0., 0., 1.]]],
+                      [[[0., 1., 1.], [1., 0., 0.]]]])
+
+
+@contextlib.contextmanager
+def registered(device_type, backend):
+    """Register ``backend`` for ``device_type`` and restore the registry."""
+    old = kernels.register_backend(device_type, backend, replace=True)
+    try:
+        yield backend
+    finally:
+        if old is None:
+            kernels.unregister_backend(device_type)
+        else:
+            kernels.register_backend(device_type, old, replace=True)
+
+
+def spy_backend(calls):
+    """The reference kernels, counting each call in ``calls``."""
+    def counted(name):
+        fn = getattr(kernels.TORCH_REF, name)
+
+        def run(*args):
+            calls[name] += 1
+            return fn(*args)
+        return run
+    return dataclasses.replace(
+        kernels.TORCH_REF, name='spy',
+        **{n: counted(n) for n in ('rows_linear', 'gather_linear',
+                                   'conv2d_rows', 'release_workspace')})
+
+
+def test_cpu_float32_runs_the_torch_reference():
+    backend = kernels.backend_for(torch.zeros(2, 3))
+    assert backend is kernels.TORCH_REF
+    assert backend.name == 'torch_ref'
+    assert backend.rows_linear is torch_ref.rows_linear
+    assert backend.gather_linear is torch_ref.gather_linear
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        assert kernels.backend_for(torch.zeros(1, dtype=dtype)) is backend
+
+
+def test_cuda_runs_the_reference_until_a_triton_backend():
+    assert kernels.registered_backends()['cuda'] is kernels.TORCH_REF
+
+
+def test_device_without_backend_is_a_clear_error():
+    assert 'meta' not in kernels.registered_backends()
+    x = torch.empty(4, 3, device='meta')
+    with pytest.raises(NotImplementedError,
+                       match=r"torch\.float32 tensors on meta.*'meta'"):
+        kernels.backend_for(x)
+    with pytest.raises(NotImplementedError, match='meta'):
+        rows_linear(x, torch.empty(2, 3, device='meta'))
+
+
+@pytest.mark.parametrize('dtype', [torch.int32, torch.int64, torch.uint8])
+def test_dtype_without_kernel_is_a_clear_error(dtype):
+    with pytest.raises(NotImplementedError) as err:
+        kernels.backend_for(torch.zeros(2, 3, dtype=dtype))
+    msg = str(err.value)
+    assert str(dtype) in msg and 'cpu' in msg and "'torch_ref'" in msg
+    assert 'float32' in msg  # says what is supported
+
+
+@pytest.mark.parametrize('fill', ['mixed', 0.0, 1.0])
+def test_public_ops_refuse_unsupported_dtype(fill):
+    """Sparse execution raises for an integer feature under every path
+    (gather, uniform, 1x1); dense emulation is not dispatched."""
+    mask = MIXED if fill == 'mixed' else torch.full_like(MIXED, fill)
+    cells = CellMask(mask, 'sparse')
+    x = torch.randint(-3, 3, (2, 4, 4, 6), dtype=torch.int32)
+    w3 = torch.randint(-3, 3, (5, 4, 3, 3), dtype=torch.int32)
+    feat = MixedFeature.from_dense(x, cells)
+    for call in (lambda: selective_conv2d(feat, w3, dilation=2),
+                 lambda: selective_conv2d(feat, w3[:, :, :1, :1]),
+                 lambda: selective_entrance_conv2d(x, cells, w3)):
+        with pytest.raises(NotImplementedError, match='torch.int32.*cpu'):
+            call()
+
+
+def test_registered_backend_is_picked_and_its_dtypes_enforced():
+    only32 = dataclasses.replace(kernels.TORCH_REF, name='only32',
+                                 dtypes=frozenset({torch.float32}))
+    with registered('meta', only32):
+        assert kernels.backend_for(torch.empty(1, device='meta')) is only32
+        with pytest.raises(NotImplementedError,
+                           match=r"torch\.float64.*'only32'.*float32"):
+            kernels.backend_for(torch.empty(1, dtype=torch.float64,
+                                            device='meta'))
+    assert 'meta' not in kernels.registered_backends()
+
+
+def test_registration_is_explicit():
+    with pytest.raises(ValueError, match="'cpu' already has the "
+                       "'torch_ref' backend"):
+        kernels.register_backend('cpu', kernels.TORCH_REF)
+    with pytest.raises(TypeError, match='Backend'):
+        kernels.register_backend('meta', torch_ref)
+    with pytest.raises(KeyError, match='meta'):
+        kernels.unregister_backend('meta')
+    assert kernels.registered_backends()['cpu'] is kernels.TORCH_REF
+
+
+@pytest.mark.parametrize('fill', ['mixed', 0.0, 1.0])
+def test_public_ops_reach_kernels_through_the_dispatch(fill):
+    """Every sparse compute goes through the registered backend: uniform
+    masks take the one dense conv (conv2d_rows) in both 3x3 ops, mixed masks
+    the gather; results are those of the reference backend; dense
+    emulation calls no kernel."""
+    mask = MIXED if fill == 'mixed' else torch.full_like(MIXED, fill)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 4, 6, generator=g)
+    w3 = torch.randn(5, 4, 3, 3, generator=g)
+    w1 = torch.randn(5, 4, 1, 1, generator=g)
+    b = torch.randn(5, generator=g)
+
+    def run(execution):
+        cells = CellMask(mask, execution)
+        feat = MixedFeature.from_dense(x, cells)
+        return [selective_conv2d(feat, w3, b, 2).densify(),
+                selective_conv2d(feat, w1, b).densify(),
+                selective_entrance_conv2d(x, cells, w3, b, 2).densify()]
+
+    want = run('sparse')
+    calls = collections.Counter()
+    with registered('cpu', spy_backend(calls)):
+        got = run('sparse')
+        sparse_calls = dict(calls)
+        calls.clear()
+        run('dense')
+        assert not calls, f'dense execution called kernels: {dict(calls)}'
+    path = 'gather_linear' if fill == 'mixed' else 'conv2d_rows'
+    assert sparse_calls == {path: 2, 'rows_linear': 1}
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
+def test_release_workspace_reaches_every_backend():
+    calls = collections.Counter()
+    with registered('meta', spy_backend(calls)):
+        release_workspace()
+    assert calls == {'release_workspace': 1}
+    with torch.no_grad():  # the reference's buffer is built, then freed
+        feat = MixedFeature.from_dense(torch.randn(2, 4, 4, 6),
+                                       CellMask(MIXED, 'sparse'))
+        selective_conv2d(feat, torch.randn(5, 4, 3, 3))
+    assert torch_ref._WORKSPACE
+    release_workspace()
+    assert not torch_ref._WORKSPACE
