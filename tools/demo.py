@@ -194,9 +194,18 @@ def plot(results, sweep, path) -> None:
     xs = [p['backbone_gmacs'] for p in sweep]
     ax.plot(xs, [p['mIoU'] for p in sweep], 'o-', color='tab:blue',
             label='selective, test-time threshold sweep')
+    labels = []  # [(x, y), names]: thresholds at (nearly) one point share
     for p in sweep:
-        ax.annotate(f'{p["threshold"]:.3g}', (p['backbone_gmacs'], p['mIoU']),
-                    textcoords='offset points', xytext=(4, -10), fontsize=7)
+        xy, name = (p['backbone_gmacs'], p['mIoU']), f'{p["threshold"]:.3g}'
+        near = [lab for lab in labels if abs(lab[0][0] - xy[0]) < 2e-3 and
+                abs(lab[0][1] - xy[1]) < 0.1]
+        if near:
+            near[0][1].append(name)
+        else:
+            labels.append((xy, [name]))
+    for xy, names in labels:
+        ax.annotate(', '.join(names), xy, textcoords='offset points',
+                    xytext=(4, -10), fontsize=7)
     for name, marker, color in (('OS8', '*', 'tab:red'),
                                 ('OS16', 's', 'tab:green'),
                                 ('selective', 'D', 'tab:blue')):
