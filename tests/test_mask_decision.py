@@ -43,22 +43,27 @@ def run_test(config, ckpt, data_root, tmp_path, *opts):
                 *cfg_options(data_root), *opts])
 
 
-@pytest.fixture(scope='module')
-def trained(demo_data, tmp_path_factory):
-    """The README's pattern (Prop. 2: depthwise head, adaptive pooling,
-    target-free loss), trained 30 iterations from scratch."""
-    work = tmp_path_factory.mktemp('trained')
+def train_short(work, data_root, **options):
+    """ITERS iterations of tools/train.py from scratch, validating at the
+    end: (checkpoint, the ratio training reached at its end, validation
+    records). The end ratio is the mean of the last 5 iterations' logged
+    values (each is one batch's Gumbel sample)."""
     run([sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir', work,
-         '--cfg-options', *cfg_options(demo_data, **{
+         '--cfg-options', *cfg_options(data_root, **options, **{
              'train_cfg.max_iters': ITERS, 'train_cfg.val_interval': ITERS,
              'default_hooks.checkpoint.interval': ITERS,
              'default_hooks.logger.interval': 1,
              'train_dataloader.batch_size': 4})])
     train_log, val_log = logged(work)
-    # the ratio training reached at its end: the mean of the last 5
-    # iterations' logged values (each is one batch's Gumbel sample)
     end = sum(r['ds_ratio'] for r in train_log[-5:]) / 5
     return work / f'iter_{ITERS}.pth', end, val_log
+
+
+@pytest.fixture(scope='module')
+def trained(demo_data, tmp_path_factory):
+    """The README's pattern (Prop. 2: depthwise head, adaptive pooling,
+    target-free loss), trained 30 iterations from scratch."""
+    return train_short(tmp_path_factory.mktemp('trained'), demo_data)
 
 
 @pytest.mark.slow
@@ -161,15 +166,8 @@ def test_cad_settings_test_as_they_trained(demo_data, tmp_path):
            'model.sparsity_loss.mode': 'target',
            'model.sparsity_loss.target': 0.3,
            'model.sparsity_loss.loss_weight': 1.0}
-    run([sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir', work,
-         '--cfg-options', *cfg_options(demo_data, **cad, **{
-             'train_cfg.max_iters': ITERS, 'train_cfg.val_interval': ITERS,
-             'default_hooks.checkpoint.interval': ITERS,
-             'default_hooks.logger.interval': 1,
-             'train_dataloader.batch_size': 4})])
-    train_log, val_log = logged(work)
-    end = sum(r['ds_ratio'] for r in train_log[-5:]) / 5
+    ckpt, end, val_log = train_short(work, demo_data, **cad)
     assert abs(val_log[-1]['ds_ratio'] - end) <= 0.05, (val_log, end)
-    out = run_test(SELDS_DEMO, work / f'iter_{ITERS}.pth', demo_data,
-                   tmp_path, *[f'{k}={v}' for k, v in cad.items()])
+    out = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path,
+                   *[f'{k}={v}' for k, v in cad.items()])
     assert abs(ratio_of(out) - end) <= 0.05, (ratio_of(out), end)
