@@ -349,3 +349,37 @@ def test_model_index_metafile_and_readme_cover_every_selds_config():
     readme = open(osp.join(ROOT, 'configs', 'selds', 'README.md')).read()
     for config in configs:
         assert osp.basename(config) in readme, config
+
+
+def test_analysis_tools_name_a_checkpoint_that_does_not_fit(tmp_path,
+                                                            checkpoints):
+    """get_flops.py, benchmark.py, visualize_masks.py, calibrate_mask.py:
+    one error line naming the file, exit status 1, no traceback."""
+    import cv2
+    bad = tmp_path / 'empty.pth'
+    bad.write_bytes(b'')
+    wrong = checkpoints['r50']
+    image = tmp_path / 'image.png'
+    cv2.imwrite(str(image), np.zeros((64, 128, 3), np.uint8))
+
+    def command(tool, ckpt):
+        if tool == 'get_flops.py' or tool == 'benchmark.py':
+            return [f'tools/analysis_tools/{tool}', SELDS_DEMO,
+                    '--checkpoint', ckpt, '--shape', 64, 128]
+        if tool == 'visualize_masks.py':
+            return [f'tools/analysis_tools/{tool}', SELDS_DEMO, ckpt, image,
+                    '--out-dir', tmp_path / 'vis']
+        return [f'tools/misc/{tool}', SELDS_DEMO, ckpt, '--out',
+                tmp_path / 'x.pth']
+
+    for tool in ('get_flops.py', 'benchmark.py', 'visualize_masks.py',
+                 'calibrate_mask.py'):
+        for ckpt, message in ((bad, 'is not a valid checkpoint'),
+                              (wrong, 'does not fit the model')):
+            proc = subprocess.run(
+                [sys.executable, *map(str, command(tool, ckpt))],
+                cwd=ROOT, capture_output=True, text=True)
+            assert proc.returncode == 1, (tool, proc.stderr[-2000:])
+            last = proc.stderr.strip().splitlines()[-1]
+            assert last.startswith('error: ') and message in last, last
+            assert 'Traceback' not in proc.stderr, tool

@@ -8,9 +8,7 @@ from mmengine.runner import Runner
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
 from mmselds.engine.hooks import add_check_load_hook
-from mmselds.utils.checkpoint import (CheckpointMismatchError,
-                                      InvalidCheckpointError)
-from mmselds.utils.launch import load_config, prepare_launch
+from mmselds.utils.launch import load_config, prepare_launch, run_cli
 
 
 def parse_args():
@@ -100,11 +98,8 @@ def main():
                 evaluator['output_dir'] = args.out
                 evaluator['keep_results'] = True
     cfg = prepare_launch(cfg, args.launcher)
-    try:
-        Runner.from_cfg(cfg).test()
-    except (InvalidCheckpointError, CheckpointMismatchError) as err:
-        sys.exit(f'error: {err}')
+    Runner.from_cfg(cfg).test()
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

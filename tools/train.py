@@ -2,7 +2,6 @@
 import argparse
 import logging
 import os
-import sys
 
 from mmengine.config import DictAction
 from mmengine.logging import print_log
@@ -11,9 +10,7 @@ from mmseg.registry import RUNNERS
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
 from mmselds.engine.hooks import add_check_load_hook, add_hook
-from mmselds.utils.checkpoint import (CheckpointMismatchError,
-                                      InvalidCheckpointError)
-from mmselds.utils.launch import load_config, prepare_launch
+from mmselds.utils.launch import load_config, prepare_launch, run_cli
 
 
 def parse_args():
@@ -65,11 +62,8 @@ def main():
     cfg = prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
-    try:
-        runner.train()
-    except (InvalidCheckpointError, CheckpointMismatchError) as err:
-        sys.exit(f'error: {err}')
+    runner.train()
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -1,8 +1,10 @@
-"""Config preparation shared by ``tools/train.py`` and ``tools/test.py``."""
+"""Config preparation shared by ``tools/train.py`` and ``tools/test.py``,
+and the error handling of every tool's command line."""
 import copy
 import os
 import os.path as osp
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -96,3 +98,16 @@ def prepare_launch(cfg: Config, launcher: str) -> Config:
                   f'{os.environ.get("RANK")} of {os.environ.get("WORLD_SIZE")}'
                   ', SyncBN replaced by BN', logger='current')
     return cfg
+
+
+def run_cli(main: Callable[[], object]):
+    """Run a tool's ``main``: a checkpoint that cannot be read or does not
+    fit the model, or a data folder without images, ends the tool with one
+    ``error: ...`` line and exit status 1 instead of a traceback."""
+    from mmselds.utils.checkpoint import (CheckpointMismatchError,
+                                          InvalidCheckpointError)
+    try:
+        return main()
+    except (InvalidCheckpointError, CheckpointMismatchError,
+            NoImagesError) as err:
+        sys.exit(f'error: {err}')

@@ -30,6 +30,7 @@ from mmselds.analysis.timing import (dense_twin, inference_fn, median,
                                      optimise_dense, peak_memory,
                                      time_interleaved)
 from mmselds.ops import random_cell_mask
+from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
 
@@ -176,4 +177,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

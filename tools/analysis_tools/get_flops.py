@@ -25,6 +25,7 @@ import mmselds  # noqa: F401
 from mmselds.analysis import is_selective, model_macs, reference_macs
 from mmselds.datasets import NoImagesError
 from mmselds.utils.evaluation import build_test_loader
+from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
 PARTS = [('stem_stages12', 'stem + stages 1-2'),
@@ -178,4 +179,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

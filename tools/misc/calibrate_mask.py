@@ -26,14 +26,13 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)  # run from any directory without installing
-
-import mmselds  # noqa: E402,F401
-from mmselds.analysis.calibration import (  # noqa: E402
-    CALIBRATION_KEY, build_calibration_loader,
-    mask_probabilities, threshold_for_ratio)
-from mmselds.utils.checkpoint import load_model_checkpoint  # noqa: E402
+import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
+from mmselds.analysis.calibration import (CALIBRATION_KEY,
+                                          build_calibration_loader,
+                                          mask_probabilities,
+                                          threshold_for_ratio)
+from mmselds.utils.checkpoint import load_model_checkpoint
+from mmselds.utils.launch import run_cli
 
 
 def parse_args():
@@ -118,4 +117,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
