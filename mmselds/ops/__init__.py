@@ -1,4 +1,6 @@
 """Core selective down-sampling ops; they import torch only."""
+from .combine import (SelectiveOutputs, mixed_broadcast, mixed_cat,
+                      mixed_global_avg_pool)
 from .feature import MixedFeature, blend, upsample2
 from .functional import (batch_norm_affine, fold_batch_norm, low_res_dilation,
                          selective_apply, selective_batch_norm,
@@ -11,7 +13,8 @@ from .pooling import POOLING_MODES, SelectivePooling, as_pooling
 __all__ = [
     'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
     'SelectivePooling', 'as_pooling', 'batch_norm_affine', 'blend',
-    'expected_ratio_mask',
+    'expected_ratio_mask', 'mixed_broadcast', 'mixed_cat',
+    'mixed_global_avg_pool', 'SelectiveOutputs',
     'fold_batch_norm', 'gather_linear', 'low_res_dilation',
     'random_cell_mask', 'release_workspace', 'rows_linear', 'selective_apply',
     'selective_batch_norm', 'selective_conv2d', 'selective_entrance_conv2d',

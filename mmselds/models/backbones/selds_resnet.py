@@ -8,9 +8,9 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm,
-                         release_workspace, selective_apply, selective_conv2d,
-                         selective_entrance_conv2d)
+from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
+                         fold_batch_norm, release_workspace, selective_apply,
+                         selective_conv2d, selective_entrance_conv2d)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -254,8 +254,10 @@ class SelDSResNetV1c(ResNetV1c):
             ds_mask (Tensor, optional): (N, 1, H/16, W/16), 1 = down-sample;
                 overrides the predicted mask. Default: None.
         Returns:
-            tuple[Tensor]: the ``out_indices`` stage outputs, as
-            ``ResNetV1c`` returns them (stages 3-4 densified at OS8).
+            SelectiveOutputs: the ``out_indices`` stage outputs, a tuple as
+            ``ResNetV1c`` returns them (stages 3-4 densified at OS8), whose
+            ``mixed`` is the stage-4 output before densifying and ``cells``
+            the selection, for a selective neck or head.
         """
         size = x.shape[2:]
         if self.effective_execution() == 'sparse':
@@ -287,7 +289,7 @@ class SelDSResNetV1c(ResNetV1c):
         if cells.execution == 'sparse':
             release_workspace()  # hold the im2col buffer only in forward
         self.last_mask, self.last_logits = mask, logits
-        return tuple(outs)
+        return SelectiveOutputs(outs, feat)
 
     @property
     def last_ratio(self) -> Optional[float]:

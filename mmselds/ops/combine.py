@@ -1,0 +1,138 @@
+"""Ops that combine or summarise mixed features, and the backbone's output.
+
+* :class:`SelectiveOutputs`: the dense stage outputs mmseg heads index,
+  carrying the stage-4 :class:`MixedFeature` and its :class:`CellMask` on to
+  a selective neck or head.
+* :func:`mixed_cat`: channel concatenation of features under the same cells.
+* :func:`mixed_global_avg_pool`: the mean of the densified map (a low cell
+  weighs as its 4 pixels), computed without densifying.
+* :func:`mixed_broadcast`: one vector per image as a mixed feature.
+"""
+from typing import Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .feature import MixedFeature
+from .mask import CellMask
+
+
+class SelectiveOutputs(tuple):
+    """A tuple of dense stage outputs that also carries the selection.
+
+    Stock mmseg heads index it as the plain tuple a backbone returns; a
+    selective head reads ``mixed`` (the last stage's mixed-resolution
+    feature, before densifying) and ``cells`` (the selection of the pass).
+    Slicing gives a plain tuple.
+
+    Args:
+        outs (Iterable[Tensor]): the dense (N, C, H, W) outputs.
+        mixed (MixedFeature, optional): the mixed feature the last of
+            ``outs`` was densified from. Default: None.
+    """
+
+    def __new__(cls, outs: Iterable[Tensor] = (),
+                mixed: Optional[MixedFeature] = None):
+        return super().__new__(cls, outs)
+
+    def __init__(self, outs: Iterable[Tensor] = (),
+                 mixed: Optional[MixedFeature] = None):
+        if mixed is not None and not isinstance(mixed, MixedFeature):
+            raise ValueError('mixed must be a MixedFeature, got '
+                             f'{type(mixed).__name__}')
+        self.mixed = mixed
+
+    @property
+    def cells(self) -> Optional[CellMask]:
+        return None if self.mixed is None else self.mixed.cells
+
+    def __repr__(self) -> str:
+        return f'SelectiveOutputs({tuple(self)!r}, mixed={self.mixed!r})'
+
+
+def _check_same_cells(feats: Sequence[MixedFeature], what: str) -> None:
+    if not feats:
+        raise ValueError(f'{what} needs at least one feature')
+    for f in feats:
+        if not isinstance(f, MixedFeature):
+            raise ValueError(f'{what} takes MixedFeatures, got '
+                             f'{type(f).__name__}')
+        if f.cells is not feats[0].cells:
+            raise ValueError(f'{what} needs features under the same '
+                             'CellMask')
+
+
+def mixed_cat(feats: Sequence[MixedFeature]) -> MixedFeature:
+    """Concatenate mixed features along channels (dim 1 of the dense map or
+    of the sparse rows, which share one row order). The result takes the
+    first feature's pooling."""
+    feats = list(feats)
+    _check_same_cells(feats, 'mixed_cat')
+    if len({f.dtype for f in feats}) > 1:
+        raise ValueError('mixed_cat needs features of one dtype')
+    return feats[0].new(torch.cat([f.data for f in feats], dim=1))
+
+
+def row_images(cells: CellMask) -> Tensor:
+    """(R,) image index of each sparse row: low cells, then high pixels."""
+    cells._require_sparse()
+    key = ('row_images', )
+    if key not in cells._cache:
+        cells._cache[key] = torch.cat([cells.low_nij[0], cells.high_nyx[0]])
+    return cells._cache[key]
+
+
+def row_weights(cells: CellMask, dtype: torch.dtype) -> Tensor:
+    """(R,) pixels each sparse row stands for: 4 for a low cell, 1 for a
+    full-resolution pixel."""
+    cells._require_sparse()
+    w = torch.ones(cells.num_rows, dtype=dtype, device=cells.mask.device)
+    w[:cells.num_low] = 4
+    return w
+
+
+def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
+    """(N, C, 1, 1) mean over the image of the densified map: a low cell
+    counts as its 4 pixels, as in the dense network's global pooling.
+
+    Sparse execution sums the rows weighted 4 (low cells) or 1 (pixels) per
+    image; no densified map is formed.
+    """
+    if not isinstance(feat, MixedFeature):
+        raise ValueError('mixed_global_avg_pool takes a MixedFeature, got '
+                         f'{type(feat).__name__}')
+    if feat.execution == 'dense':
+        return feat.data.mean(dim=(2, 3), keepdim=True)
+    cells = feat.cells
+    H, W = cells.feature_size
+    if cells.num_low == 0:  # the rows are the NHWC map
+        pooled = feat.data.view(cells.n, H * W, -1).mean(1)
+    else:
+        weighted = feat.data * row_weights(cells, feat.dtype)[:, None]
+        pooled = feat.data.new_zeros(cells.n, feat.channels).index_add_(
+            0, row_images(cells), weighted) / (H * W)
+    return pooled[:, :, None, None]
+
+
+def mixed_broadcast(vec: Tensor, cells: CellMask,
+                    pool='stride') -> MixedFeature:
+    """The mixed feature equal to ``vec[n]`` at every position of image n.
+
+    Args:
+        vec (Tensor): (N, C) or (N, C, 1, 1).
+        cells (CellMask): the selection of the result.
+    """
+    if vec.dim() == 4 and vec.shape[2:] == (1, 1):
+        vec = vec.flatten(1)
+    if vec.dim() != 2 or vec.shape[0] != cells.n:
+        raise ValueError(f'vec must have shape ({cells.n}, C) or '
+                         f'({cells.n}, C, 1, 1), got {tuple(vec.shape)}')
+    if cells.execution == 'dense':
+        H, W = cells.feature_size
+        data = vec[:, :, None, None].expand(-1, -1, H, W)
+        return MixedFeature(data, cells, pool)
+    if cells.num_low == 0:
+        H, W = cells.feature_size
+        rows = vec[:, None, :].expand(-1, H * W, -1).reshape(-1, vec.shape[1])
+        return MixedFeature(rows, cells, pool)
+    return MixedFeature(vec.index_select(0, row_images(cells)), cells, pool)
