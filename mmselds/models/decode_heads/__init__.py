@@ -1,0 +1,3 @@
+from .selds_aspp_head import SelDSASPPHead, conv_module_selective
+
+__all__ = ['SelDSASPPHead', 'conv_module_selective']

@@ -1,0 +1,3 @@
+from .selective_pooling_neck import SelectivePoolingNeck
+
+__all__ = ['SelectivePoolingNeck']

@@ -1,0 +1,299 @@
+"""SelectivePoolingNeck and SelDSASPPHead against mmseg's own modules with
+the same weights (DESIGN §7): all high == OS8 DeepLabV3, all low (stride
+pooling) == OS16 DeepLabV3 with halved ASPP rates, dense == sparse."""
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.structures import PixelData
+from mmseg.models.decode_heads import ASPPHead
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from mmselds.models import SelDSASPPHead, SelectivePoolingNeck
+from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
+                         mixed_broadcast, mixed_cat, mixed_global_avg_pool,
+                         random_cell_mask, upsample2)
+from tests.test_models.utils import (NARROW, OS8, OS16, randomize_,
+                                     selds_backbone)
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+BN = dict(type='BN', requires_grad=True)
+RATES = [(1, 12, 24, 36), (1, 4, 8, 12)]  # halved: no 1 but the 1x1
+
+
+def head_cfg(dilations=(1, 12, 24, 36), type='SelDSASPPHead'):
+    return dict(type=type, in_channels=128, in_index=3, channels=32,
+                dilations=dilations, dropout_ratio=0.1, num_classes=5,
+                norm_cfg=BN, align_corners=False)
+
+
+def model_cfg(backbone, head, neck=True):
+    cfg = dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='mmseg.SegDataPreProcessor',
+                               mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
+                               pad_val=0, seg_pad_val=255),
+        backbone=backbone, decode_head=head,
+        auxiliary_head=dict(type='FCNHead', in_channels=64, in_index=2,
+                            channels=16, num_convs=1, concat_input=False,
+                            dropout_ratio=0.1, num_classes=5, norm_cfg=BN,
+                            align_corners=False,
+                            loss_decode=dict(type='CrossEntropyLoss',
+                                             loss_weight=0.4)))
+    if neck:
+        cfg['neck'] = dict(type='SelectivePoolingNeck')
+    return cfg
+
+
+def selds_model(dilations=(1, 12, 24, 36), pool='stride'):
+    bb = dict(type='SelDSResNetV1c', depth=18,
+              pooling=dict(type='SelectivePooling', mode=pool), **OS8,
+              **NARROW)
+    model = MODELS.build(model_cfg(bb, head_cfg(dilations)))
+    randomize_(model)
+    # the backbone helper's small mask logits: mixed predicted masks
+    model.backbone = selds_backbone(pool=pool).train(model.training)
+    return model
+
+
+def dense_model(selds, layout, dilations):
+    bb = dict(type='ResNetV1c', depth=18, **layout, **NARROW)
+    ref = MODELS.build(model_cfg(bb, head_cfg(dilations, 'ASPPHead'),
+                                 neck=False))
+    missing, unexpected = ref.load_state_dict(selds.state_dict(),
+                                              strict=False)
+    assert not missing
+    assert unexpected and all(
+        k.startswith(('backbone.mask_head.', 'backbone.pooling.'))
+        for k in unexpected)
+    return ref.eval()
+
+
+def force_mask(model, value=None, masks=None):
+    """Make the backbone use a fixed mask (all ``value``, or ``masks``)."""
+    def sample(logits):
+        if masks is not None:
+            return masks.to(logits.dtype)
+        n, _, h, w = logits.shape
+        return logits.new_full((n, 1, h, w), float(value))
+    model.backbone.mask_head.sample = sample
+
+
+def close(a, b, rtol=1e-4):
+    assert a.shape == b.shape
+    scale = b.abs().max().clamp_min(1e-6)
+    err = (a - b).abs().max() / scale
+    assert err < rtol, float(err)
+
+
+# ---------------------------------------------------------------- the ops
+@pytest.mark.parametrize('ratio', [0.0, 0.5, 1.0])
+def test_mixed_ops_match_dense(ratio):
+    g = torch.Generator().manual_seed(0)
+    mask = random_cell_mask(2, 4, 6, ratio, generator=g)
+    x = torch.randn(2, 3, 8, 12, generator=g)
+    dense = MixedFeature.from_dense(x, CellMask(mask, 'dense'))
+    sparse = MixedFeature.from_dense(x, CellMask(mask, 'sparse'))
+    v = dense.densify()
+    close(mixed_global_avg_pool(sparse), v.mean((2, 3), keepdim=True), 1e-5)
+    assert torch.equal(mixed_global_avg_pool(dense),
+                       v.mean((2, 3), keepdim=True))
+    y = torch.randn(2, 5, 8, 12, generator=g)
+    for feat in (dense, sparse):
+        other = MixedFeature.from_dense(y, feat.cells)
+        cat = mixed_cat([feat, other])
+        close(cat.densify(), torch.cat([v, other.densify()], 1), 1e-6)
+        vec = torch.randn(2, 4, generator=g)
+        b = mixed_broadcast(vec, feat.cells).densify()
+        assert torch.equal(b, vec[:, :, None, None].expand(-1, -1, 8, 12))
+
+
+def test_mixed_ops_bad_input():
+    cells = CellMask(torch.zeros(1, 1, 2, 2), 'sparse')
+    other = CellMask(torch.zeros(1, 1, 2, 2), 'sparse')
+    a = MixedFeature.from_dense(torch.randn(1, 2, 4, 4), cells)
+    b = MixedFeature.from_dense(torch.randn(1, 2, 4, 4), other)
+    with pytest.raises(ValueError, match='same CellMask'):
+        mixed_cat([a, b])
+    with pytest.raises(ValueError, match='MixedFeature'):
+        mixed_cat([a, torch.randn(1, 2, 4, 4)])
+    with pytest.raises(ValueError, match='shape'):
+        mixed_broadcast(torch.randn(2, 3), cells)
+    with pytest.raises(ValueError, match='MixedFeature'):
+        mixed_global_avg_pool(torch.randn(1, 2, 4, 4))
+
+
+# ----------------------------------------------------- outputs and the neck
+def test_backbone_outputs_carry_the_selection():
+    bb = selds_backbone().eval()
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        outs = bb(x)
+    assert isinstance(outs, SelectiveOutputs) and len(outs) == 4
+    assert isinstance(outs.mixed, MixedFeature)
+    assert outs.cells is outs.mixed.cells
+    assert torch.equal(outs.cells.mask, bb.last_mask)
+    assert torch.equal(outs.mixed.densify(), outs[-1])
+    assert type(outs[1:]) is tuple
+    neck = SelectivePoolingNeck()
+    assert neck(outs) is outs
+    plain = neck([outs[0], outs[1]])
+    assert type(plain) is tuple and len(plain) == 2
+    with pytest.raises(ValueError, match='tuple of feature maps'):
+        neck(outs[-1])
+
+
+# ------------------------------------------------------------- invariants
+@pytest.mark.parametrize('execution', ['dense', 'sparse'])
+@pytest.mark.parametrize('dilations', RATES)
+def test_all_high_equals_mmseg_os8(execution, dilations):
+    model = selds_model(dilations).eval()
+    model.backbone.execution = execution
+    force_mask(model, 0)
+    ref = dense_model(model, OS8, dilations)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        out = model(x, mode='tensor')
+        expected = ref(x, mode='tensor')
+        # the head alone, on the same OS8 features
+        feats = model.extract_feat(x)
+        head = model.decode_head(feats)
+        stock = ref.decode_head(tuple(feats))
+    close(out, expected)
+    close(head, stock)
+
+
+@pytest.mark.parametrize('execution', ['dense', 'sparse'])
+@pytest.mark.parametrize('dilations', RATES)
+def test_all_low_equals_mmseg_os16(execution, dilations):
+    model = selds_model(dilations).eval()
+    model.backbone.execution = execution
+    force_mask(model, 1)
+    halved = tuple(max(d // 2, 1) for d in dilations)
+    ref = dense_model(model, OS16, halved)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        out = model(x, mode='tensor')
+        expected = upsample2(ref(x, mode='tensor'))
+    close(out, expected)
+
+
+@pytest.mark.parametrize('pool', ['stride', 'adaptive'])
+@pytest.mark.parametrize('batch', [1, 2])
+@pytest.mark.parametrize('ratio', [0.3, 0.7])
+def test_dense_equals_sparse(pool, batch, ratio):
+    model = selds_model(pool=pool).eval()
+    g = torch.Generator().manual_seed(batch)
+    masks = random_cell_mask(batch, 4, 8, ratio, generator=g)
+    force_mask(model, masks=masks)
+    x = torch.randn(batch, 3, 64, 128, generator=g)
+    outs = {}
+    with torch.no_grad():
+        for execution in ('dense', 'sparse'):
+            model.backbone.execution = execution
+            outs[execution] = model(x, mode='tensor')
+    close(outs['sparse'], outs['dense'])
+    # the selection changed the head's output against the stock head
+    ref = dense_model(model, OS8, (1, 12, 24, 36))
+    with torch.no_grad():
+        stock = ref.decode_head(tuple(model.extract_feat(x)))
+    assert not torch.allclose(stock, outs['dense'], atol=1e-3)
+
+
+def test_dense_backbone_input_is_plain_aspp_head():
+    head = randomize_(MODELS.build(head_cfg())).eval()
+    ref = ASPPHead(**{k: v for k, v in head_cfg().items() if k != 'type'})
+    ref.load_state_dict(head.state_dict())
+    ref.eval()
+    feats = tuple(torch.randn(2, c, 8, 16) for c in (16, 32, 64, 128))
+    with torch.no_grad():
+        assert torch.equal(head(feats), ref(feats))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match='even'):
+        MODELS.build(head_cfg((1, 3, 6)))
+    bb = selds_backbone().eval()
+    with torch.no_grad():
+        outs = bb(torch.randn(1, 3, 64, 128))
+    head = MODELS.build(dict(head_cfg(), in_channels=64)).eval()
+    fake = SelectiveOutputs(
+        outs[:3] + (torch.randn(1, 64, 8, 16), ), outs.mixed)
+    with pytest.raises(ValueError, match='128 channels, in_channels=64'):
+        head(fake)
+    head = MODELS.build(dict(head_cfg(), in_index=2, in_channels=64)).eval()
+    with pytest.raises(ValueError, match='last stage'):
+        head(outs)
+    with pytest.raises(ValueError, match='MixedFeature'):
+        SelectiveOutputs(outs, mixed=outs[-1])
+
+
+# --------------------------------------------------------------- training
+def test_head_gradient_reaches_the_mask():
+    model = selds_model().train()
+    model.backbone.execution = 'dense'
+    g = torch.Generator().manual_seed(0)
+    mask = random_cell_mask(2, 4, 8, 0.5, generator=g).requires_grad_()
+    x = torch.randn(2, 3, 64, 128, generator=g)
+    ref = dense_model(model, OS8, (1, 12, 24, 36)).train()
+    grads = []
+    for head in (model.decode_head, ref.decode_head):
+        torch.manual_seed(0)  # the same dropout
+        feats = model.backbone(x, ds_mask=mask)
+        out = head(feats if head is model.decode_head else tuple(feats))
+        grads.append(torch.autograd.grad(out.square().mean(), mask)[0])
+    assert grads[0].abs().sum() > 0
+    # the head's blends add their own term to the mask's gradient
+    assert not torch.allclose(grads[0], grads[1], atol=1e-8)
+
+
+def test_loss_backward_reaches_mask_head_and_head():
+    model = selds_model().train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 64, 128, generator=g)
+    samples = []
+    for _ in range(2):
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(
+            data=torch.randint(0, 5, (1, 64, 128), generator=g))
+        s.set_metainfo(dict(img_shape=(64, 128), pad_shape=(64, 128),
+                            ori_shape=(64, 128)))
+        samples.append(s)
+    losses = model.loss(x, samples)
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    assert 0 < model.backbone.last_ratio < 1
+    for name in ('backbone.mask_head', 'decode_head.aspp_modules',
+                 'decode_head.image_pool', 'decode_head.bottleneck',
+                 'decode_head.conv_seg'):
+        grads = [p.grad for n, p in model.named_parameters()
+                 if n.startswith(name) and p.requires_grad]
+        assert grads and all(gr is not None for gr in grads), name
+        assert sum(float(gr.abs().sum()) for gr in grads) > 0, name
+
+
+# ---------------------------------------------------------------- configs
+def test_config_loads_mmseg_deeplabv3_state_dict():
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs', 'demo',
+        'deeplabv3-selds-prop2-head_r18-d8_1xb8-400it_synthcity-128x256.py'))
+    cfg.model.pretrained = None
+    model = MODELS.build(cfg.model)
+    assert isinstance(model.neck, SelectivePoolingNeck)
+    assert isinstance(model.decode_head, SelDSASPPHead)
+    dense = Config.fromfile(osp.join(
+        ROOT, 'configs', 'demo', 'deeplabv3_r18-d8_1xb8-400it_synthcity-'
+        '128x256.py'))
+    dense.model.pretrained = None
+    state = MODELS.build(dense.model).state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected
+    assert missing and all(k.startswith(('backbone.mask_head.',
+                                         'backbone.pooling.'))
+                           for k in missing)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 128), mode='tensor')
+    assert out.shape == (1, 19, 8, 16)
