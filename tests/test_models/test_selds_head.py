@@ -144,6 +144,11 @@ def test_backbone_outputs_carry_the_selection():
     assert type(plain) is tuple and len(plain) == 2
     with pytest.raises(ValueError, match='tuple of feature maps'):
         neck(outs[-1])
+    # without stage 4 in the outputs there is no mixed feature to hand on
+    bb3 = selds_backbone(out_indices=(0, 1, 2)).eval()
+    with torch.no_grad():
+        outs3 = bb3(x)
+    assert len(outs3) == 3 and outs3.mixed is None and outs3.cells is None
 
 
 # ------------------------------------------------------------- invariants
@@ -220,9 +225,11 @@ def test_bad_inputs():
     with torch.no_grad():
         outs = bb(torch.randn(1, 3, 64, 128))
     head = MODELS.build(dict(head_cfg(), in_channels=64)).eval()
+    with pytest.raises(ValueError, match='128 channels, in_channels=64'):
+        head(outs)
     fake = SelectiveOutputs(
         outs[:3] + (torch.randn(1, 64, 8, 16), ), outs.mixed)
-    with pytest.raises(ValueError, match='128 channels, in_channels=64'):
+    with pytest.raises(ValueError, match='not the last output'):
         head(fake)
     head = MODELS.build(dict(head_cfg(), in_index=2, in_channels=64)).eval()
     with pytest.raises(ValueError, match='last stage'):

@@ -256,8 +256,9 @@ class SelDSResNetV1c(ResNetV1c):
         Returns:
             SelectiveOutputs: the ``out_indices`` stage outputs, a tuple as
             ``ResNetV1c`` returns them (stages 3-4 densified at OS8), whose
-            ``mixed`` is the stage-4 output before densifying and ``cells``
-            the selection, for a selective neck or head.
+            ``mixed`` is the stage-4 output before densifying (None when
+            stage 4 is not in ``out_indices``) and ``cells`` the selection,
+            for a selective neck or head.
         """
         size = x.shape[2:]
         if self.effective_execution() == 'sparse':
@@ -289,7 +290,8 @@ class SelDSResNetV1c(ResNetV1c):
         if cells.execution == 'sparse':
             release_workspace()  # hold the im2col buffer only in forward
         self.last_mask, self.last_logits = mask, logits
-        return SelectiveOutputs(outs, feat)
+        # the mixed feature is the last output only if stage 4 is returned
+        return SelectiveOutputs(outs, feat if 3 in self.out_indices else None)
 
     @property
     def last_ratio(self) -> Optional[float]:

@@ -122,6 +122,10 @@ class SelDSASPPHead(ASPPHead):
                 f'SelDSASPPHead reads the last stage (the mixed feature), but'
                 f' in_index={self.in_index} picks output {self.in_index} of '
                 f'{len(inputs)}')
+        if tuple(mixed.shape) != tuple(inputs[-1].shape):
+            raise ValueError(
+                f'the mixed feature {tuple(mixed.shape)} is not the last '
+                f'output {tuple(inputs[-1].shape)} densified')
         if mixed.channels != self.in_channels:
             raise ValueError(f'the mixed feature has {mixed.channels} '
                              f'channels, in_channels={self.in_channels}')
