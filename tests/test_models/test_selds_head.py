@@ -82,6 +82,18 @@ def force_mask(model, value=None, masks=None):
     model.backbone.mask_head.sample = sample
 
 
+def data_samples(n, classes, g):
+    samples = []
+    for _ in range(n):
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(
+            data=torch.randint(0, classes, (1, 64, 128), generator=g))
+        s.set_metainfo(dict(img_shape=(64, 128), pad_shape=(64, 128),
+                            ori_shape=(64, 128)))
+        samples.append(s)
+    return samples
+
+
 def close(a, b, rtol=1e-4):
     assert a.shape == b.shape
     scale = b.abs().max().clamp_min(1e-6)
@@ -261,15 +273,7 @@ def test_loss_backward_reaches_mask_head_and_head():
     model = selds_model().train()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 64, 128, generator=g)
-    samples = []
-    for _ in range(2):
-        s = SegDataSample()
-        s.gt_sem_seg = PixelData(
-            data=torch.randint(0, 5, (1, 64, 128), generator=g))
-        s.set_metainfo(dict(img_shape=(64, 128), pad_shape=(64, 128),
-                            ori_shape=(64, 128)))
-        samples.append(s)
-    losses = model.loss(x, samples)
+    losses = model.loss(x, data_samples(2, 5, g))
     sum(v for k, v in losses.items() if 'loss' in k).backward()
     assert 0 < model.backbone.last_ratio < 1
     for name in ('backbone.mask_head', 'decode_head.aspp_modules',
@@ -304,3 +308,15 @@ def test_config_loads_mmseg_deeplabv3_state_dict():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 128), mode='tensor')
     assert out.shape == (1, 19, 8, 16)
+    # one training step of the config's SelDSEncoderDecoder (sparsity loss,
+    # ds_ratio) reaches the mask head and the selective head
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    losses = model.loss(torch.randn(2, 3, 64, 128, generator=g),
+                        data_samples(2, 19, g))
+    assert 'ds_ratio' in losses
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    for name in ('backbone.mask_head', 'backbone.pooling', 'decode_head'):
+        grads = [p.grad for n, p in model.named_parameters()
+                 if n.startswith(name) and p.requires_grad]
+        assert grads and all(gr is not None for gr in grads), name
