@@ -320,3 +320,25 @@ def test_config_loads_mmseg_deeplabv3_state_dict():
         grads = [p.grad for n, p in model.named_parameters()
                  if n.startswith(name) and p.requires_grad]
         assert grads and all(gr is not None for gr in grads), name
+
+
+def test_dense_equals_sparse_gradients():
+    """I3 for input and weight gradients through the head (eval norms)."""
+    model = selds_model(pool='adaptive').eval()
+    g = torch.Generator().manual_seed(3)
+    force_mask(model, masks=random_cell_mask(2, 4, 8, 0.5, generator=g))
+    x = torch.randn(2, 3, 64, 128, generator=g)
+    params = [model.decode_head.bottleneck.conv.weight,
+              model.decode_head.aspp_modules[2].conv.weight,
+              model.decode_head.image_pool[1].conv.weight]
+    grads = {}
+    for execution in ('dense', 'sparse'):
+        model.backbone.execution = execution
+        inp = x.clone().requires_grad_()
+        out = model(inp, mode='tensor')
+        grads[execution] = torch.autograd.grad(
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+            [inp] + params)
+    for d, s in zip(grads['dense'], grads['sparse']):
+        assert d.abs().sum() > 0
+        close(s, d)
