@@ -55,3 +55,36 @@ def test_mask_head_counts():
     for head in (CADMaskHead(512), DepthwiseMaskHead(512)):
         assert mask_head_macs(head, 16, 32) == module_macs(
             head, torch.zeros(1, 512, 16, 32))
+
+
+@pytest.mark.parametrize('ratio', [0.0, 0.5, 1.0])
+def test_selective_head_macs_follow_the_mask(ratio):
+    """I4 for the selective ASPP head: the multiply-adds torch counts in its
+    sparse forward equal the counter's (1 - s) x OS8 head + s x OS16 head,
+    which the whole-model count now uses."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmselds.analysis import has_selective_head, model_macs
+    from mmselds.ops import random_cell_mask
+    from tests.helpers import DEMO
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(f'{DEMO}/deeplabv3-selds-prop2-head_r18-d8_'
+                          '1xb8-400it_synthcity-128x256.py')
+    model = MODELS.build(cfg.model).eval()
+    assert has_selective_head(model)
+    size = (128, 256)
+    mask = random_cell_mask(1, 8, 16, ratio, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = model.neck(model.backbone(torch.randn(1, 3, *size),
+                                          ds_mask=mask))
+        with FlopCounterMode(display=False) as counter:
+            model.decode_head(feats)
+    executed = counter.get_total_flops() // 2
+    counted = model_macs(model, size, [float(mask.mean())])['decode_head']
+    assert executed == pytest.approx(counted, rel=0.01)
+    if ratio == 1.0:  # far below the dense OS8 head
+        dense = model_macs(model, size, [0.0])['decode_head']
+        assert counted < 0.3 * dense

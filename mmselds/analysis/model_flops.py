@@ -30,6 +30,14 @@ def heads_macs(model: nn.Module, input_size: Tuple[int, int],
     return out
 
 
+def has_selective_head(model: nn.Module) -> bool:
+    """A decode head that follows the backbone's mask (``SelDSASPPHead``
+    behind a selective backbone)."""
+    from mmselds.models.decode_heads import SelDSASPPHead
+    return is_selective(model) and isinstance(model.decode_head,
+                                              SelDSASPPHead)
+
+
 def model_macs(model: nn.Module, input_size: Tuple[int, int],
                ratios: Sequence[float] = (0.0, )) -> Dict[str, float]:
     """Per-image MACs by part: backbone parts (selective backbones: stem +
@@ -49,6 +57,15 @@ def model_macs(model: nn.Module, input_size: Tuple[int, int],
         out['backbone'] = meta_macs(model.backbone,
                                     (1, 3) + tuple(input_size))[0]
     out.update(heads_macs(model, input_size))
+    if has_selective_head(model):
+        # every layer of the head is per position with shared weights: a
+        # full-resolution pixel costs what it costs in the OS8 head, a
+        # down-sampled cell what a position of the OS16 head (halved rates,
+        # the same multiply-adds) costs; the image-pool branch is the same
+        # in both. Linear in s, so the mean ratio of the images suffices.
+        s = sum(ratios) / len(ratios)
+        os16 = heads_macs(model, input_size, stride=16)['decode_head']
+        out['decode_head'] = (1 - s) * out['decode_head'] + s * os16
     out['total'] = out['backbone'] + out['decode_head']
     return out
 
