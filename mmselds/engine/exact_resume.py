@@ -139,23 +139,26 @@ def _sampler_iter(self):
 
 def _dataset_getitem(self, item):
     """Loads sample ``(position, index)`` with the numpy, Python and torch
-    generators seeded from (seed, rank, position), keeping the caller's
+    CPU generators seeded from (seed, rank, position), keeping the caller's
     states: the sample's augmentation is the same whichever process loads
-    it, and loading draws nothing from the process's own streams."""
+    it, and loading draws nothing from the process's own streams. (Data
+    pipelines run on the CPU: the CUDA generators are not touched.)"""
     getitem = _base(self).__getitem__
     if not (isinstance(item, tuple) and len(item) == 2):
         return getitem(self, item)
     position, index = item
     seeds = np.random.SeedSequence(
         [self._selds_seed, self._selds_rank, position]).generate_state(2)
-    saved = get_rng_states()
+    saved = (np.random.get_state(), random.getstate(), torch.get_rng_state())
     np.random.seed(int(seeds[0]))
     random.seed(int(seeds[1]))
-    torch.manual_seed(int(seeds[0]) << 32 | int(seeds[1]))
+    torch.default_generator.manual_seed(int(seeds[0]) << 32 | int(seeds[1]))
     try:
         return getitem(self, index)
     finally:
-        set_rng_states(saved)
+        np.random.set_state(saved[0])
+        random.setstate(saved[1])
+        torch.set_rng_state(saved[2])
 
 
 _MIXINS = {
