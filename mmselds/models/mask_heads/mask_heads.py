@@ -131,13 +131,15 @@ class BaseMaskHead(BaseModule):
 
     @torch.no_grad()
     def _track_ratio(self, mask: Tensor) -> None:
+        # on the device, without reading a value back (no GPU sync per
+        # training step): a plain mean over the first 1 / momentum updates,
+        # the first one replacing the initial NaN
         ratio = mask.detach().float().mean()
         self.ratio_updates += 1
-        momentum = max(self.ratio_momentum, 1.0 / float(self.ratio_updates))
-        if bool(torch.isnan(self.trained_ratio)):
-            self.trained_ratio.copy_(ratio)
-        else:
-            self.trained_ratio.lerp_(ratio, momentum)
+        weight = self.ratio_updates.reciprocal().clamp(min=self.ratio_momentum)
+        self.trained_ratio.copy_(torch.where(
+            self.ratio_updates == 1, ratio,
+            torch.lerp(self.trained_ratio, ratio, weight)))
 
     def test_threshold(self) -> Optional[float]:
         """The threshold evaluation uses: the explicit ``threshold``, else a
