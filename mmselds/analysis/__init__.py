@@ -1,5 +1,5 @@
-from .calibration import (build_calibration_loader, calibrated_threshold,
-                          mask_probabilities, threshold_for_ratio)
+from .calibration import (build_calibration_loader, mask_probabilities,
+                          threshold_for_ratio)
 from .complexity import (BackboneMacs, backbone_macs, backbone_output_shapes,
                          conv_macs, decode_head_macs, dense_prefix_macs,
                          dense_reference_macs, meta_macs, module_macs,
@@ -10,7 +10,7 @@ from .model_flops import (has_selective_head, heads_macs, is_selective,
 __all__ = [
     'BackboneMacs', 'backbone_macs', 'backbone_output_shapes',
     'build_calibration_loader',
-    'calibrated_threshold', 'conv_macs', 'decode_head_macs',
+    'conv_macs', 'decode_head_macs',
     'dense_prefix_macs', 'dense_reference_macs', 'has_selective_head',
     'heads_macs', 'is_selective',
     'mask_probabilities', 'meta_macs', 'model_macs', 'module_macs',

@@ -57,12 +57,6 @@ def threshold_for_ratio(probs: torch.Tensor, ratio: float) -> float:
     return float(min(max(ordered[k - 1].item() - 1e-9, 0.0), 1.0))
 
 
-def calibrated_threshold(probs: torch.Tensor) -> float:
-    """The global threshold that down-samples the fraction of these cells
-    that hard Gumbel samples would, ``mean(P)``."""
-    return threshold_for_ratio(probs, float(probs.mean()))
-
-
 def build_calibration_loader(cfg, num_images: Optional[int] = None):
     """The training images of ``cfg`` through its *test* pipeline (whole
     images, no augmentation), batch 1, no worker processes."""
