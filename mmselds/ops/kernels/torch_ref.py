@@ -19,6 +19,11 @@ DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32,
 # Smallest matmul (multiply-adds) that rows_linear hands to oneDNN on the CPU.
 _ONEDNN_MACS = 10**8
 
+# Largest reduction length K that rows_linear hands to oneDNN on the CPU:
+# longer rows (the im2col of a 3x3 conv on >= ~1000 channels, as in the
+# ASPP head) run faster in BLAS (MKL).
+_ONEDNN_MAX_K = 8192
+
 # Largest im2col block gathered at once by gather_linear: larger blocks are
 # a little faster, smaller ones lower the peak memory.
 _GATHER_BYTES = 80 * 2**20
@@ -50,10 +55,15 @@ def rows_linear(rows: Tensor, weight: Tensor,
     On the CPU a 1x1 convolution over channels-last rows runs oneDNN's
     kernels, ~1.4x faster than ``torch.mm`` (MKL) on the build machines for
     large products; below ``_ONEDNN_MACS`` multiply-adds oneDNN's fixed
-    cost (~0.15 ms a call) makes ``torch.mm`` faster.
+    cost (~0.15 ms a call) makes ``torch.mm`` faster, and above
+    ``_ONEDNN_MAX_K`` input columns BLAS is faster (measured on an Intel
+    Xeon with AVX-512, M = 1024 to 4096 rows, 512 outputs: oneDNN takes
+    1.18x BLAS's time at K = 9216, 1.11-1.37x at K = 18432 and 23040, the
+    ASPP head's 3x3 convs; 0.93x at K = 2304, the backbone's).
     """
     M, K = rows.shape
-    if rows.device.type != 'cpu' or M * K * weight.shape[0] < _ONEDNN_MACS:
+    if rows.device.type != 'cpu' or K > _ONEDNN_MAX_K \
+            or M * K * weight.shape[0] < _ONEDNN_MACS:
         return F.linear(rows, weight, bias)
     out = F.conv2d(rows.view(1, 1, M, K).permute(0, 3, 1, 2),
                    weight.view(-1, K, 1, 1), bias)
