@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmselds.models.backbones.selds_resnet import (ENTRANCE, dense_stages,
-                                                   is_3x3, main_path)
+from mmselds.models.backbones.selds_resnet import dense_stages
 from mmselds.models.mask_heads import mask_head_macs
 
 
@@ -88,40 +87,16 @@ def dense_prefix_macs(backbone: nn.Module, input_size: Tuple[int, int]
 
 def selective_stage_macs(backbone: nn.Module, os8: Tuple[int, int],
                          num_low: float) -> BackboneMacs:
-    """The per-layer formula of stages 3-4 for one image whose OS8 map is
-    ``os8`` with ``num_low`` down-sampled cells (float: an average)."""
+    """Stages 3-4 of one image whose OS8 map is ``os8`` with ``num_low``
+    down-sampled cells (float: an average), as the backbone's layers count
+    them (``SelDSResNetV1c.selective_macs``)."""
     h, w = os8
-    cells = h * w // 4
-    low, high = num_low, cells - num_low
-    full_px, down_px = 4 * high, 4 * low
-    macs = BackboneMacs()
-    pool_cost = 4 if backbone.pool_mode in ('adaptive', 'avg') else 0
-    stride_entrance = backbone.pool_mode == 'stride'
-    if not stride_entrance:  # pool-then-compute: the block input's lo
-        macs.pooling += low * backbone.pooling[ENTRANCE].channels * pool_cost
-    for site, block in backbone._selective_layers():
-        convs = main_path(block)
-        entrance = site == 'layer3_0'
-        before_3x3 = True
-        for name, m in convs:
-            if not isinstance(m, nn.Conv2d):
-                continue
-            if is_3x3(m):
-                before_3x3 = False
-                if low and high:  # low cells read pooled high cells
-                    macs.pooling += high * m.in_channels * pool_cost
-            if entrance and stride_entrance and before_3x3:
-                # computed on the dense map: the OS16 network does too
-                macs.stages34_full += conv_macs(m, full_px)
-                macs.stages34_down += conv_macs(m, down_px)
-            else:
-                macs.stages34_full += conv_macs(m, full_px)
-                macs.stages34_down += conv_macs(m, low)
-        if block.downsample is not None:
-            conv = block.downsample[0]
-            macs.stages34_full += conv_macs(conv, full_px)
-            macs.stages34_down += conv_macs(conv, low)
-    return macs
+    low = num_low
+    full_px = 4 * (h * w // 4 - low)
+    parts = backbone.selective_macs(full_px, low)
+    return BackboneMacs(stages34_full=parts['full'],
+                        stages34_down=parts['down'],
+                        pooling=parts['pooling'])
 
 
 def backbone_macs(backbone: nn.Module, input_size: Tuple[int, int],

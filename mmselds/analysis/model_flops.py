@@ -58,14 +58,12 @@ def model_macs(model: nn.Module, input_size: Tuple[int, int],
                                     (1, 3) + tuple(input_size))[0]
     out.update(heads_macs(model, input_size))
     if has_selective_head(model):
-        # every layer of the head is per position with shared weights: a
-        # full-resolution pixel costs what it costs in the OS8 head, a
-        # down-sampled cell what a position of the OS16 head (halved rates,
-        # the same multiply-adds) costs; the image-pool branch is the same
-        # in both. Linear in s, so the mean ratio of the images suffices.
-        s = sum(ratios) / len(ratios)
-        os16 = heads_macs(model, input_size, stride=16)['decode_head']
-        out['decode_head'] = (1 - s) * out['decode_head'] + s * os16
+        # counted by the head's layers under the mask, as the backbone's
+        _, h, w = backbone_output_shapes(model.backbone, input_size)[-1]
+        cells = h * w // 4
+        low = sum(round(r * cells) for r in ratios) / len(ratios)
+        out['decode_head'] = sum(model.decode_head.selective_macs(
+            4 * (cells - low), low).values())
     out['total'] = out['backbone'] + out['decode_head']
     return out
 

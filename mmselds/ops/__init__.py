@@ -9,14 +9,18 @@ from .kernels import gather_linear, release_workspace, rows_linear
 from .mask import (EXECUTION_MODES, CellMask, expected_ratio_mask,
                    random_cell_mask)
 from .pooling import POOLING_MODES, SelectivePooling, as_pooling
+from .runner import (flatten_layers, is_conv_module, layers_macs,
+                     pooling_macs_per_value, run_layers)
 
 __all__ = [
     'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
     'SelectivePooling', 'as_pooling', 'batch_norm_affine', 'blend',
-    'expected_ratio_mask', 'mixed_broadcast', 'mixed_cat',
+    'expected_ratio_mask', 'flatten_layers', 'is_conv_module',
+    'layers_macs', 'mixed_broadcast', 'mixed_cat',
     'mixed_global_avg_pool', 'SelectiveOutputs',
     'fold_batch_norm', 'gather_linear', 'low_res_dilation',
-    'random_cell_mask', 'release_workspace', 'rows_linear', 'selective_apply',
+    'pooling_macs_per_value', 'random_cell_mask', 'release_workspace',
+    'rows_linear', 'run_layers', 'selective_apply',
     'selective_batch_norm', 'selective_conv2d', 'selective_entrance_conv2d',
     'upsample2'
 ]

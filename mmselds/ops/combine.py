@@ -22,32 +22,41 @@ class SelectiveOutputs(tuple):
 
     Stock mmseg heads index it as the plain tuple a backbone returns; a
     selective head reads ``mixed`` (the last stage's mixed-resolution
-    feature, before densifying) and ``cells`` (the selection of the pass).
+    feature, before densifying), the segmentor ``cells`` (the selection of
+    the pass: its mask feeds the sparsity loss and the ratio metric).
     Slicing gives a plain tuple.
 
     Args:
         outs (Iterable[Tensor]): the dense (N, C, H, W) outputs.
         mixed (MixedFeature, optional): the mixed feature the last of
             ``outs`` was densified from. Default: None.
+        cells (CellMask, optional): the selection; default ``mixed.cells``.
     """
 
     def __new__(cls, outs: Iterable[Tensor] = (),
-                mixed: Optional[MixedFeature] = None):
+                mixed: Optional[MixedFeature] = None,
+                cells: Optional[CellMask] = None):
         return super().__new__(cls, outs)
 
     def __init__(self, outs: Iterable[Tensor] = (),
-                 mixed: Optional[MixedFeature] = None):
+                 mixed: Optional[MixedFeature] = None,
+                 cells: Optional[CellMask] = None):
         if mixed is not None and not isinstance(mixed, MixedFeature):
             raise ValueError('mixed must be a MixedFeature, got '
                              f'{type(mixed).__name__}')
+        if cells is not None and not isinstance(cells, CellMask):
+            raise ValueError('cells must be a CellMask, got '
+                             f'{type(cells).__name__}')
+        if mixed is not None and cells is not None \
+                and mixed.cells is not cells:
+            raise ValueError('mixed is under other cells than cells')
         self.mixed = mixed
-
-    @property
-    def cells(self) -> Optional[CellMask]:
-        return None if self.mixed is None else self.mixed.cells
+        self.cells = cells if cells is not None else \
+            (None if mixed is None else mixed.cells)
 
     def __repr__(self) -> str:
-        return f'SelectiveOutputs({tuple(self)!r}, mixed={self.mixed!r})'
+        return (f'SelectiveOutputs({tuple(self)!r}, mixed={self.mixed!r}, '
+                f'cells={self.cells!r})')
 
 
 def _check_same_cells(feats: Sequence[MixedFeature], what: str) -> None:

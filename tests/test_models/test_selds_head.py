@@ -156,11 +156,15 @@ def test_backbone_outputs_carry_the_selection():
     assert type(plain) is tuple and len(plain) == 2
     with pytest.raises(ValueError, match='tuple of feature maps'):
         neck(outs[-1])
-    # without stage 4 in the outputs there is no mixed feature to hand on
+    # without stage 4 in the outputs there is no mixed feature to hand on,
+    # but the selection still travels with the outputs
     bb3 = selds_backbone(out_indices=(0, 1, 2)).eval()
     with torch.no_grad():
         outs3 = bb3(x)
-    assert len(outs3) == 3 and outs3.mixed is None and outs3.cells is None
+    assert len(outs3) == 3 and outs3.mixed is None
+    assert torch.equal(outs3.cells.mask, bb3.last_mask)
+    with pytest.raises(ValueError, match='other cells'):
+        SelectiveOutputs(outs, outs.mixed, outs3.cells)
 
 
 # ------------------------------------------------------------- invariants

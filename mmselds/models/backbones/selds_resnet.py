@@ -6,11 +6,9 @@ import torch.utils.checkpoint as cp
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
 from mmseg.registry import MODELS
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
-                         fold_batch_norm, release_workspace, selective_apply,
-                         selective_conv2d, selective_entrance_conv2d)
+from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs, layers_macs,
+                         pooling_macs_per_value, release_workspace, run_layers)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -27,6 +25,11 @@ def main_path(block: nn.Module) -> List[Tuple[str, nn.Module]]:
     else:
         raise NotImplementedError(f'unsupported block {type(block).__name__}')
     return [(n, getattr(block, n)) for n in names]
+
+
+def main_layers(block: nn.Module) -> List[nn.Module]:
+    """The residual branch of a block as the layers to run, in order."""
+    return [m for _, m in main_path(block)]
 
 
 def is_3x3(module: nn.Module) -> bool:
@@ -100,10 +103,14 @@ class SelDSResNetV1c(ResNetV1c):
                 f'({width} channels); leave it unset to take it from stage 2')
         self.mask_head = MODELS.build(mask_head)
         self.pool_mode = pooling.get('mode', 'stride')
+        sites = list(self._pool_sites(width))
         self.pooling = nn.ModuleDict({
             site: MODELS.build(dict(pooling, channels=channels))
-            for site, channels in self._pool_sites(width)
+            for site, channels, _ in sites
         })
+        # the one lookup of a 3x3 conv's pooling (see pooling_for)
+        self._conv_sites = {conv: site for site, _, conv in sites
+                            if conv is not None}
         self.last_mask: Optional[Tensor] = None
         self.last_logits: Optional[Tensor] = None
 
@@ -162,13 +169,45 @@ class SelDSResNetV1c(ResNetV1c):
                         'half of it); check dilations, multi_grid and '
                         'contract_dilation')
 
-    def _pool_sites(self, width: int) -> Iterator[Tuple[str, int]]:
+    def _pool_sites(self, width: int
+                    ) -> Iterator[Tuple[str, int, Optional[nn.Conv2d]]]:
+        """(name in ``self.pooling``, channels, 3x3 conv or None for the
+        entrance) of every pooling module, in a fixed order."""
         if self.pool_mode != 'stride':
-            yield ENTRANCE, width
+            yield ENTRANCE, width, None
         for site, block in self._selective_layers():
             for name, m in main_path(block):
                 if is_3x3(m):
-                    yield f'{site}_{name}', m.in_channels
+                    yield f'{site}_{name}', m.in_channels, m
+
+    def pooling_for(self, conv: nn.Conv2d) -> nn.Module:
+        """The pooling module of a 3x3 conv of stages 3-4: what forms the
+        low-resolution value of the full-resolution cells its down-sampled
+        cells read (and, at the stride entrance, the output's pooling)."""
+        return self.pooling[self._conv_sites[conv]]
+
+    def selective_macs(self, full_px: float, low: float) -> dict:
+        """Multiply-adds of stages 3-4 for one image with ``full_px``
+        full-resolution pixels and ``low`` down-sampled cells, by part
+        (``full``, ``down``, ``pooling``), counted by the layers that run
+        them (:func:`~mmselds.ops.layers_macs`)."""
+        stride_entrance = self.pool_mode == 'stride'
+        macs = dict(full=0.0, down=0.0, pooling=0.0)
+        if not stride_entrance:
+            # pool-then-compute: the lo of the entrance block's input
+            macs['pooling'] += low * self.pooling[ENTRANCE].channels * \
+                pooling_macs_per_value(self.pooling[ENTRANCE])
+        for site, block in self._selective_layers():
+            parts = [layers_macs(main_layers(block), full_px, low,
+                                 self.pooling_for,
+                                 dense_entrance=stride_entrance
+                                 and site == 'layer3_0')]
+            if block.downsample is not None:
+                parts.append(layers_macs(block.downsample, full_px, low))
+            for part in parts:
+                for k in macs:
+                    macs[k] += part[k]
+        return macs
 
     # --------------------------------------------------------------- forward
     def _check_mask(self, ds_mask: Tensor, feat: Tensor, size) -> Tensor:
@@ -182,41 +221,8 @@ class SelDSResNetV1c(ResNetV1c):
                 f'an input of {size[0]}x{size[1]}, got {got}')
         return ds_mask.to(device=feat.device, dtype=feat.dtype)
 
-    def _run_path(self, out: Union[Tensor, MixedFeature],
-                  path: List[Tuple[str, nn.Module]], cells: CellMask,
-                  site: str) -> Union[Tensor, MixedFeature]:
-        """Apply a block's layers in order. A dense tensor (the stride-mode
-        entrance) goes through plain modules up to the first 3x3 conv, the
-        selective entrance conv. In sparse execution an eval-mode BatchNorm
-        is folded into the conv before it (one pass over the rows less)."""
-        i = 0
-        while i < len(path):
-            name, m = path[i]
-            if isinstance(out, Tensor) and not is_3x3(m):
-                out = m(out)
-            elif isinstance(m, nn.Conv2d):
-                weight, bias = m.weight, m.bias
-                nxt = path[i + 1][1] if i + 1 < len(path) else None
-                if cells.execution == 'sparse' and isinstance(
-                        nxt, _BatchNorm) and not nxt.training:
-                    weight, bias = fold_batch_norm(weight, bias, nxt)
-                    i += 1
-                if isinstance(out, Tensor):
-                    out = selective_entrance_conv2d(
-                        out, cells, weight, bias, m.dilation[0],
-                        pool=self.pooling[f'{site}_{name}'])
-                elif is_3x3(m):
-                    out = selective_conv2d(out, weight, bias, m.dilation[0],
-                                           pool=self.pooling[f'{site}_{name}'])
-                else:  # 1x1, stride 1 in an OS8 layout
-                    out = selective_conv2d(out, weight, bias)
-            else:
-                out = selective_apply(out, m)
-            i += 1
-        return out
-
     def _block(self, block: nn.Module, x: Union[Tensor, MixedFeature],
-               cells: CellMask, site: str) -> MixedFeature:
+               cells: CellMask) -> MixedFeature:
         """One residual block on a mixed feature, or, at the stage-3
         entrance, on the dense stage-2 map ``x``."""
         entrance = isinstance(x, Tensor)
@@ -228,21 +234,21 @@ class SelDSResNetV1c(ResNetV1c):
             inp = x
         # In stride mode the entrance block runs on the dense map up to its
         # 3x3 conv, whose low cells are the OS16 stride-2 conv.
-        out = self._run_path(x if stride_entrance else inp, main_path(block),
-                             cells, site)
-        identity = inp if block.downsample is None else self._run_path(
-            inp, list(block.downsample.named_children()), cells, site)
+        out = run_layers(x if stride_entrance else inp, main_layers(block),
+                         self.pooling_for, cells)
+        identity = inp if block.downsample is None else run_layers(
+            inp, block.downsample)
         return out.add_relu_(identity)
 
-    def _run_block(self, block, x, cells, site) -> MixedFeature:
+    def _run_block(self, block, x, cells) -> MixedFeature:
         data = x if isinstance(x, Tensor) else x.data
         if not (self.with_cp and self.training and data.requires_grad):
-            return self._block(block, x, cells, site)
+            return self._block(block, x, cells)
         pool = getattr(x, 'pool', 'stride')
 
         def run(d):
             arg = d if isinstance(x, Tensor) else MixedFeature(d, cells, pool)
-            return self._block(block, arg, cells, site).data
+            return self._block(block, arg, cells).data
 
         return MixedFeature(cp.checkpoint(run, data, use_reentrant=False),
                             cells, pool)
@@ -257,8 +263,9 @@ class SelDSResNetV1c(ResNetV1c):
             SelectiveOutputs: the ``out_indices`` stage outputs, a tuple as
             ``ResNetV1c`` returns them (stages 3-4 densified at OS8), whose
             ``mixed`` is the stage-4 output before densifying (None when
-            stage 4 is not in ``out_indices``) and ``cells`` the selection,
-            for a selective neck or head.
+            stage 4 is not in ``out_indices``), for a selective neck or
+            head, and ``cells`` the selection (its ``mask`` carries the
+            straight-through gradient in training), for the segmentor.
         """
         size = x.shape[2:]
         if self.effective_execution() == 'sparse':
@@ -283,15 +290,16 @@ class SelDSResNetV1c(ResNetV1c):
         cells = CellMask(mask, self.effective_execution())
         feat = x
         for stage, layer_name in ((2, 'layer3'), (3, 'layer4')):
-            for j, block in enumerate(getattr(self, layer_name)):
-                feat = self._run_block(block, feat, cells, f'{layer_name}_{j}')
+            for block in getattr(self, layer_name):
+                feat = self._run_block(block, feat, cells)
             if stage in self.out_indices:
                 outs.append(feat.densify())
         if cells.execution == 'sparse':
             release_workspace()  # hold the im2col buffer only in forward
         self.last_mask, self.last_logits = mask, logits
         # the mixed feature is the last output only if stage 4 is returned
-        return SelectiveOutputs(outs, feat if 3 in self.out_indices else None)
+        return SelectiveOutputs(outs, feat if 3 in self.out_indices else None,
+                                cells)
 
     @property
     def last_ratio(self) -> Optional[float]:

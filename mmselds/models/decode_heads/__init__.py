@@ -1,3 +1,3 @@
-from .selds_aspp_head import SelDSASPPHead, conv_module_selective
+from .selds_aspp_head import SelDSASPPHead
 
-__all__ = ['SelDSASPPHead', 'conv_module_selective']
+__all__ = ['SelDSASPPHead']

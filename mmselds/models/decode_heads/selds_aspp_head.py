@@ -1,61 +1,14 @@
 """ASPP head that keeps the backbone's selection (DESIGN §7)."""
 from typing import List, Sequence, Union
 
-from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.aspp_head import ASPPHead
 from mmseg.registry import MODELS
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import Tensor
 
-from mmselds.ops import (MixedFeature, fold_batch_norm, mixed_broadcast,
-                         mixed_cat, mixed_global_avg_pool, selective_apply,
-                         selective_conv2d)
+from mmselds.ops import (MixedFeature, layers_macs, mixed_broadcast, mixed_cat,
+                         mixed_global_avg_pool, run_layers)
 
 HEAD_POOL = 'stride'
-
-
-def conv_module_selective(feat: MixedFeature, module: ConvModule,
-                          pool=HEAD_POOL) -> MixedFeature:
-    """An mmcv ``ConvModule`` (conv -> norm -> act; 1x1, or 3x3 with
-    padding = dilation; stride 1, groups 1) on a mixed feature.
-
-    In sparse execution an eval-mode BatchNorm is folded into the conv, as
-    the backbone does; dense emulation calls the norm module on V.
-    """
-    conv = module.conv
-    if tuple(module.order) != ('conv', 'norm', 'act'):
-        raise NotImplementedError('selective ConvModules take the order '
-                                  f"('conv', 'norm', 'act'), got "
-                                  f'{module.order}')
-    if type(conv) is not nn.Conv2d:
-        raise NotImplementedError(f'selective ConvModules take a plain '
-                                  f'nn.Conv2d, got {type(conv).__name__}')
-    k, d = conv.kernel_size[0], conv.dilation[0]
-    pad = 0 if k == 1 else d
-    if conv.kernel_size != (k, k) or conv.stride != (1, 1) \
-            or conv.groups != 1 or conv.padding != (pad, pad) \
-            or conv.dilation != (d, d) or conv.padding_mode != 'zeros':
-        raise NotImplementedError(
-            'selective ConvModules take 1x1 or 3x3 convs with stride 1, '
-            f'groups 1 and zero padding = dilation, got {conv}')
-    weight, bias = conv.weight, conv.bias
-    norm = module.norm if module.with_norm else None
-    if norm is not None and not isinstance(norm, _BatchNorm):
-        raise NotImplementedError(f'selective ConvModules take BatchNorm '
-                                  f'norms, got {type(norm).__name__}')
-    if feat.execution == 'sparse' and norm is not None \
-            and not norm.training:
-        weight, bias = fold_batch_norm(weight, bias, norm)
-        norm = None
-    out = selective_conv2d(feat, weight, bias, d if k == 3 else 1, pool=pool)
-    if norm is not None:
-        out = selective_apply(out, norm)
-    if module.with_activation:
-        act = module.activate
-        # activations are element-wise: apply them to the stored values
-        out = selective_apply(out, act) if isinstance(act, nn.ReLU) \
-            else out.map(act)
-    return out
 
 
 @MODELS.register_module()
@@ -135,19 +88,26 @@ class SelDSASPPHead(ASPPHead):
         pooled = mixed_global_avg_pool(x)  # (N, C, 1, 1)
         image = self.image_pool[1](pooled)  # the 1x1 ConvModule, as mmseg
         outs = [mixed_broadcast(image, x.cells, HEAD_POOL)]
-        outs += [conv_module_selective(x, m) for m in self.aspp_modules]
-        return conv_module_selective(mixed_cat(outs), self.bottleneck)
+        outs += [run_layers(x, [m]) for m in self.aspp_modules]
+        return run_layers(mixed_cat(outs), [self.bottleneck])
 
-    def _cls_seg_mixed(self, feat: MixedFeature) -> MixedFeature:
-        if self.dropout is not None and self.dropout.training:
-            if feat.execution == 'sparse':
-                raise RuntimeError(
-                    'SelDSASPPHead applies dropout in dense emulation only: '
-                    'train with execution="dense" (or "auto"), or put the '
-                    'head in eval mode')
-            feat = feat.map(self.dropout)
-        return selective_conv2d(feat, self.conv_seg.weight,
-                                self.conv_seg.bias, pool=HEAD_POOL)
+    def _cls_seg_layers(self) -> list:
+        return [m for m in (self.dropout, self.conv_seg) if m is not None]
+
+    def selective_macs(self, full_px: float, low: float) -> dict:
+        """Multiply-adds of the head on one image with ``full_px``
+        full-resolution pixels and ``low`` down-sampled cells, by part
+        (``full``, ``down``, ``pooling``; the image-pool branch, one
+        position per image, counts as ``full``), from the layers that run
+        them (:func:`~mmselds.ops.layers_macs`)."""
+        runs = [[m] for m in self.aspp_modules] + [[self.bottleneck],
+                                                   self._cls_seg_layers()]
+        macs = layers_macs([self.image_pool[1]], 1, 0)  # one position
+        for layers in runs:
+            part = layers_macs(layers, full_px, low, feature_pool=HEAD_POOL)
+            for k in macs:
+                macs[k] += part[k]
+        return macs
 
     def forward(self, inputs):
         """Logits (N, num_classes, H, W) at the input's OS8 resolution."""
@@ -155,4 +115,5 @@ class SelDSASPPHead(ASPPHead):
         if mixed is None:
             return super().forward(inputs)
         feat = mixed.new(mixed.data, HEAD_POOL)
-        return self._cls_seg_mixed(self._forward_mixed(feat)).densify()
+        return run_layers(self._forward_mixed(feat),
+                          self._cls_seg_layers()).densify()

@@ -42,5 +42,6 @@ class SelectivePoolingNeck(nn.Module):
                              'feature maps a backbone returns, got '
                              f'{type(inputs).__name__}')
         if isinstance(getattr(inputs, 'mixed', None), MixedFeature):
-            return SelectiveOutputs(inputs, inputs.mixed)
+            return SelectiveOutputs(inputs, inputs.mixed,
+                                    getattr(inputs, 'cells', None))
         return tuple(inputs)

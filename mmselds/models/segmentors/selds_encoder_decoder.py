@@ -93,15 +93,26 @@ class SelDSEncoderDecoder(EncoderDecoder):
             f'{", ".join(names)}')
 
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
-        x = super().extract_feat(inputs)
-        self._masks.append(self.backbone.last_mask)
+        """Backbone, then neck; keeps the mask of the pass, which the
+        backbone's outputs carry (``SelectiveOutputs.cells``)."""
+        x = self.backbone(inputs)
+        cells = getattr(x, 'cells', None)
+        if cells is None:
+            raise TypeError(
+                f'{type(self.backbone).__name__} returned '
+                f'{type(x).__name__} without the selection (cells): '
+                f'{type(self).__name__} needs a selective backbone that '
+                'returns SelectiveOutputs')
+        self._masks.append(cells.mask)
+        if self.with_neck:
+            x = self.neck(x)
         return x
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         self.check_finite(inputs, data_samples, 'training')
         self._masks = []
         losses = super().loss(inputs, data_samples)
-        mask = self.backbone.last_mask
+        mask = self._masks[-1]
         if self.sparsity_loss is not None:
             losses[self.sparsity_loss.loss_name] = self.sparsity_loss(mask)
         losses['ds_ratio'] = mask.detach().mean()

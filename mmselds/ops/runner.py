@@ -1,0 +1,210 @@
+"""The selective-layer runner: a sequence of layers on a mixed feature.
+
+One place applies layers to a :class:`MixedFeature` and counts their
+multiply-adds; the backbone's residual blocks and the selective ASPP head
+both use it. Layers it takes:
+
+* ``nn.Conv2d``: 1x1, or 3x3 with padding = dilation; stride 1, groups 1,
+  zero padding (a selective conv, DESIGN §3);
+* mmcv's ``ConvModule`` in the order conv -> norm -> act (recognised by its
+  attributes, so this module imports torch only);
+* BatchNorm (any ``_BatchNorm``; SyncBN included), ``nn.ReLU`` and other
+  element-wise activations, ``nn.Identity``, dropout (dense emulation
+  only in training), and ``nn.Sequential`` of these.
+
+In sparse execution an eval-mode BatchNorm right after a conv is folded
+into it (one pass over the rows less). The residual add
+(:meth:`MixedFeature.add_relu_`), the channel concatenation
+(:func:`~mmselds.ops.mixed_cat`) and the global average pooling
+(:func:`~mmselds.ops.mixed_global_avg_pool`) combine the results of runs.
+
+Pooling: a 3x3 conv under a mixed mask pools the full-resolution cells its
+down-sampled cells read; ``pool_for(conv)`` gives that pooling (None keeps
+the feature's own). A point-wise layer never pools.
+"""
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .feature import MixedFeature
+from .functional import (fold_batch_norm, selective_apply, selective_conv2d,
+                         selective_entrance_conv2d)
+from .mask import CellMask
+from .pooling import PoolSpec, SelectivePooling
+
+PoolFor = Callable[[nn.Conv2d], Optional[PoolSpec]]
+DROPOUTS = (nn.Dropout, nn.Dropout2d)
+
+
+def is_conv_module(module: nn.Module) -> bool:
+    """An mmcv ``ConvModule`` (or a module with its interface)."""
+    return all(hasattr(module, a) for a in
+               ('conv', 'order', 'with_norm', 'with_activation'))
+
+
+def _check_conv(conv: nn.Module) -> None:
+    if type(conv) is not nn.Conv2d:
+        raise NotImplementedError(f'selective layers take a plain nn.Conv2d,'
+                                  f' got {type(conv).__name__}')
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    pad = 0 if k == 1 else d
+    if k not in (1, 3) or conv.kernel_size != (k, k) \
+            or conv.stride != (1, 1) or conv.groups != 1 \
+            or conv.padding != (pad, pad) or conv.dilation != (d, d) \
+            or conv.padding_mode != 'zeros':
+        raise NotImplementedError(
+            'selective convs take 1x1 or 3x3 kernels with stride 1, groups 1'
+            f' and zero padding = dilation, got {conv}')
+
+
+def flatten_layers(layers: Iterable[nn.Module]) -> List[nn.Module]:
+    """The plain layers of ``layers``, in order: ``nn.Sequential`` and
+    ``ConvModule`` (conv -> norm -> act) expanded, ``nn.Identity`` dropped;
+    every conv checked."""
+    out: List[nn.Module] = []
+    for m in layers:
+        if isinstance(m, nn.Sequential):
+            out += flatten_layers(m)
+        elif is_conv_module(m):
+            if tuple(m.order) != ('conv', 'norm', 'act'):
+                raise NotImplementedError(
+                    "selective ConvModules take the order ('conv', 'norm', "
+                    f"'act'), got {m.order}")
+            if getattr(m, 'with_explicit_padding', False):
+                raise NotImplementedError('selective ConvModules take zero '
+                                          'padding inside the conv')
+            norm = m.norm if m.with_norm else None
+            if norm is not None and not isinstance(norm, _BatchNorm):
+                raise NotImplementedError(
+                    'selective ConvModules take BatchNorm norms, got '
+                    f'{type(norm).__name__}')
+            out += flatten_layers([m.conv] + ([norm] if norm is not None else
+                                              []) +
+                                  ([m.activate] if m.with_activation else []))
+        elif isinstance(m, nn.Identity):
+            continue
+        else:
+            if isinstance(m, nn.Conv2d):
+                _check_conv(m)
+            out.append(m)
+    return out
+
+
+def _is_3x3(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+
+
+def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
+               pool_for: Optional[PoolFor] = None,
+               cells: Optional[CellMask] = None) -> MixedFeature:
+    """Apply ``layers`` in order to a mixed feature.
+
+    Args:
+        x (MixedFeature | Tensor): the input; a dense (N, C, H, W) tensor is
+            the full-resolution map at a stage entrance with ``stride``
+            pooling: the layers up to the first 3x3 conv run on it as plain
+            modules, and that conv is the selective entrance conv (low cells
+            get the OS16 network's stride-2 conv).
+        layers (Iterable[nn.Module]): see the module docstring.
+        pool_for (callable, optional): ``conv -> pooling`` of a 3x3 conv
+            (None keeps the feature's pooling). Default: keep it everywhere.
+        cells (CellMask, optional): the selection; required for a dense
+            ``x``.
+    Returns:
+        MixedFeature: the output.
+    """
+    layers = flatten_layers(layers)
+    if isinstance(x, Tensor) and cells is None:
+        raise ValueError('run_layers on a dense map (the stage entrance) '
+                         'needs cells')
+    execution = cells.execution if isinstance(x, Tensor) else x.execution
+    out = x
+    i = 0
+    while i < len(layers):
+        m = layers[i]
+        if isinstance(out, Tensor) and not _is_3x3(m):
+            out = m(out)  # before the entrance conv: the dense map
+        elif isinstance(m, nn.Conv2d):
+            weight, bias = m.weight, m.bias
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if execution == 'sparse' and isinstance(nxt, _BatchNorm) \
+                    and not nxt.training:
+                weight, bias = fold_batch_norm(weight, bias, nxt)
+                i += 1
+            pool = pool_for(m) if pool_for is not None and _is_3x3(m) \
+                else None
+            if isinstance(out, Tensor):
+                out = selective_entrance_conv2d(
+                    out, cells, weight, bias, m.dilation[0],
+                    pool='stride' if pool is None else pool)
+            else:
+                out = selective_conv2d(out, weight, bias, m.dilation[0],
+                                       pool=pool)
+        elif isinstance(m, DROPOUTS):
+            if m.training and m.p > 0:
+                if out.execution == 'sparse':
+                    raise RuntimeError(
+                        'dropout runs in dense emulation only: train with '
+                        'execution="dense" (or "auto"), or put the module in'
+                        ' eval mode')
+                out = out.map(m)
+        elif isinstance(m, (_BatchNorm, nn.ReLU)):
+            out = selective_apply(out, m)
+        else:  # an element-wise activation
+            out = out.map(m)
+        i += 1
+    if isinstance(out, Tensor):
+        raise ValueError('run_layers on a dense map needs a 3x3 conv (the '
+                         'stage entrance) among the layers')
+    return out
+
+
+def pooling_macs_per_value(pool: Optional[PoolSpec]) -> int:
+    """Multiply-adds counted per pooled value: 4 for ``avg`` and
+    ``adaptive`` pooling, 0 for ``stride`` and ``max``."""
+    mode = pool.mode if isinstance(pool, SelectivePooling) else pool
+    return 4 if mode in ('avg', 'adaptive') else 0
+
+
+def layers_macs(layers: Iterable[nn.Module], full_px: float, low: float,
+                pool_for: Optional[PoolFor] = None,
+                dense_entrance: bool = False,
+                feature_pool: Optional[PoolSpec] = None) -> Dict[str, float]:
+    """Multiply-adds of :func:`run_layers` over the same layers for one
+    image with ``full_px`` full-resolution pixels and ``low`` down-sampled
+    cells (floats: averages allowed), by part: ``full`` (at full-resolution
+    pixels), ``down`` (at down-sampled cells) and ``pooling`` (the pooled
+    values low cells read from high cells). Convs count k x k x C_in x C_out
+    per position; BatchNorm, activations and additions are not counted.
+
+    Args:
+        dense_entrance (bool): ``x`` is the dense map of a ``stride``
+            entrance: the layers before the first 3x3 conv run at every
+            pixel, the down-sampled ones included (the OS16 network computes
+            them at OS8 too).
+        feature_pool: the input's pooling, for 3x3 convs whose
+            ``pool_for`` is None.
+    """
+    high = full_px / 4
+    macs = dict(full=0.0, down=0.0, pooling=0.0)
+    before_3x3 = dense_entrance
+    for m in flatten_layers(layers):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        per = m.kernel_size[0] * m.kernel_size[1] * m.in_channels * \
+            m.out_channels
+        if _is_3x3(m):
+            if before_3x3:
+                before_3x3 = False
+                macs['full'] += per * full_px
+                macs['down'] += per * low
+                continue  # the entrance conv reads the dense map: no pooling
+            pool = pool_for(m) if pool_for is not None else None
+            pool = feature_pool if pool is None else pool
+            if low and high:  # low cells read pooled high cells
+                macs['pooling'] += high * m.in_channels * \
+                    pooling_macs_per_value(pool)
+        macs['full'] += per * full_px
+        macs['down'] += per * (4 * low if before_3x3 else low)
+    return macs

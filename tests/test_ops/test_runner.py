@@ -1,0 +1,168 @@
+"""The selective-layer runner: layers on a mixed feature, their BatchNorm
+folding, their errors, and the multiply-adds they report."""
+import copy
+
+import pytest
+import torch
+from mmcv.cnn import ConvModule
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mmselds.ops import (CellMask, MixedFeature, SelectivePooling,
+                         flatten_layers, layers_macs, run_layers)
+from tests import reference as ref
+from tests.test_models.utils import randomize_, selds_backbone
+
+
+def conv_module(c_in, c_out, k, dilation=1, act='ReLU'):
+    return ConvModule(c_in, c_out, k, padding=0 if k == 1 else dilation,
+                      dilation=dilation, norm_cfg=dict(type='BN'),
+                      act_cfg=dict(type=act) if act else None)
+
+
+def layers(seed=0):
+    torch.manual_seed(seed)
+    mods = [conv_module(5, 8, 3, 4), conv_module(8, 6, 1, act='GELU'),
+            nn.Sequential(nn.Conv2d(6, 7, 3, padding=2, dilation=2),
+                          nn.BatchNorm2d(7), nn.ReLU(), nn.Identity())]
+    for m in mods:
+        randomize_(m, seed)
+    return [m.eval() for m in mods]
+
+
+def run(x, mask, mods, execution, pool='avg'):
+    feat = MixedFeature.from_dense(x, CellMask(mask, execution), pool)
+    return run_layers(feat, mods, pool_for=lambda conv: pool).densify()
+
+
+@pytest.mark.parametrize('density', [0.0, 0.5, 1.0])
+@pytest.mark.parametrize('n', [1, 2])
+def test_sparse_equals_dense_emulation(density, n):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 5, 8, 12, generator=g)
+    mask = ref.random_mask(n, 4, 6, density, g)
+    mods = layers()
+    with torch.no_grad():
+        dense = run(x, mask, mods, 'dense')
+        sparse = run(x, mask, mods, 'sparse')
+    assert dense.shape == (n, 7, 8, 12)
+    torch.testing.assert_close(sparse, dense, atol=1e-4, rtol=1e-4)
+
+
+def test_all_high_equals_the_modules():
+    x = torch.randn(2, 5, 8, 12)
+    mods = layers()
+    with torch.no_grad():
+        expected = nn.Sequential(*mods)(x)
+        for execution in ('dense', 'sparse'):
+            got = run(x, torch.zeros(2, 1, 4, 6), mods, execution)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_sparse_folds_eval_batch_norm_into_the_conv(monkeypatch):
+    import mmselds.ops.runner as runner
+    calls, apply = [], runner.selective_apply
+    monkeypatch.setattr(runner, 'selective_apply',
+                        lambda f, m: calls.append(type(m).__name__) or
+                        apply(f, m))
+    x = torch.randn(1, 5, 8, 12)
+    mask = ref.random_mask(1, 4, 6, 0.5, torch.Generator().manual_seed(0))
+    run(x, mask, layers(), 'sparse')
+    assert 'BatchNorm2d' not in calls  # every norm folded
+    calls.clear()
+    run(x, mask, layers(), 'dense')
+    assert calls.count('BatchNorm2d') == 3  # the modules themselves
+
+
+def test_gradients_reach_the_mask_through_the_layers():
+    x = torch.randn(1, 5, 8, 12)
+    mask = ref.random_mask(1, 4, 6, 0.5,
+                           torch.Generator().manual_seed(0)).requires_grad_()
+    out = run(x, mask, layers(), 'dense')
+    out.square().sum().backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+
+
+def test_stride_entrance_on_a_dense_map():
+    """A dense map goes through plain modules up to the first 3x3 conv,
+    which is the entrance conv: all-low gives the OS16 stride-2 network."""
+    torch.manual_seed(0)
+    c1 = nn.Conv2d(5, 6, 1)
+    c2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2)
+    x = torch.randn(1, 5, 8, 12)
+    cells = CellMask(torch.ones(1, 1, 4, 6), 'sparse')
+    with torch.no_grad():
+        out = run_layers(x, [c1, nn.ReLU(), c2], cells=cells).densify()
+        os16 = nn.functional.conv2d(torch.relu(c1(x)), c2.weight, c2.bias,
+                                    stride=2, padding=1)
+    expected = os16.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='needs cells'):
+        run_layers(x, [c1, c2])
+    with pytest.raises(ValueError, match='needs a 3x3 conv'):
+        run_layers(x, [c1], cells=cells)
+
+
+@pytest.mark.parametrize('bad,match', [
+    (nn.Conv2d(5, 5, 3, stride=2, padding=1), 'stride 1'),
+    (nn.Conv2d(5, 5, 3, padding=1, groups=5), 'groups 1'),
+    (nn.Conv2d(5, 5, 5, padding=2), '1x1 or 3x3'),
+    (nn.Conv2d(5, 5, 3, padding=3, dilation=2), 'padding = dilation'),
+    (ConvModule(5, 5, 1, norm_cfg=dict(type='GN', num_groups=1)),
+     'BatchNorm norms'),
+    (ConvModule(5, 5, 1, order=('norm', 'conv', 'act'),
+                norm_cfg=dict(type='BN')), "order"),
+])
+def test_unsupported_layers_are_named(bad, match):
+    with pytest.raises(NotImplementedError, match=match):
+        flatten_layers([bad])
+
+
+def test_dropout_in_training_needs_dense_emulation():
+    x = torch.randn(1, 5, 8, 12)
+    cells = CellMask(torch.zeros(1, 1, 4, 6), 'sparse')
+    feat = MixedFeature.from_dense(x, cells)
+    drop = nn.Dropout2d(0.5).train()
+    with pytest.raises(RuntimeError, match='dense emulation only'):
+        run_layers(feat, [drop])
+    out = run_layers(feat, [drop.eval()])  # identity in eval
+    assert torch.equal(out.densify(), x)
+
+
+@pytest.mark.parametrize('density', [0.0, 0.25, 1.0])
+@pytest.mark.parametrize('pool', ['stride', 'adaptive'])
+def test_layers_macs_equal_the_executed_multiply_adds(density, pool):
+    n, h, w = 1, 8, 12
+    mask = ref.random_mask(n, h // 2, w // 2, density,
+                           torch.Generator().manual_seed(1))
+    mods = layers()
+    feat = MixedFeature.from_dense(torch.randn(n, 5, h, w),
+                                   CellMask(mask, 'sparse'), 'stride')
+    # the two 3x3 convs read 5 and 6 channels
+    pool_of = {mods[0].conv: SelectivePooling(pool, channels=5),
+               mods[2][0]: SelectivePooling(pool, channels=6)}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run_layers(feat, mods, pool_for=pool_of.get)
+    low = float(mask.sum())
+    counted = layers_macs(mods, 4 * (h * w // 4 - low), low,
+                          pool_for=pool_of.get)
+    # torch counts the convs and the adaptive pooling's weighted sum (an
+    # einsum, 4 multiply-adds per pooled value)
+    assert counter.get_total_flops() // 2 == sum(counted.values())
+    low_and_high = 0 < density < 1
+    if pool == 'adaptive' and low_and_high:
+        assert counted['pooling'] > 0
+    else:
+        assert counted['pooling'] == 0
+
+
+def test_backbone_pooling_lookup_survives_copies():
+    """One lookup of each 3x3 conv's pooling module, valid in copies."""
+    bb = selds_backbone(pool='adaptive')
+    convs = [m for m in bb.layer3.modules()
+             if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert bb.pooling_for(bb.layer3[0].conv2) is bb.pooling['layer3_0_conv2']
+    twin = copy.deepcopy(bb)
+    assert twin.pooling_for(twin.layer3[0].conv2) is \
+        twin.pooling['layer3_0_conv2']
+    assert len({id(bb.pooling_for(c)) for c in convs}) == len(convs)
