@@ -48,3 +48,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def count_pooled_values(monkeypatch):
+    """Count, from now on, the multiply-adds of the pooled rows sparse
+    execution computes (4 per value in ``avg`` and ``adaptive`` modes, as
+    the MAC counter counts them): returns an object whose ``macs`` grows."""
+    from mmselds.ops import SelectivePooling
+
+    class Count:
+        macs = 0
+
+    count, pool_rows = Count(), SelectivePooling.pool_rows
+
+    def counted(self, quads):
+        if self.mode in ('avg', 'adaptive'):
+            count.macs += 4 * quads.shape[0] * quads.shape[2]
+        return pool_rows(self, quads)
+
+    monkeypatch.setattr(SelectivePooling, 'pool_rows', counted)
+    return count

@@ -8,6 +8,7 @@ from mmselds.analysis import (backbone_macs, dense_reference_macs, module_macs,
                               selective_stage_macs)
 from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
 from tests import reference as ref
+from tests.helpers import count_pooled_values
 from tests.test_models.utils import OS16, mmseg_resnet, selds_backbone
 
 SIZE = (64, 96)
@@ -16,16 +17,19 @@ SIZE = (64, 96)
 @pytest.mark.parametrize('depth', [18, 50])
 @pytest.mark.parametrize('pool', ['stride', 'adaptive'])
 @pytest.mark.parametrize('density', [0.0, 0.3, 0.5, 1.0])
-def test_executed_macs_equal_the_formula(depth, pool, density):
-    """torch's FLOP counter on the sparse forward counts exactly the
-    multiply-adds the formula predicts from the mask."""
+def test_executed_macs_equal_the_formula(depth, pool, density, monkeypatch):
+    """torch's FLOP counter on the sparse forward (convs) plus the pooled
+    values it computes count exactly the multiply-adds the formula predicts
+    from the mask."""
     model = selds_backbone(depth, pool=pool).eval()
     mask = ref.random_mask(1, 4, 6, density,
                            torch.Generator().manual_seed(1))
+    pooled = count_pooled_values(monkeypatch)
     executed = module_macs(lambda x: model(x, ds_mask=mask),
                            torch.zeros(1, 3, *SIZE))
     formula = backbone_macs(model, SIZE, [float(mask.mean())])
-    assert executed == formula.total
+    assert executed + pooled.macs == formula.total
+    assert pooled.macs == formula.pooling
 
 
 def test_formula_is_linear_in_ratio():

@@ -22,8 +22,9 @@ Pooling: a 3x3 conv under a mixed mask pools the full-resolution cells its
 down-sampled cells read; ``pool_for(conv)`` gives that pooling (None keeps
 the feature's own). A point-wise layer never pools.
 """
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -95,6 +96,50 @@ def _is_3x3(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
 
 
+def _key(tensors) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                 if t is not None else None for t in tensors)
+
+
+def sparse_weights(conv: nn.Conv2d, norm: Optional[_BatchNorm] = None
+                   ) -> Tuple[Tensor, Optional[Tensor]]:
+    """(weight, bias) of ``conv`` for sparse execution, with an eval-mode
+    BatchNorm ``norm`` folded in, the weight in channels-last memory (the
+    (C_out, k, k, C_in) layout the gather's matmul reads, so no copy per
+    call).
+
+    Without autograd (inference) the result is kept on the conv and reused
+    while the parameters and statistics involved are unchanged (same
+    storage, same version: an optimiser step, ``load_state_dict`` or
+    ``.to()`` makes a new one); this keeps one folded copy of the weights
+    of each selective conv, and :func:`clear_sparse_weights` drops them.
+    """
+    tensors = [conv.weight, conv.bias]
+    if norm is not None:
+        tensors += [norm.weight, norm.bias, norm.running_mean,
+                    norm.running_var]
+    cache = torch.is_grad_enabled() is False or not any(
+        t is not None and t.requires_grad for t in tensors)
+    key = (_key(tensors), None if norm is None else norm.eps)
+    hit = conv.__dict__.get('_sparse_weights')
+    if cache and hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    weight, bias = conv.weight, conv.bias
+    if norm is not None:
+        weight, bias = fold_batch_norm(weight, bias, norm)
+    weight = weight.contiguous(memory_format=torch.channels_last)
+    if cache:
+        conv.__dict__['_sparse_weights'] = (key, weight, bias)
+    return weight, bias
+
+
+def clear_sparse_weights(module: nn.Module) -> None:
+    """Drop the folded weights :func:`sparse_weights` keeps on the convs of
+    ``module``."""
+    for m in module.modules():
+        m.__dict__.pop('_sparse_weights', None)
+
+
 def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
                pool_for: Optional[PoolFor] = None,
                cells: Optional[CellMask] = None) -> MixedFeature:
@@ -126,12 +171,12 @@ def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
         if isinstance(out, Tensor) and not _is_3x3(m):
             out = m(out)  # before the entrance conv: the dense map
         elif isinstance(m, nn.Conv2d):
-            weight, bias = m.weight, m.bias
             nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if execution == 'sparse' and isinstance(nxt, _BatchNorm) \
-                    and not nxt.training:
-                weight, bias = fold_batch_norm(weight, bias, nxt)
-                i += 1
+            fold = execution == 'sparse' and isinstance(nxt, _BatchNorm) \
+                and not nxt.training
+            weight, bias = sparse_weights(m, nxt if fold else None) \
+                if execution == 'sparse' else (m.weight, m.bias)
+            i += fold
             pool = pool_for(m) if pool_for is not None and _is_3x3(m) \
                 else None
             if isinstance(out, Tensor):

@@ -9,8 +9,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmselds.ops import (CellMask, MixedFeature, SelectivePooling,
-                         flatten_layers, layers_macs, run_layers)
+                         clear_sparse_weights, flatten_layers, fold_batch_norm,
+                         layers_macs, run_layers, sparse_weights)
 from tests import reference as ref
+from tests.helpers import count_pooled_values
 from tests.test_models.utils import randomize_, selds_backbone
 
 
@@ -131,7 +133,8 @@ def test_dropout_in_training_needs_dense_emulation():
 
 @pytest.mark.parametrize('density', [0.0, 0.25, 1.0])
 @pytest.mark.parametrize('pool', ['stride', 'adaptive'])
-def test_layers_macs_equal_the_executed_multiply_adds(density, pool):
+def test_layers_macs_equal_the_executed_multiply_adds(density, pool,
+                                                      monkeypatch):
     n, h, w = 1, 8, 12
     mask = ref.random_mask(n, h // 2, w // 2, density,
                            torch.Generator().manual_seed(1))
@@ -141,14 +144,15 @@ def test_layers_macs_equal_the_executed_multiply_adds(density, pool):
     # the two 3x3 convs read 5 and 6 channels
     pool_of = {mods[0].conv: SelectivePooling(pool, channels=5),
                mods[2][0]: SelectivePooling(pool, channels=6)}
+    pooled = count_pooled_values(monkeypatch)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         run_layers(feat, mods, pool_for=pool_of.get)
     low = float(mask.sum())
     counted = layers_macs(mods, 4 * (h * w // 4 - low), low,
                           pool_for=pool_of.get)
-    # torch counts the convs and the adaptive pooling's weighted sum (an
-    # einsum, 4 multiply-adds per pooled value)
-    assert counter.get_total_flops() // 2 == sum(counted.values())
+    # torch counts the convs; the pooled values are counted as they run
+    assert counter.get_total_flops() // 2 == counted['full'] + counted['down']
+    assert pooled.macs == counted['pooling']
     low_and_high = 0 < density < 1
     if pool == 'adaptive' and low_and_high:
         assert counted['pooling'] > 0
@@ -166,3 +170,24 @@ def test_backbone_pooling_lookup_survives_copies():
     assert twin.pooling_for(twin.layer3[0].conv2) is \
         twin.pooling['layer3_0_conv2']
     assert len({id(bb.pooling_for(c)) for c in convs}) == len(convs)
+
+
+def test_sparse_weights_are_kept_until_the_parameters_change():
+    conv, bn = layers()[2][0], layers()[2][1]
+    with torch.no_grad():
+        w1, b1 = sparse_weights(conv, bn)
+        assert sparse_weights(conv, bn)[0] is w1  # kept
+        assert w1.is_contiguous(memory_format=torch.channels_last)
+        bn.running_var.mul_(2)  # new statistics: folded again
+        w2, b2 = sparse_weights(conv, bn)
+        assert w2 is not w1 and not torch.equal(w2, w1)
+        conv.load_state_dict({k: v + 1 for k, v in
+                              conv.state_dict().items()})
+        w3, _ = sparse_weights(conv, bn)
+        assert not torch.equal(w3, w2)
+        expected = fold_batch_norm(conv.weight, conv.bias, bn)
+        torch.testing.assert_close(w3, expected[0])
+    # with autograd recording (weights that train) nothing is kept
+    clear_sparse_weights(conv)
+    w4, _ = sparse_weights(conv, bn)
+    assert w4.requires_grad and '_sparse_weights' not in conv.__dict__
