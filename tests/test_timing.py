@@ -3,8 +3,8 @@ dense twins. No timing assertions (the host is noisy), only behaviour."""
 import pytest
 import torch
 
-from mmselds.analysis.timing import (dense_twin, inference_fn, peak_memory,
-                                     time_interleaved)
+from mmselds.analysis.timing import (dense_twin, inference_fn, median,
+                                     peak_memory, time_call, time_interleaved)
 from mmselds.ops import random_cell_mask
 from tests.test_models.test_segmentor import SELDS_CFG
 from tests.test_models.utils import randomize_
@@ -49,6 +49,16 @@ def test_time_interleaved_one_round_per_input():
     assert {k: len(v) for k, v in times.items()} == {'a': 3, 'b': 3}
     with pytest.raises(ValueError, match='repeat or inputs'):
         time_interleaved(cases)
+
+
+@pytest.mark.parametrize('device', ['cpu', torch.device('cpu')])
+def test_time_call_times_one_call_with_its_arguments(device):
+    calls = []
+    seconds = time_call(lambda *a: calls.append(a), 1, 2, device=device)
+    assert calls == [(1, 2)]
+    assert seconds >= 0
+    times = time_interleaved({'a': lambda: None}, repeat=5, device=device)
+    assert len(times['a']) == 5 and median(times['a']) >= 0
 
 
 def test_peak_memory_counts_live_tensors():

@@ -1,4 +1,8 @@
-"""Timing and peak memory of segmentor inference under forced masks."""
+"""Timing and peak memory of segmentor inference under forced masks.
+
+Torch only at import time: the helpers that need mmseg or mmcv
+(:func:`dense_twin`, :func:`optimise_dense`) import them when called.
+"""
 import contextlib
 import copy
 import os
@@ -6,7 +10,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,24 +40,58 @@ def inference_fn(model: nn.Module, x: torch.Tensor, part: str,
     return run
 
 
+def _synchronizer(device: Union[str, torch.device]) -> Callable[[], None]:
+    """Waits for the device's queued work (CUDA), or does nothing (CPU)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_call(fn: Callable[..., object], *args,
+              device: Union[str, torch.device] = 'cpu') -> float:
+    """Seconds of one call ``fn(*args)`` on ``device``, the device's queued
+    work waited for before and after (``torch.cuda.synchronize`` on CUDA),
+    so that the time is the call's, not the time to queue it."""
+    sync = _synchronizer(device)
+    sync()
+    start = time.perf_counter()
+    fn(*args)
+    sync()
+    return time.perf_counter() - start
+
+
 def time_interleaved(cases: Dict[str, Callable[..., None]],
                      repeat: Optional[int] = None, warmup: int = 1,
-                     device: str = 'cpu',
+                     device: Union[str, torch.device] = 'cpu',
                      progress: Optional[Callable[[str], None]] = None,
                      inputs: Optional[Sequence] = None) -> Dict[str, list]:
     """Seconds of every case over the rounds, each round running all cases
-    once (noise of a shared machine hits all cases alike): ``repeat``
-    rounds of ``fn()``, or one round per element x of ``inputs`` running
-    ``fn(x)`` (warm-up rounds take the first inputs). ``progress`` (e.g. a
-    logger's ``info``) gets a line after each round."""
+    once (noise of a shared machine hits all cases alike).
+
+    Args:
+        cases (dict): name -> function to time.
+        repeat (int, optional): timed rounds of ``fn()``.
+        warmup (int): untimed rounds first (they take the first inputs).
+            Default: 1.
+        device (str | torch.device): where the cases run; each call is
+            timed with :func:`time_call` (CUDA: synchronised). Default:
+            'cpu'.
+        progress (callable, optional): gets a line after each round (e.g.
+            a logger's ``info``).
+        inputs (sequence, optional): instead of ``repeat``, one round per
+            element ``x``, running ``fn(x)``.
+
+    Returns:
+        dict: name -> list of seconds, one per timed round (take the
+        :func:`median`).
+    """
     if inputs is None:
         if repeat is None:
             raise ValueError('time_interleaved needs repeat or inputs')
         rounds = [()] * repeat
     else:
         rounds = [(x, ) for x in inputs]
-    sync = torch.cuda.synchronize if device.startswith('cuda') else (
-        lambda: None)
     begin = time.perf_counter()
 
     def report(done: str):
@@ -67,16 +105,14 @@ def time_interleaved(cases: Dict[str, Callable[..., None]],
     times = {name: [] for name in cases}
     for i, args in enumerate(rounds):
         for name, fn in cases.items():
-            sync()
-            start = time.perf_counter()
-            fn(*args)
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time_call(fn, *args, device=device))
         report(f'timed round {i + 1}/{len(rounds)} done')
     return times
 
 
 def median(values) -> float:
+    """The median of ``values`` (e.g. one case of :func:`time_interleaved`),
+    robust to the rounds a shared machine slows down."""
     return statistics.median(values)
 
 

@@ -9,24 +9,22 @@ the dense emulation (invariant I3). With every cell at one resolution
 (rho = 1 or 0) the sparse conv is one dense conv on the channels-last rows
 (path ``uniform``); the rows ``1-1cell`` and ``0+1cell`` (one cell of the
 other resolution) time the gather path at the two extremes. Needs torch
-only (runs on the GPU benchmark machines without mm* packages).
+and mmselds only (runs on the GPU benchmark machines without mm* packages;
+install mmselds, e.g. ``pip install -e .``, and run it from any folder).
 
 Example::
 
     python tools/analysis_tools/benchmark_ops.py --channels 256 --shape 64 128
 """
 import argparse
-import os.path as osp
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-from mmselds.ops import (CellMask, MixedFeature,  # noqa: E402
-                         random_cell_mask, selective_conv2d)
+from mmselds.analysis.timing import median, time_call, time_interleaved
+from mmselds.ops import (CellMask, MixedFeature, random_cell_mask,
+                         selective_conv2d)
 
 
 def parse_args():
@@ -51,18 +49,6 @@ def parse_args():
     return p.parse_args()
 
 
-def timer(device):
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-
-    def run(fn):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t0
-    return run
-
-
 def main():
     args = parse_args()
     if args.repeat < 5:
@@ -74,7 +60,6 @@ def main():
     N, C, (H, W), r = args.batch_size, args.channels, args.shape, args.dilation
     x = torch.randn(N, C, H, W, generator=gen).to(device)
     weight = torch.randn(C, C, 3, 3, generator=gen).to(device) / (3 * C**0.5)
-    run = timer(device)
 
     cases = {'dense': lambda: F.conv2d(x, weight, padding=r, dilation=r)}
     feats, index_ms, max_diff = {}, {}, {}
@@ -89,20 +74,14 @@ def main():
         mask = random_cell_mask(N, H // 2, W // 2, ratio, gen).to(device)
         cells = CellMask(mask, 'sparse')
         densities[rho] = 1 - mask.mean().item()
-        index_ms[rho] = run(lambda: cells.conv_index(r)) * 1e3
+        index_ms[rho] = time_call(cells.conv_index, r, device=device) * 1e3
         feats[rho] = MixedFeature.from_dense(x, cells)
         cases[rho] = (lambda f=feats[rho]:
                       selective_conv2d(f, weight, dilation=r))
 
-    times = {k: [] for k in cases}
-    with torch.no_grad():
-        for _ in range(args.warmup):
-            for fn in cases.values():
-                fn()
-        for _ in range(args.repeat):  # interleaved: noise hits all alike
-            for k, fn in cases.items():
-                times[k].append(run(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    with torch.no_grad():  # interleaved: noise hits all cases alike
+        times = time_interleaved(cases, args.repeat, args.warmup, device)
+    med = {k: median(v) for k, v in times.items()}
     with torch.no_grad():  # after timing: keeps the allocator state alike
         for rho, feat in feats.items():
             emulated = selective_conv2d(
