@@ -29,18 +29,19 @@ import subprocess
 import sys
 import time
 
-import cv2
 import torch
 from mmengine.utils import ProgressBar
 
 import mmselds  # noqa: F401
 from mmselds.analysis import (mask_probabilities, model_macs, reference_macs,
                               threshold_for_ratio)
+from mmselds.analysis.plots import plot_cost_accuracy
+from mmselds.analysis.report import results_table, sweep_lines
 from mmselds.datasets import generate, is_generated
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
 from mmselds.utils.model_io import build_segmentor
-from mmselds.visualization import boundary_cells, mask_panel, palette_image
+from mmselds.visualization import boundary_cells, write_mask_overlays
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo')
@@ -166,64 +167,6 @@ def mask_statistics(model, batches):
     return kept / cells, boundary_kept / max(boundary, 1)
 
 
-def write_overlays(model, batches, out_dir, palette, count) -> list:
-    """The mask figure of ``visualize_masks.py`` (image with the mask,
-    prediction, legend) for the first ``count`` images."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    with torch.no_grad():
-        for batch in batches[:count]:
-            out = model.test_step(batch)[0]
-            image = cv2.imread(out.img_path)
-            mask = model.backbone.last_mask[0, 0].cpu().numpy()
-            scale = image.shape[0] / out.img_shape[0]
-            pred = palette_image(out.pred_sem_seg.data[0].cpu().numpy(),
-                                 palette)
-            path = osp.join(out_dir, osp.splitext(osp.basename(
-                out.img_path))[0] + '_mask.png')
-            cv2.imwrite(path, mask_panel(image, mask, scale, pred))
-            paths.append(path)
-    return paths
-
-
-def plot(results, sweep, path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    xs = [p['backbone_gmacs'] for p in sweep]
-    ax.plot(xs, [p['mIoU'] for p in sweep], 'o-', color='tab:blue',
-            label='selective, test-time threshold sweep')
-    labels = []  # [(x, y), names]: thresholds at (nearly) one point share
-    for p in sweep:
-        xy, name = (p['backbone_gmacs'], p['mIoU']), f'{p["threshold"]:.3g}'
-        near = [lab for lab in labels if abs(lab[0][0] - xy[0]) < 2e-3 and
-                abs(lab[0][1] - xy[1]) < 0.1]
-        if near:
-            near[0][1].append(name)
-        else:
-            labels.append((xy, [name]))
-    for xy, names in labels:
-        ax.annotate(', '.join(names), xy, textcoords='offset points',
-                    xytext=(4, -10), fontsize=7)
-    for name, marker, color in (('OS8', '*', 'tab:red'),
-                                ('OS16', 's', 'tab:green'),
-                                ('selective', 'D', 'tab:blue')):
-        r = results[name]
-        ax.plot(r['backbone_gmacs'], r['mIoU'], marker, color=color,
-                markersize=11 if marker == '*' else 8,
-                label=f'{name} ({r["mIoU"]:.1f} mIoU)',
-                markeredgecolor='black')
-    ax.set_xlabel('backbone GMACs per image (128x256 input)')
-    ax.set_ylabel('mIoU (%) on the synthetic val set')
-    ax.set_title('Cost vs accuracy: selective down-sampling vs dense')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='lower right')
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def verdict(results, sweep) -> str:
     os8, os16, sel = results['OS8'], results['OS16'], results['selective']
     gain = os8['mIoU'] - os16['mIoU']
@@ -268,16 +211,6 @@ def verdict(results, sweep) -> str:
     lines.append('quality bar (mIoU closer to OS8, cost closer to OS16): ' +
                  ('met.' if met else 'NOT met on this run.'))
     return '\n'.join(lines)
-
-
-def table(results) -> str:
-    rows = ['| model | mIoU | ds ratio | backbone GMACs | CPU ms / image |',
-            '|---|---|---|---|---|']
-    for name, r in results.items():
-        ratio = '-' if r['ds_ratio'] is None else f'{r["ds_ratio"]:.3f}'
-        rows.append(f'| {name} | {r["mIoU"]:.2f} | {ratio} | '
-                    f'{r["backbone_gmacs"]:.3f} | {r["latency_ms"]:.1f} |')
-    return '\n'.join(rows)
 
 
 def main():
@@ -353,17 +286,15 @@ def main():
               f'{sweep[-1]["backbone_gmacs"]:.3f} GMACs', flush=True)
     head.threshold = None  # back to the checkpoint's own rule
 
-    overlays = write_overlays(selective, batches,
-                              osp.join(args.work_dir, 'masks'),
-                              meta['palette'], args.num_overlays)
+    overlays = write_mask_overlays(selective, batches,
+                                   osp.join(args.work_dir, 'masks'),
+                                   meta['palette'], args.num_overlays)
     figure = osp.join(args.work_dir, 'cost_accuracy.png')
-    plot(results, sweep, figure)
-    text = verdict(results, sweep)
-    summary = (f'\n{table(results)}\n\n{text}\n\nthreshold sweep (selective):'
-               '\n' + '\n'.join(
-                   f'  t={p["threshold"]:.4g}: mIoU {p["mIoU"]:.2f}, ds ratio '
-                   f'{p["ds_ratio"]:.3f}, backbone {p["backbone_gmacs"]:.3f} '
-                   'GMACs' for p in sweep))
+    plot_cost_accuracy(results, sweep, figure,
+                       xlabel='backbone GMACs per image (128x256 input)',
+                       ylabel='mIoU (%) on the synthetic val set')
+    summary = (f'\n{results_table(results)}\n\n{verdict(results, sweep)}'
+               f'\n\nthreshold sweep (selective):\n{sweep_lines(sweep)}')
     print(summary)
     with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
         json.dump(dict(results=results, sweep=sweep, input_size=size,

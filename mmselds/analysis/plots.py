@@ -1,12 +1,22 @@
-"""Figures of benchmark results."""
-from typing import List
+"""Figures of benchmark and evaluation results (matplotlib, Agg backend,
+imported when a figure is drawn)."""
+from typing import Dict, List, Sequence
 
 
 def plot_ratios(rows: List[dict], path: str, title: str) -> None:
     """Time ratios to the optimised dense OS8 (``*_time_ratio``) and
     multiply-add ratios to dense OS8 against the down-sampling ratio s,
     backbone and whole model, with the optimised dense OS16 and the plain
-    (unoptimised) OS8 as lines."""
+    (unoptimised) OS8 as lines.
+
+    Args:
+        rows (list[dict]): benchmark rows, each with ``case`` ('s=<ratio>'
+            for the selective model, 'OS16 opt', 'OS8'),
+            ``backbone_time_ratio``, ``model_time_ratio``,
+            ``backbone_flops_ratio`` and ``model_flops_ratio``.
+        path (str): the image file to write.
+        title (str): the figure's title.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -34,6 +44,69 @@ def plot_ratios(rows: List[dict], path: str, title: str) -> None:
     axes[0].set_ylabel('ratio to optimised dense OS8')
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# the dense references and the selective model's own point on the figure
+COST_ACCURACY_MARKERS = (('OS8', '*', 'tab:red'), ('OS16', 's', 'tab:green'),
+                         ('selective', 'D', 'tab:blue'))
+
+
+def _group_labels(sweep: Sequence[dict]) -> List[tuple]:
+    """[((x, y), [threshold labels])]: thresholds whose points (nearly)
+    coincide share one label."""
+    labels = []
+    for p in sweep:
+        xy, name = (p['backbone_gmacs'], p['mIoU']), f'{p["threshold"]:.3g}'
+        near = [lab for lab in labels if abs(lab[0][0] - xy[0]) < 2e-3 and
+                abs(lab[0][1] - xy[1]) < 0.1]
+        if near:
+            near[0][1].append(name)
+        else:
+            labels.append((xy, [name]))
+    return labels
+
+
+def plot_cost_accuracy(results: Dict[str, dict], sweep: Sequence[dict],
+                       path: str,
+                       xlabel: str = 'backbone GMACs per image',
+                       ylabel: str = 'mIoU (%)') -> None:
+    """Cost against accuracy: the selective model's test-time threshold
+    sweep as a line (each point labelled with its threshold), dense OS8,
+    dense OS16 and the selective model's own rule as markers.
+
+    Args:
+        results (dict): 'OS8', 'OS16' and 'selective' -> a dict with
+            ``backbone_gmacs`` and ``mIoU`` (%).
+        sweep (sequence[dict]): points of the sweep, each with
+            ``threshold``, ``backbone_gmacs`` and ``mIoU``.
+        path (str): the image file to write (e.g. a ``.png``).
+        xlabel (str): x-axis label. Default: 'backbone GMACs per image'.
+        ylabel (str): y-axis label. Default: 'mIoU (%)'.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.plot([p['backbone_gmacs'] for p in sweep], [p['mIoU'] for p in sweep],
+            'o-', color='tab:blue',
+            label='selective, test-time threshold sweep')
+    for xy, names in _group_labels(sweep):
+        ax.annotate(', '.join(names), xy, textcoords='offset points',
+                    xytext=(4, -10), fontsize=7)
+    for name, marker, color in COST_ACCURACY_MARKERS:
+        r = results[name]
+        ax.plot(r['backbone_gmacs'], r['mIoU'], marker, color=color,
+                markersize=11 if marker == '*' else 8,
+                label=f'{name} ({r["mIoU"]:.1f} mIoU)',
+                markeredgecolor='black')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title('Cost vs accuracy: selective down-sampling vs dense')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

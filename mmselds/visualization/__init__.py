@@ -1,7 +1,8 @@
 from .masks import (boundary_cells, cell_boxes, legend, mask_panel,
                     overlay_mask, palette_image)
+from .overlays import write_mask_overlays
 
 __all__ = [
     'boundary_cells', 'cell_boxes', 'legend', 'mask_panel', 'overlay_mask',
-    'palette_image'
+    'palette_image', 'write_mask_overlays'
 ]

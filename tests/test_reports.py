@@ -1,0 +1,115 @@
+"""The library's figures, tables and mask overlays (what the demo and the
+benchmark write), on small synthetic inputs."""
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mmselds.analysis.plots import plot_cost_accuracy, plot_ratios
+from mmselds.analysis.report import results_table, sweep_lines
+from mmselds.visualization import write_mask_overlays
+
+RESULTS = {
+    'OS8': dict(mIoU=40.14, ds_ratio=None, backbone_gmacs=0.387,
+                latency_ms=20.8),
+    'OS16': dict(mIoU=33.22, ds_ratio=None, backbone_gmacs=0.135,
+                 latency_ms=16.9),
+    'selective': dict(mIoU=38.76, ds_ratio=0.851, backbone_gmacs=0.174,
+                      latency_ms=24.9),
+}
+SWEEP = [dict(threshold=t, mIoU=m, ds_ratio=s, backbone_gmacs=g)
+         for t, m, s, g in ((0.9, 41.35, 0.0, 0.387), (0.5, 38.8, 0.85, 0.174),
+                            (0.45, 38.8, 0.85, 0.174), (0.1, 36.85, 1.0,
+                                                        0.135))]
+
+
+def read_png(path) -> np.ndarray:
+    assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    image = cv2.imread(str(path))
+    assert image is not None
+    return image
+
+
+def test_results_table_has_a_row_per_model():
+    rows = results_table(RESULTS).splitlines()
+    assert rows[:2] == [
+        '| model | mIoU | ds ratio | backbone GMACs | CPU ms / image |',
+        '|---|---|---|---|---|']
+    assert rows[2:] == ['| OS8 | 40.14 | - | 0.387 | 20.8 |',
+                        '| OS16 | 33.22 | - | 0.135 | 16.9 |',
+                        '| selective | 38.76 | 0.851 | 0.174 | 24.9 |']
+
+
+def test_sweep_lines_have_a_line_per_threshold():
+    lines = sweep_lines(SWEEP).splitlines()
+    assert len(lines) == len(SWEEP)
+    assert lines[0] == ('  t=0.9: mIoU 41.35, ds ratio 0.000, backbone '
+                        '0.387 GMACs')
+    assert sweep_lines([]) == ''
+
+
+def test_plot_cost_accuracy_writes_a_png(tmp_path):
+    path = tmp_path / 'cost_accuracy.png'
+    plot_cost_accuracy(RESULTS, SWEEP, str(path), xlabel='x', ylabel='y')
+    assert read_png(path).shape == (528, 768, 3)  # 6.4 x 4.4 in, 120 dpi
+
+
+def test_plot_cost_accuracy_needs_the_three_models(tmp_path):
+    with pytest.raises(KeyError, match='OS16'):
+        plot_cost_accuracy({'OS8': RESULTS['OS8']}, SWEEP,
+                           str(tmp_path / 'f.png'))
+
+
+def test_plot_ratios_writes_a_png(tmp_path):
+    rows = [dict(case=case, backbone_time_ratio=t, model_time_ratio=t,
+                 backbone_flops_ratio=f, model_flops_ratio=f)
+            for case, t, f in (('OS8', 1.3, 1.0), ('OS16 opt', 0.4, 0.35),
+                               ('s=0', 1.0, 1.0), ('s=0.5', 0.7, 0.67),
+                               ('s=1', 0.45, 0.35))]
+    path = tmp_path / 'ratios.png'
+    plot_ratios(rows, str(path), 'title')
+    assert read_png(path).shape[:2] == (int(3.8 * 120), 9 * 120)
+
+
+class StubSegmentor:
+    """``test_step`` as mmseg's: one data sample per image; the backbone's
+    ``last_mask`` holds the mask of the last forward."""
+
+    def __init__(self, image_paths, shape=(32, 64)):
+        self.paths, self.shape = image_paths, shape
+        self.backbone = SimpleNamespace(last_mask=None)
+
+    def test_step(self, batch):
+        h, w = self.shape
+        mask = torch.zeros(1, 1, h // 16, w // 16)
+        mask[..., :, batch['index'] % 2::2] = 1
+        self.backbone.last_mask = mask
+        pred = torch.arange(h * w).reshape(1, h, w) % 3
+        return [SimpleNamespace(img_path=self.paths[batch['index']],
+                                img_shape=(h, w),
+                                pred_sem_seg=SimpleNamespace(data=pred))]
+
+
+def test_write_mask_overlays_writes_one_figure_per_image(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f'img{i}_leftImg8bit.png'))
+        cv2.imwrite(paths[-1], np.full((32, 64, 3), 60 * i, np.uint8))
+    model = StubSegmentor(paths)
+    batches = [dict(index=i) for i in range(3)]
+    palette = [(128, 64, 128), (70, 70, 70), (107, 142, 35)]
+    out_dir = tmp_path / 'masks'
+    written = write_mask_overlays(model, batches, str(out_dir), palette, 2)
+    assert written == [str(out_dir / f'img{i}_leftImg8bit_mask.png')
+                       for i in range(2)]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        'img0_leftImg8bit_mask.png', 'img1_leftImg8bit_mask.png']
+    for path in written:
+        height, width, _ = read_png(path).shape
+        # image and prediction panels side by side, enlarged x8 to 256
+        # rows, and the legend below
+        assert width == 2 * 8 * 64 and height > 8 * 32
+    assert write_mask_overlays(model, batches, str(out_dir), palette,
+                               0) == []
