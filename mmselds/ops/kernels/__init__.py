@@ -27,7 +27,7 @@ from typing import Callable, Dict, FrozenSet, Optional
 
 from torch import Tensor
 
-from . import torch_ref
+from . import torch_ref, triton_backend
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,10 @@ TORCH_REF = Backend(name='torch_ref', dtypes=torch_ref.DTYPES,
                     release_workspace=torch_ref.release_workspace)
 register_backend('cpu', TORCH_REF)
 register_backend('cuda', TORCH_REF)  # the reference until a Triton backend
+# the Triton kernels replace it where CUDA and Triton are both available
+_TRITON = triton_backend.cuda_backend_if_available()
+if _TRITON is not None:
+    register_backend('cuda', _TRITON, replace=True)
 
 __all__ = [
     'Backend', 'TORCH_REF', 'backend_for', 'conv2d_rows', 'gather_linear',

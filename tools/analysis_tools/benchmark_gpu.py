@@ -1,0 +1,542 @@
+"""GPU benchmark of sparse selective execution with the Triton kernels.
+
+Needs torch and Triton only (no mm* package, installs nothing): it imports
+``mmselds.ops``, which imports torch alone, from the installed package or,
+if mmselds is not installed, from the checkout this file lies in.
+
+1. **Correctness first**, on the GPU: the Triton kernels (3x3 gather at the
+   R101 stage-3 and stage-4 shapes, the 1x1 matmul) against the float64
+   PyTorch reference on the same rounded inputs, and the selective conv and
+   the selective stages 3-4 (sparse, Triton) against the dense emulation;
+   float32 with TF32 off here. A failed check is printed ``FAIL`` and the
+   script exits with status 1 after timing.
+2. **Op**: the selective 3x3 conv at the R101 stage-3 (C = 256, dilation 2)
+   and stage-4 (C = 512, dilation 4) shapes on the 128 x 256 OS8 map of a
+   1024 x 2048 input, at densities (fraction of full-resolution cells) 1,
+   0.5, 0.25 and 0: dense cuDNN conv (channels-last, same dtype) against
+   the public op ``selective_conv2d`` with the Triton backend (source rows,
+   pooling and kernel; index table cached, as within a forward), the
+   Triton kernel alone, and the op with the PyTorch reference backend;
+   plus the time to build the mask layout and index table. Densities 1
+   and 0 take the uniform path (one cuDNN conv); the kernel column still
+   runs the gather kernel on that mask's index table.
+3. **Stages**: ResNet-101 stages 3 (23 bottlenecks, 1024 out, dilation 2)
+   and 4 (3 bottlenecks, 2048 out, dilation 4), built from plain torch
+   modules with random weights and eval BatchNorm; dense OS8 (cuDNN,
+   channels-last, BatchNorm folded) against the selective stages
+   (``mmselds.ops.run_layers``, BatchNorm folded, ``stride`` pooling,
+   stage-3 entrance as in the OS16 network) at down-sampling ratios s = 0,
+   0.5, 0.8, with the Triton backend and with the reference. A selective
+   forward includes building the mask layout and index tables and
+   densifying the stage-4 output.
+
+Times are medians of CUDA-event timings after warm-up, batch 1 and 8,
+float16 and float32 (TF32 as torch is set: cuDNN convs and the Triton
+kernels follow ``torch.backends.cudnn.allow_tf32``, on by default; the
+reference's matmuls follow ``torch.backends.cuda.matmul.allow_tf32``;
+``--no-tf32`` turns both off). The table is printed and written to
+``--out``.
+
+Example (from the repository root)::
+
+    python tools/analysis_tools/benchmark_gpu.py --out benchmark_gpu.md
+
+``--smoke`` runs every part on tiny shapes on the CPU, the kernels in
+Triton's interpreter (for tests; its times mean nothing).
+"""
+import argparse
+import contextlib
+import datetime
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:
+    from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
+                             random_cell_mask, run_layers, selective_conv2d)
+except ModuleNotFoundError as err:  # a checkout (GPU machines): no install
+    if err.name != 'mmselds':
+        raise
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
+        osp.abspath(__file__)))))
+    from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
+                             random_cell_mask, run_layers, selective_conv2d)
+from mmselds.ops.kernels import torch_ref, triton_backend  # noqa: E402
+
+DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16,
+          'fp32': torch.float32}
+# |got - ref| <= tol * (1 + |ref|) on outputs of unit scale: the output's
+# rounding (float32 accumulation); TF32 float32 is checked with TF32 off
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--out', default='benchmark_gpu.md',
+                   help='file the table is written to')
+    p.add_argument('--batch-sizes', type=int, nargs='+', default=(1, 8))
+    p.add_argument('--dtypes', nargs='+', default=('fp16', 'fp32'),
+                   choices=sorted(DTYPES))
+    p.add_argument('--densities', type=float, nargs='+',
+                   default=(1.0, 0.5, 0.25, 0.0),
+                   help='op: fraction of full-resolution cells')
+    p.add_argument('--ratios', type=float, nargs='+', default=(0.0, 0.5, 0.8),
+                   help='stages: down-sampling ratios s')
+    p.add_argument('--size', type=int, nargs=2, default=(128, 256),
+                   metavar=('H', 'W'),
+                   help='OS8 map (128 256: a 1024 x 2048 input)')
+    p.add_argument('--repeat', type=int, default=10,
+                   help='timed runs per case (median)')
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--parts', nargs='+', default=('op', 'stages'),
+                   choices=('op', 'stages'), help='what to time')
+    p.add_argument('--no-reference', action='store_true',
+                   help='do not time the PyTorch reference backend')
+    p.add_argument('--no-tf32', action='store_true',
+                   help='float32 without TF32 (cuDNN, matmul, Triton)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--smoke', action='store_true',
+                   help='tiny shapes on the CPU, kernels in the Triton '
+                   'interpreter (a test of the script)')
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------ utilities
+class Bench:
+    """Device, backends and timer of one run."""
+
+    def __init__(self, args):
+        self.smoke = args.smoke
+        self.device = torch.device('cpu' if args.smoke else 'cuda')
+        self.warmup = 0 if args.smoke else args.warmup
+        self.repeat = 1 if args.smoke else args.repeat
+        self.triton = triton_backend.build_backend(interpret=args.smoke)
+        self.failed = False
+
+    @contextlib.contextmanager
+    def backend(self, name):
+        """Run sparse kernels of the device on ``'triton'`` or ``'ref'``."""
+        backend = self.triton if name == 'triton' else kernels.TORCH_REF
+        old = kernels.register_backend(self.device.type, backend,
+                                       replace=True)
+        try:
+            yield
+        finally:
+            kernels.register_backend(self.device.type, old, replace=True)
+
+    def sync(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    def time(self, fn):
+        """Median milliseconds of ``fn()`` after warm-up."""
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(self.repeat):
+            if self.device.type == 'cuda':
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    def verdict(self, err, tol):
+        ok = err <= tol
+        self.failed |= not ok
+        return 'ok' if ok else 'FAIL'
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    old = (torch.backends.cudnn.allow_tf32,
+           torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = old
+
+
+def rel_err(got, ref):
+    """max |got - ref| / (1 + |ref|)."""
+    got, ref = got.double(), ref.double()
+    return ((got - ref).abs() / (1 + ref.abs())).max().item()
+
+
+def md_table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |',
+             '|' + '---|' * len(header)]
+    lines += ['| ' + ' | '.join(str(c) for c in r) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def fmt(ms):
+    return '-' if ms is None else f'{ms:.3f}' if ms < 10 else f'{ms:.1f}'
+
+
+def conv_source(feat, pool='stride'):
+    """The rows a sparse 3x3 conv gathers: cat([rows, zero, pooled])."""
+    return torch.cat([feat.data, feat.data.new_zeros(1, feat.channels),
+                      feat.pooled_rows(pool)]) if feat.cells.num_low \
+        else torch.cat([feat.data, feat.data.new_zeros(1, feat.channels)])
+
+
+# ------------------------------------------------- R101 stages 3 and 4
+class Bottleneck(nn.Module):
+    """mmseg's ResNetV1c bottleneck (stride on the 3x3 conv), eval."""
+
+    def __init__(self, c_in, mid, c_out, dilation, downsample):
+        super().__init__()
+        bn = nn.BatchNorm2d
+        self.main = nn.Sequential(
+            nn.Conv2d(c_in, mid, 1, bias=False), bn(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, padding=dilation, dilation=dilation,
+                      bias=False), bn(mid), nn.ReLU(),
+            nn.Conv2d(mid, c_out, 1, bias=False), bn(c_out))
+        self.downsample = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, bias=False), bn(c_out)) \
+            if downsample else None
+
+    def dense_folded(self):
+        """The block as folded convs for the dense baseline."""
+        def fold(conv, norm):
+            w, b = fold_batch_norm(conv.weight, conv.bias, norm)
+            new = nn.Conv2d(conv.in_channels, conv.out_channels,
+                            conv.kernel_size, padding=conv.padding,
+                            dilation=conv.dilation).to(w)
+            new.weight.data.copy_(w)
+            new.bias.data.copy_(b)
+            return new.to(memory_format=torch.channels_last)
+        m = self.main
+        return (fold(m[0], m[1]), fold(m[3], m[4]), fold(m[6], m[7]),
+                fold(*self.downsample) if self.downsample else None)
+
+
+def make_stage(c_in, mid, c_out, blocks, dilation, gen):
+    """A ResNetV1c stage at OS8 (contract_dilation: the first block has
+    dilation/2), random weights (Kaiming), eval BatchNorm with random
+    statistics and small last-BN scales (activations stay of unit scale
+    through 23 blocks, in float16 too)."""
+    layers = []
+    for i in range(blocks):
+        d = max(dilation // 2, 1) if i == 0 else dilation
+        blk = Bottleneck(c_in if i == 0 else c_out, mid, c_out, d, i == 0)
+        for m in blk.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.data.normal_(0, (2 / fan_in)**0.5, generator=gen)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+                m.weight.data.uniform_(0.5, 1, generator=gen)
+                m.bias.data.normal_(0, 0.1, generator=gen)
+        last = blk.main[7]
+        last.weight.data.uniform_(0.05, 0.2, generator=gen)
+        if blk.downsample is not None:
+            blk.downsample[1].weight.data.uniform_(0.5, 1, generator=gen)
+        layers.append(blk)
+    return nn.Sequential(*layers).eval()
+
+
+def dense_forward(folded, x):
+    for c1, c2, c3, ds in folded:
+        y = c3(F.relu(c2(F.relu(c1(x)))))
+        x = F.relu(y + (ds(x) if ds is not None else x))
+    return x
+
+
+def selective_forward(stages, x, mask, execution):
+    """Stages 3-4 under ``mask``: the stage-3 entrance takes the dense
+    stage-2 map (``stride`` pooling: low cells get the OS16 network's
+    stride-2 conv and shortcut), every later layer the mixed feature;
+    returns the densified stage-4 output."""
+    cells = CellMask(mask, execution)
+    feat = x
+    for stage in stages:
+        for blk in stage:
+            out = run_layers(feat, [blk.main], cells=cells)
+            if isinstance(feat, torch.Tensor):  # the entrance
+                feat = MixedFeature.from_dense(feat, cells, 'stride')
+            short = run_layers(feat, [blk.downsample]) \
+                if blk.downsample is not None else feat
+            feat = out.add_relu_(short)
+    return feat.densify()
+
+
+# ----------------------------------------------------------------- parts
+def op_shapes(args):
+    if args.smoke:
+        return [('stage 3', 8, 2), ('stage 4', 16, 4)]
+    return [('stage 3', 256, 2), ('stage 4', 512, 4)]
+
+
+def conv_case(bench, n, c, size, gen, dtype):
+    x = torch.randn(n, c, *size, generator=gen).to(bench.device, dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(c, c, 3, 3, generator=gen) / (3 * c**0.5)).to(
+        bench.device, dtype).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(c, generator=gen).to(bench.device, dtype)
+    return x, w, b
+
+
+def check_ops(bench, args, gen, rows):
+    """Kernels vs the float64 reference, selective conv vs dense emulation
+    (TF32 off)."""
+    from mmselds.ops.kernels import triton_kernels as tk
+    h, w = args.size
+    interpret = args.smoke
+    with tf32(False):
+        for name, c, r in op_shapes(args):
+            for dname in args.dtypes:
+                dtype = DTYPES[dname]
+                x, wt, b = conv_case(bench, 1, c, (h, w), gen, dtype)
+                mask = random_cell_mask(1, h // 2, w // 2, 0.5,
+                                        gen).to(bench.device)
+                cells = CellMask(mask, 'sparse')
+                feat = MixedFeature.from_dense(x, cells)
+                src, index = conv_source(feat), cells.conv_index(r)
+                d = torch.float64
+                got = tk.gather_linear(src, index, wt, b, interpret=interpret)
+                ref = torch_ref.gather_linear(src.to(d), index, wt.to(d),
+                                              b.to(d))
+                err = rel_err(got, ref)
+                rows.append((f'gather 3x3 {name} (C={c}, r={r})', dname,
+                             f'{err:.2e}', TOL[dtype],
+                             bench.verdict(err, TOL[dtype])))
+                w1 = wt[:, :, 1, 1]
+                got = tk.rows_linear(feat.data, w1, b, interpret=interpret)
+                ref = torch_ref.rows_linear(feat.data.to(d), w1.to(d),
+                                            b.to(d))
+                err = rel_err(got, ref)
+                rows.append((f'rows 1x1 {name} (C={c})', dname,
+                             f'{err:.2e}', TOL[dtype],
+                             bench.verdict(err, TOL[dtype])))
+                with bench.backend('triton'):
+                    sparse = selective_conv2d(feat, wt, b, r).densify()
+                dense = selective_conv2d(
+                    MixedFeature.from_dense(x, CellMask(mask, 'dense')),
+                    wt, b, r).densify()
+                err, tol = rel_err(sparse, dense), 4 * TOL[dtype]
+                rows.append((f'selective_conv2d {name}: sparse vs dense',
+                             dname, f'{err:.2e}', tol,
+                             bench.verdict(err, tol)))
+
+
+def stage_configs(args):
+    if args.smoke:  # (c_in, mid, c_out, blocks, dilation)
+        return [(16, 8, 32, 2, 2), (32, 16, 64, 2, 4)]
+    return [(512, 256, 1024, 23, 2), (1024, 512, 2048, 3, 4)]
+
+
+def build_stages(bench, args, gen):
+    stages = [make_stage(*cfg, gen) for cfg in stage_configs(args)]
+    return [s.to(bench.device) for s in stages]
+
+
+def check_stages(bench, args, stages, gen, rows):
+    """Selective stages 3-4 (sparse, Triton) == dense emulation at s = 0.5
+    and == dense OS8 at s = 0, float32, TF32 off."""
+    h, w = args.size
+    c_in = stage_configs(args)[0][0]
+    x = torch.randn(1, c_in, h, w, generator=gen).to(bench.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    folded = [[blk.dense_folded() for blk in s] for s in stages]
+    tol = 1e-4  # float32 round-off through 26 blocks
+    with tf32(False), torch.no_grad():
+        for s in (0.0, 0.5):
+            mask = random_cell_mask(1, h // 2, w // 2, s,
+                                    gen).to(bench.device)
+            with bench.backend('triton'):
+                sparse = selective_forward(stages, x, mask, 'sparse')
+            if s == 0:
+                ref, what = dense_forward(
+                    [b for f in folded for b in f], x), 'dense OS8'
+            else:
+                ref = selective_forward(stages, x, mask, 'dense')
+                what = 'dense emulation'
+            scale = ref.abs().max().item()
+            err = (sparse - ref).abs().max().item() / scale
+            rows.append((f'stages 3-4 s={s}: sparse vs {what} '
+                         '(max err / max abs ref)', 'fp32', f'{err:.2e}', tol,
+                         bench.verdict(err, tol)))
+
+
+def time_ops(bench, args, gen, rows):
+    from mmselds.ops.kernels import triton_kernels as tk
+    h, w = args.size
+    for name, c, r in op_shapes(args):
+        for n in args.batch_sizes:
+            for dname in args.dtypes:
+                dtype = DTYPES[dname]
+                x, wt, b = conv_case(bench, n, c, (h, w), gen, dtype)
+                dense = bench.time(lambda: F.conv2d(x, wt, b, padding=r,
+                                                    dilation=r))
+                for rho in args.densities:
+                    mask = random_cell_mask(n, h // 2, w // 2, 1 - rho,
+                                            gen).to(bench.device)
+
+                    def build():
+                        return CellMask(mask, 'sparse').conv_index(r)
+                    index_ms = bench.time(build)
+                    cells = CellMask(mask, 'sparse')
+                    feat = MixedFeature.from_dense(x, cells)
+                    src, index = conv_source(feat), cells.conv_index(r)
+
+                    def op():
+                        return selective_conv2d(feat, wt, b, r)
+                    with bench.backend('triton'):
+                        t_op = bench.time(op)
+                    t_kernel = bench.time(lambda: tk.gather_linear(
+                        src, index, wt, b, interpret=args.smoke))
+                    t_ref = None
+                    if not args.no_reference:
+                        with bench.backend('ref'):
+                            t_ref = bench.time(op)
+                    flops = rho + (1 - rho) / 4
+                    path = 'uniform' if rho in (0, 1) else 'gather'
+                    rows.append((
+                        f'{name} C={c} r={r}', n, dname, rho, path,
+                        cells.num_rows, fmt(dense), fmt(t_op),
+                        fmt(t_kernel), fmt(t_ref), fmt(index_ms),
+                        f'{t_op / dense:.2f}', f'{flops:.3f}'))
+                kernels.release_workspace()  # the reference's im2col
+                if bench.device.type == 'cuda':
+                    torch.cuda.empty_cache()
+
+
+def time_stages(bench, args, stages, gen, rows):
+    h, w = args.size
+    c_in = stage_configs(args)[0][0]
+    folded = [b.dense_folded() for s in stages for b in s]
+    for n in args.batch_sizes:
+        for dname in args.dtypes:
+            dtype = DTYPES[dname]
+            mods = [s.to(dtype) for s in stages]
+            dense_blocks = [tuple(None if c is None else c.to(dtype)
+                                  for c in blk) for blk in folded]
+            x = torch.randn(n, c_in, h, w, generator=gen).to(
+                bench.device, dtype).contiguous(
+                    memory_format=torch.channels_last)
+            with torch.no_grad():
+                dense = bench.time(lambda: dense_forward(dense_blocks, x))
+                for s in args.ratios:
+                    mask = random_cell_mask(n, h // 2, w // 2, s,
+                                            gen).to(bench.device)
+
+                    def run():
+                        return selective_forward(mods, x, mask, 'sparse')
+                    with bench.backend('triton'):
+                        t_tri = bench.time(run)
+                    t_ref = None
+                    if not args.no_reference:
+                        with bench.backend('ref'):
+                            t_ref = bench.time(run)
+                    flops = (1 - s) + s / 4
+                    rows.append(('R101 stages 3-4', n, dname, s, fmt(dense),
+                                 fmt(t_tri), fmt(t_ref),
+                                 f'{t_tri / dense:.2f}', f'{flops:.3f}'))
+            kernels.release_workspace()
+            if bench.device.type == 'cuda':
+                torch.cuda.empty_cache()
+
+
+def header(bench, args):
+    import triton
+    if bench.device.type == 'cuda':
+        dev = torch.cuda.get_device_name()
+    else:
+        dev = 'CPU, Triton interpreter (smoke: times mean nothing)'
+    return '\n'.join([
+        '# GPU benchmark: selective execution with the Triton kernels', '',
+        f'- date: {datetime.datetime.now():%Y-%m-%d %H:%M}',
+        f'- device: {dev}',
+        f'- torch {torch.__version__}, triton {triton.__version__}',
+        f'- TF32: cuDNN convs and Triton kernels '
+        f'{torch.backends.cudnn.allow_tf32}, reference matmuls '
+        f'{torch.backends.cuda.matmul.allow_tf32}',
+        f'- OS8 map {args.size[0]}x{args.size[1]}; median of {bench.repeat} '
+        f'runs after {bench.warmup} warm-up runs; times in ms',
+        f'- command: {" ".join(sys.argv)}'])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.smoke:
+        args.size = (8, 16)
+        args.batch_sizes = args.batch_sizes[:1]
+        args.dtypes = ('fp32', )
+    elif not torch.cuda.is_available():
+        sys.exit('benchmark_gpu needs a CUDA device (or --smoke)')
+    if not triton_backend.triton_installed():
+        sys.exit('benchmark_gpu needs triton')
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    bench = Bench(args)
+    gen = torch.Generator().manual_seed(args.seed)
+    parts = [header(bench, args)]
+
+    def emit(text):
+        print(text, flush=True)
+        parts.append(text)
+
+    print(parts[0], flush=True)
+    checks = []
+    stages = build_stages(bench, args, gen)
+    with torch.no_grad():
+        check_ops(bench, args, gen, checks)
+        check_stages(bench, args, stages, gen, checks)
+    emit('\n## correctness (on the device, before timing)\n\n'
+         'error = max(abs(got - ref) / (1 + abs(ref))) unless said; float32 '
+         'with TF32 off.\n\n'
+         + md_table(('check', 'dtype', 'error', 'tolerance', 'result'),
+                    checks))
+    if 'op' in args.parts:
+        rows = []
+        with torch.no_grad():
+            time_ops(bench, args, gen, rows)
+        emit('\n## op: selective 3x3 conv vs dense cuDNN conv\n\n'
+             'density = fraction of full-resolution cells; op = '
+             '`selective_conv2d` (Triton backend), kernel = the Triton '
+             'gather kernel alone, reference = the op on the PyTorch '
+             'backend, index = building the mask layout and index table; '
+             'FLOPs = rho + (1 - rho) / 4 of dense.\n\n' + md_table(
+                 ('shape', 'batch', 'dtype', 'density', 'path', 'rows',
+                  'dense ms', 'op ms', 'kernel ms', 'reference ms',
+                  'index ms', 'op / dense', 'FLOPs / dense'), rows))
+    if 'stages' in args.parts:
+        rows = []
+        time_stages(bench, args, stages, gen, rows)
+        emit('\n## stages 3-4: dense OS8 vs selective\n\n'
+             'dense = cuDNN, channels-last, BatchNorm folded; selective = '
+             '`run_layers` sparse (mask layout, index tables and the '
+             'stage-4 densify included) with the Triton backend and with '
+             'the PyTorch reference; FLOPs = (1 - s) + s / 4.\n\n'
+             + md_table(('stages', 'batch', 'dtype', 's', 'dense ms',
+                         'triton ms', 'reference ms', 'triton / dense',
+                         'FLOPs / dense'), rows))
+    with open(args.out, 'w') as f:
+        f.write('\n'.join(parts) + '\n')
+    print(f'\nwritten to {args.out}')
+    if bench.failed:
+        sys.exit('correctness check FAILED (see the table)')
+
+
+if __name__ == '__main__':
+    main()
