@@ -9,14 +9,14 @@ from .kernels import gather_linear, release_workspace, rows_linear
 from .mask import (EXECUTION_MODES, CellMask, expected_ratio_mask,
                    random_cell_mask)
 from .pooling import POOLING_MODES, SelectivePooling, as_pooling
-from .runner import (clear_sparse_weights, flatten_layers, is_conv_module,
-                     layers_macs, pooling_macs_per_value, run_layers,
-                     sparse_weights)
+from .runner import (clear_sparse_weights, dense_layers, flatten_layers,
+                     is_conv_module, layers_macs, pooling_macs_per_value,
+                     run_layers, sparse_weights)
 
 __all__ = [
     'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
     'SelectivePooling', 'as_pooling', 'batch_norm_affine', 'blend',
-    'clear_sparse_weights', 'sparse_weights',
+    'clear_sparse_weights', 'dense_layers', 'sparse_weights',
     'expected_ratio_mask', 'flatten_layers', 'is_conv_module',
     'layers_macs', 'mixed_broadcast', 'mixed_cat',
     'mixed_global_avg_pool', 'SelectiveOutputs',

@@ -25,6 +25,7 @@ the feature's own). A point-wise layer never pools.
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -202,6 +203,37 @@ def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
     if isinstance(out, Tensor):
         raise ValueError('run_layers on a dense map needs a 3x3 conv (the '
                          'stage entrance) among the layers')
+    return out
+
+
+def dense_layers(x: Tensor, layers: Iterable[nn.Module]) -> Tensor:
+    """Apply plain layers to a dense (N, C, H, W) map, each conv followed by
+    an eval-mode BatchNorm as one conv with the folded weights of
+    :func:`sparse_weights`: how sparse inference runs the dense part of a
+    network (the stem and stages 1-2 of the backbone), with the outputs of
+    the modules themselves up to round-off. Any conv (stride, padding,
+    groups) is allowed; other modules are called as they are."""
+    mods = [m for m in _expand(layers) if not isinstance(m, nn.Identity)]
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if type(m) is nn.Conv2d and m.padding_mode == 'zeros':
+            fold = isinstance(nxt, _BatchNorm) and not nxt.training
+            weight, bias = sparse_weights(m, nxt if fold else None)
+            x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation,
+                         m.groups)
+            i += fold
+        else:
+            x = m(x)
+        i += 1
+    return x
+
+
+def _expand(layers: Iterable[nn.Module]) -> List[nn.Module]:
+    out: List[nn.Module] = []
+    for m in layers:
+        out += _expand(m) if isinstance(m, nn.Sequential) else [m]
     return out
 
 

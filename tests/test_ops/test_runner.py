@@ -9,8 +9,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmselds.ops import (CellMask, MixedFeature, SelectivePooling,
-                         clear_sparse_weights, flatten_layers, fold_batch_norm,
-                         layers_macs, run_layers, sparse_weights)
+                         clear_sparse_weights, dense_layers, flatten_layers,
+                         fold_batch_norm, layers_macs, run_layers,
+                         sparse_weights)
 from tests import reference as ref
 from tests.helpers import count_pooled_values
 from tests.test_models.utils import randomize_, selds_backbone
@@ -191,3 +192,32 @@ def test_sparse_weights_are_kept_until_the_parameters_change():
     clear_sparse_weights(conv)
     w4, _ = sparse_weights(conv, bn)
     assert w4.requires_grad and '_sparse_weights' not in conv.__dict__
+
+
+def test_dense_layers_fold_and_equal_the_modules():
+    """The dense part of sparse inference (stem, stages 1-2) with folded
+    BatchNorm equals the modules, strided and grouped convs included."""
+    torch.manual_seed(0)
+    mods = nn.Sequential(nn.Conv2d(5, 8, 3, stride=2, padding=1, bias=False),
+                         nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4),
+                         nn.BatchNorm2d(8), nn.MaxPool2d(2), nn.Identity())
+    randomize_(mods).eval()
+    x = torch.randn(2, 5, 16, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(dense_layers(x, mods), mods(x),
+                                   atol=1e-5, rtol=1e-5)
+    assert '_sparse_weights' in mods[0].__dict__  # kept for the next call
+
+
+def test_folded_dense_stages_equal_the_backbone_modules():
+    from mmselds.models.backbones.selds_resnet import dense_stages
+    for depth in (18, 50):
+        bb = randomize_(selds_backbone(depth)).eval()
+        x = torch.randn(1, 3, 64, 96)
+        with torch.no_grad():
+            plain = dense_stages(bb, x)
+            folded = dense_stages(bb, x, folded=True)
+        for a, b in zip(plain, folded):  # float32 round-off of the folds
+            torch.testing.assert_close(b, a, rtol=1e-4,
+                                       atol=1e-4 * a.abs().max().item())

@@ -7,8 +7,9 @@ from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs, layers_macs,
-                         pooling_macs_per_value, release_workspace, run_layers)
+from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
+                         dense_layers, layers_macs, pooling_macs_per_value,
+                         release_workspace, run_layers)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -36,20 +37,35 @@ def is_3x3(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3)
 
 
-def dense_stages(resnet: nn.Module, x: Tensor) -> List[Tensor]:
+def dense_stages(resnet: nn.Module, x: Tensor, folded: bool = False
+                 ) -> List[Tensor]:
     """Stem and stages 1-2 of any mmseg ``ResNet``: [stage-1, stage-2].
 
     Shared by :class:`SelDSResNetV1c` (which always runs them dense) and the
     FLOP counter, which applies it to plain ``ResNetV1c`` references too.
+    ``folded`` (inference) runs every conv with its eval-mode BatchNorm
+    folded in (:func:`~mmselds.ops.dense_layers`); otherwise the modules
+    run as they are.
     """
-    if resnet.deep_stem:
-        x = resnet.stem(x)
+    if folded:
+        stem = resnet.stem if resnet.deep_stem else \
+            [resnet.conv1, resnet.norm1, resnet.relu]
+        x = resnet.maxpool(dense_layers(x, stem))
+    elif resnet.deep_stem:
+        x = resnet.maxpool(resnet.stem(x))
     else:
-        x = resnet.relu(resnet.norm1(resnet.conv1(x)))
-    x = resnet.maxpool(x)
+        x = resnet.maxpool(resnet.relu(resnet.norm1(resnet.conv1(x))))
     outs = []
     for layer_name in resnet.res_layers[:2]:
-        x = getattr(resnet, layer_name)(x)
+        layer = getattr(resnet, layer_name)
+        if folded:
+            for block in layer:
+                out = dense_layers(x, main_layers(block))
+                identity = x if block.downsample is None else \
+                    dense_layers(x, block.downsample)
+                x = block.relu(out.add_(identity))
+        else:
+            x = layer(x)
         outs.append(x)
     return outs
 
@@ -274,7 +290,9 @@ class SelDSResNetV1c(ResNetV1c):
             # 512x1024, 2 threads: 3.9 s vs 5.1 s for the backbone at s = 0),
             # and stages 3-4 read the map as channels-last rows anyway
             x = x.contiguous(memory_format=torch.channels_last)
-        dense = dense_stages(self, x)  # stem and stages 1-2 stay dense
+        # stem and stages 1-2 stay dense (BatchNorm folded in inference)
+        dense = dense_stages(self, x, folded=(
+            self.effective_execution() == 'sparse' and not self.training))
         outs = [out for i, out in enumerate(dense) if i in self.out_indices]
         x = dense[-1]
         h, w = x.shape[2:]
