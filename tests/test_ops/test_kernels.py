@@ -55,8 +55,13 @@ def test_cpu_float32_runs_the_torch_reference():
         assert kernels.backend_for(torch.zeros(1, dtype=dtype)) is backend
 
 
-def test_cuda_runs_the_reference_until_a_triton_backend():
-    assert kernels.registered_backends()['cuda'] is kernels.TORCH_REF
+def test_cuda_runs_triton_where_available_else_the_reference():
+    from mmselds.ops.kernels import triton_backend
+    cuda = kernels.registered_backends()['cuda']
+    if triton_backend.available():
+        assert cuda.name == 'triton'
+    else:
+        assert cuda is kernels.TORCH_REF
 
 
 def test_device_without_backend_is_a_clear_error():

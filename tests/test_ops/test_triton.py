@@ -254,11 +254,15 @@ def test_unsupported_device_and_dtype_are_clear_errors():
     with pytest.raises(ValueError, match=r'residual must have shape'):
         tk().gather_linear(src, index, weight, residual=src,
                            interpret=True)
-    # through the dispatch: the backend declares its dtypes
+    # through the dispatch: float64 runs the reference's kernels
     with registered('cpu', triton_backend.build_backend(interpret=True)):
-        with pytest.raises(NotImplementedError,
-                           match="float64.*'triton-interpreter'"):
-            kernels.gather_linear(src.to(d), index, weight.to(d))
+        got = kernels.gather_linear(src.to(d), index, weight.to(d))
+        assert kernels.backend_for(src.to(d)).name == 'triton-interpreter'
+        with pytest.raises(NotImplementedError, match='int32'):
+            kernels.backend_for(src.int())
+    torch.testing.assert_close(
+        got, torch_ref.gather_linear(src.to(d), index, weight.to(d)),
+        rtol=0, atol=0)
 
 
 COMPILE_CASES = {

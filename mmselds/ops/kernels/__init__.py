@@ -11,10 +11,12 @@ Three tiers (as in torchsparse):
 3. the backends: modules that build a :class:`Backend` of plain functions
    on tensors and index tables (they know nothing of masks or features).
 
-Registered today: :mod:`.torch_ref`, the pure-PyTorch kernels, for ``'cpu'``
-(its oneDNN matmul and im2col workspace are tuned there) and for
-``'cuda'``, where the same code runs as the reference until a Triton
-backend is registered in its place. Any other device type, and a dtype a
+Registered: :mod:`.torch_ref`, the pure-PyTorch kernels, for ``'cpu'``
+(its oneDNN/BLAS matmul and im2col workspace are tuned there), and for
+``'cuda'`` the Triton backend (:mod:`.triton_backend`: implicit-GEMM
+kernels for float16, bfloat16 and float32, the reference's kernels for
+float64) where CUDA and Triton are both available and ``MMSELDS_TRITON``
+is not ``0``, else the reference. Any other device type, and a dtype a
 backend does not declare, raises ``NotImplementedError`` naming both: no
 call ever falls back silently to another backend.
 
@@ -160,7 +162,7 @@ TORCH_REF = Backend(name='torch_ref', dtypes=torch_ref.DTYPES,
                     conv2d_rows=torch_ref.conv2d_rows,
                     release_workspace=torch_ref.release_workspace)
 register_backend('cpu', TORCH_REF)
-register_backend('cuda', TORCH_REF)  # the reference until a Triton backend
+register_backend('cuda', TORCH_REF)  # where Triton is not available
 # the Triton kernels replace it where CUDA and Triton are both available
 _TRITON = triton_backend.cuda_backend_if_available()
 if _TRITON is not None:

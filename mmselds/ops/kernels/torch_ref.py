@@ -1,9 +1,10 @@
 """Pure-PyTorch kernels of sparse selective execution: the CPU backend and
 the reference for every other kernel.
 
-Registered by :mod:`mmselds.ops.kernels` for ``'cpu'`` and, until a Triton
-backend takes over, for ``'cuda'`` (the same code runs there; the CPU
-tuning below only applies to CPU tensors). The functions see tensors and
+Registered by :mod:`mmselds.ops.kernels` for ``'cpu'``, and for ``'cuda'``
+where the Triton backend is not available (the same code runs there; the
+CPU tuning below only applies to CPU tensors); the Triton backend uses it
+for float64. The functions see tensors and
 index tables only: which rows to gather is decided by the public ops.
 """
 from typing import Dict, Optional, Tuple

@@ -60,10 +60,14 @@ def _kernels():
 
 
 def _rows_linear(rows, weight, bias=None, **kwargs):
+    if rows.dtype == torch.float64:  # the reference's kernel
+        return torch_ref.rows_linear(rows, weight, bias)
     return _kernels().rows_linear(rows, weight, bias, **kwargs)
 
 
 def _gather_linear(src, index, weight, bias=None, **kwargs):
+    if src.dtype == torch.float64:  # the reference's kernel
+        return torch_ref.gather_linear(src, index, weight, bias)
     return _kernels().gather_linear(src, index, weight, bias, **kwargs)
 
 
@@ -82,12 +86,16 @@ def build_backend(interpret: bool = False):
             device is a ``NotImplementedError``).
     Returns:
         Backend: named ``'triton'`` (``'triton-interpreter'`` with
-        ``interpret=True``), for float16, bfloat16 and float32.
+        ``interpret=True``): the Triton kernels for float16, bfloat16 and
+        float32, and the reference's kernels for float64 (Triton has no
+        float64 ``tl.dot`` worth the name; the result is the reference's,
+        so dispatching float64 CUDA tensors here changes nothing that
+        ``torch_ref`` computed before).
     """
     from . import Backend  # the package imports this module
     return Backend(
         name=NAME + ('-interpreter' if interpret else ''),
-        dtypes=DTYPES,
+        dtypes=DTYPES | {torch.float64},
         rows_linear=functools.partial(_rows_linear, interpret=interpret),
         gather_linear=functools.partial(_gather_linear, interpret=interpret),
         conv2d_rows=torch_ref.conv2d_rows,
