@@ -31,7 +31,9 @@ def inference_fn(model: nn.Module, x: torch.Tensor, part: str,
         with torch.no_grad():
             feats = model.backbone(x, **kwargs)
             if part == 'backbone':
-                return feats
+                # every output as a dense map, as a dense backbone gives
+                # them (a selective one densifies them when they are read)
+                return tuple(feats)
             if getattr(model, 'with_neck', False):
                 feats = model.neck(feats)
             logits = model.decode_head.forward(feats)

@@ -20,25 +20,33 @@ from .mask import CellMask
 class SelectiveOutputs(tuple):
     """A tuple of dense stage outputs that also carries the selection.
 
-    Stock mmseg heads index it as the plain tuple a backbone returns; a
-    selective head reads ``mixed`` (the last stage's mixed-resolution
-    feature, before densifying), the segmentor ``cells`` (the selection of
-    the pass: its mask feeds the sparsity loss and the ratio metric).
-    Slicing gives a plain tuple.
+    Stock mmseg heads and necks index or iterate it as the plain tuple a
+    backbone returns; a selective head reads ``mixed`` (the last stage's
+    mixed-resolution feature, before densifying), the segmentor ``cells``
+    (the selection of the pass: its mask feeds the sparsity loss and the
+    ratio metric). Slicing gives a plain tuple.
+
+    An output may be given as a :class:`MixedFeature`: it is densified when
+    it is first read (indexing, iteration, slicing, unpacking) and the map
+    kept, so an output no head reads (stage 3 in inference, or stage 4 when
+    the decode head is selective) is never densified. Reading it after its
+    data was changed in place raises. Functions that read the tuple's items
+    in C without Python indexing (``torch.cat(outputs)``) see the
+    :class:`MixedFeature` and raise; ``torch.cat(tuple(outputs))`` works.
 
     Args:
-        outs (Iterable[Tensor]): the dense (N, C, H, W) outputs.
+        outs (Iterable[Tensor | MixedFeature]): the (N, C, H, W) outputs.
         mixed (MixedFeature, optional): the mixed feature the last of
-            ``outs`` was densified from. Default: None.
+            ``outs`` is the densified map of. Default: None.
         cells (CellMask, optional): the selection; default ``mixed.cells``.
     """
 
-    def __new__(cls, outs: Iterable[Tensor] = (),
+    def __new__(cls, outs: Iterable = (),
                 mixed: Optional[MixedFeature] = None,
                 cells: Optional[CellMask] = None):
         return super().__new__(cls, outs)
 
-    def __init__(self, outs: Iterable[Tensor] = (),
+    def __init__(self, outs: Iterable = (),
                  mixed: Optional[MixedFeature] = None,
                  cells: Optional[CellMask] = None):
         if mixed is not None and not isinstance(mixed, MixedFeature):
@@ -53,9 +61,55 @@ class SelectiveOutputs(tuple):
         self.mixed = mixed
         self.cells = cells if cells is not None else \
             (None if mixed is None else mixed.cells)
+        self._dense = {}
+        for i in range(len(self)):
+            item = tuple.__getitem__(self, i)
+            if isinstance(item, MixedFeature):
+                self._dense[i] = item.data._version  # to check at reading
+            elif not isinstance(item, Tensor):
+                raise ValueError('outputs must be tensors or MixedFeatures, '
+                                 f'got {type(item).__name__} at {i}')
+
+    def _read(self, i: int) -> Tensor:
+        item = tuple.__getitem__(self, i)
+        if not isinstance(item, MixedFeature):
+            return item
+        i %= len(self)
+        kept = self._dense[i]
+        if isinstance(kept, Tensor):
+            return kept
+        if item.data._version != kept:
+            raise RuntimeError(
+                f'output {i} was changed in place after the backbone '
+                'returned it and before it was densified')
+        self._dense[i] = dense = item.densify()
+        return dense
+
+    def output_shape(self, index: int) -> tuple:
+        """(N, C, H, W) of an output, without densifying it."""
+        return tuple(tuple.__getitem__(self, index).shape)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self._read(i) for i in range(len(self))[index])
+        return self._read(index)
+
+    def __iter__(self):
+        return (self._read(i) for i in range(len(self)))
+
+    def __add__(self, other):
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other):
+        return tuple(other) + tuple(self)
 
     def __repr__(self) -> str:
-        return (f'SelectiveOutputs({tuple(self)!r}, mixed={self.mixed!r}, '
+        items = ', '.join(
+            repr(tuple.__getitem__(self, i)) if not isinstance(
+                tuple.__getitem__(self, i), Tensor) else
+            f'Tensor{tuple(tuple.__getitem__(self, i).shape)}'
+            for i in range(len(self)))
+        return (f'SelectiveOutputs(({items}), mixed={self.mixed!r}, '
                 f'cells={self.cells!r})')
 
 

@@ -61,9 +61,24 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor],
 def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     """Rows the gather of a sparse 3x3 conv reads under a mixed mask (a
     uniform one takes :func:`_uniform_conv2d`): cat([rows, zero, pooled
-    high cells])."""
-    zero = feat.data.new_zeros(1, feat.channels)
-    return torch.cat([feat.data, zero, feat.pooled_rows(pool)])
+    high cells]).
+
+    Without autograd the source is kept on the feature while its data is
+    unchanged (same storage and version) and reused by the next 3x3 conv
+    on the same feature with the same pooling: the ASPP head's parallel
+    branches build it once instead of once each."""
+    data = feat.data
+    keep = not (torch.is_grad_enabled() and data.requires_grad)
+    key = (pool.mode, data.data_ptr(), data._version) + (
+        (id(pool), pool.logits._version) if pool.mode == 'adaptive' else ())
+    kept = feat.__dict__.get('_source')
+    if keep and kept is not None and kept[0] == key:
+        return kept[1]
+    zero = data.new_zeros(1, feat.channels)
+    src = torch.cat([data, zero, feat.pooled_rows(pool)])
+    if keep:
+        feat.__dict__['_source'] = (key, src)
+    return src
 
 
 def _uniform_conv2d(x: Tensor, cells: CellMask, weight: Tensor,

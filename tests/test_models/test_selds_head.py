@@ -346,3 +346,31 @@ def test_dense_equals_sparse_gradients():
     for d, s in zip(grads['dense'], grads['sparse']):
         assert d.abs().sum() > 0
         close(s, d)
+
+
+def test_sparse_outputs_are_densified_only_when_read(monkeypatch):
+    """In sparse inference the stage-3/4 outputs stay mixed until a head
+    reads them (a selective decode head reads none of them)."""
+    bb = selds_backbone().eval()
+    x = torch.randn(1, 3, 64, 128)
+    calls = []
+    densify = MixedFeature.densify
+    monkeypatch.setattr(MixedFeature, 'densify', lambda self: calls.append(
+        self) or densify(self))
+    with torch.no_grad():
+        outs = bb(x)
+        assert calls == [] and outs.output_shape(-1) == outs.mixed.shape
+        last = outs[-1]
+        assert len(calls) == 1 and outs[-1] is last  # kept
+        dense = list(outs)  # iteration reads every output
+        assert len(calls) == 2 and dense[-1] is last
+        a, b, c, d = outs
+        assert d is last and len(calls) == 2
+        assert type(outs[2:]) is tuple and outs[2:][1] is last
+        assert (outs + (x, ))[-1] is x and (outs + (x, ))[3] is last
+        twin = bb(x)
+        twin.mixed.data.add_(1)  # changed in place before it was read
+        with pytest.raises(RuntimeError, match='changed in place'):
+            twin[-1]
+    with pytest.raises(ValueError, match='tensors or MixedFeatures'):
+        SelectiveOutputs([x, 'stage 2'])

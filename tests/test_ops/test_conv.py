@@ -238,3 +238,32 @@ def test_batch_of_one_all_high_and_one_all_low_image():
                                       b, 4)
             outs.append(out.densify())
         torch.testing.assert_close(outs[1], outs[0], atol=ATOL, rtol=0)
+
+
+def test_gather_source_is_built_once_per_feature_and_pooling(monkeypatch):
+    """Parallel 3x3 convs on one feature (the ASPP branches) share the
+    gather source in inference; a change of the data builds a new one."""
+    x, w, b, mask = make_case(1, 5, 8, 12, 0.5, seed=0)
+    feat = MixedFeature.from_dense(x, CellMask(mask, 'sparse'), 'avg')
+    calls = []
+    pooled_rows = MixedFeature.pooled_rows
+    monkeypatch.setattr(MixedFeature, 'pooled_rows',
+                        lambda self, pool=None: calls.append(1) or
+                        pooled_rows(self, pool))
+    with torch.no_grad():
+        outs = [selective_conv2d(feat, w, b, d).densify() for d in (2, 4)]
+        assert len(calls) == 1
+        selective_conv2d(feat, w, b, 2, pool='max')  # another pooling
+        assert len(calls) == 2
+        feat.data.mul_(2)  # new data: a new source
+        again = selective_conv2d(feat, w, b, 2, pool='max').densify()
+        assert len(calls) == 3
+
+    def fresh(v, d, pool):  # a new feature: nothing kept
+        f = MixedFeature.from_dense(v, CellMask(mask, 'dense'), 'avg')
+        return selective_conv2d(f, w, b, d, pool=pool).densify()
+
+    torch.testing.assert_close(again, fresh(2 * x, 2, 'max'), atol=ATOL,
+                               rtol=ATOL)
+    torch.testing.assert_close(outs[1], fresh(x, 4, 'avg'), atol=ATOL,
+                               rtol=ATOL)

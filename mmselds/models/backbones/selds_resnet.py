@@ -311,7 +311,9 @@ class SelDSResNetV1c(ResNetV1c):
             for block in getattr(self, layer_name):
                 feat = self._run_block(block, feat, cells)
             if stage in self.out_indices:
-                outs.append(feat.densify())
+                # sparse: densified when a head reads it (SelectiveOutputs)
+                outs.append(feat if cells.execution == 'sparse'
+                            else feat.densify())
         if cells.execution == 'sparse':
             release_workspace()  # hold the im2col buffer only in forward
         self.last_mask, self.last_logits = mask, logits

@@ -75,10 +75,12 @@ class SelDSASPPHead(ASPPHead):
                 f'SelDSASPPHead reads the last stage (the mixed feature), but'
                 f' in_index={self.in_index} picks output {self.in_index} of '
                 f'{len(inputs)}')
-        if tuple(mixed.shape) != tuple(inputs[-1].shape):
+        last = inputs.output_shape(-1) if hasattr(inputs, 'output_shape') \
+            else tuple(inputs[-1].shape)
+        if tuple(mixed.shape) != last:
             raise ValueError(
                 f'the mixed feature {tuple(mixed.shape)} is not the last '
-                f'output {tuple(inputs[-1].shape)} densified')
+                f'output {last} densified')
         if mixed.channels != self.in_channels:
             raise ValueError(f'the mixed feature has {mixed.channels} '
                              f'channels, in_channels={self.in_channels}')

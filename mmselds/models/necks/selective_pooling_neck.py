@@ -31,9 +31,9 @@ class SelectivePoolingNeck(nn.Module):
         if isinstance(inputs, SelectiveOutputs):
             mixed = inputs.mixed
             if mixed is not None and len(inputs) and \
-                    tuple(inputs[-1].shape) != tuple(mixed.shape):
+                    inputs.output_shape(-1) != tuple(mixed.shape):
                 raise ValueError(
-                    f'the last output {tuple(inputs[-1].shape)} is not the '
+                    f'the last output {inputs.output_shape(-1)} is not the '
                     f'densified mixed feature {tuple(mixed.shape)}')
             return inputs
         if not isinstance(inputs, (tuple, list)) or not all(
