@@ -170,10 +170,12 @@ def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
     H, W = cells.feature_size
     if cells.num_low == 0:  # the rows are the NHWC map
         pooled = feat.data.view(cells.n, H * W, -1).mean(1)
-    else:
-        weighted = feat.data * row_weights(cells, feat.dtype)[:, None]
-        pooled = feat.data.new_zeros(cells.n, feat.channels).index_add_(
-            0, row_images(cells), weighted) / (H * W)
+    else:  # (N, R) pixels-per-row matrix @ rows: no weighted copy
+        images = feat.data.new_zeros(cells.n, cells.num_rows)
+        images[row_images(cells), torch.arange(
+            cells.num_rows, device=feat.device)] = row_weights(cells,
+                                                               feat.dtype)
+        pooled = images.mm(feat.data) / (H * W)
     return pooled[:, :, None, None]
 
 
