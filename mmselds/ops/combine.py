@@ -145,15 +145,6 @@ def row_images(cells: CellMask) -> Tensor:
     return cells._cache[key]
 
 
-def row_weights(cells: CellMask, dtype: torch.dtype) -> Tensor:
-    """(R,) pixels each sparse row stands for: 4 for a low cell, 1 for a
-    full-resolution pixel."""
-    cells._require_sparse()
-    w = torch.ones(cells.num_rows, dtype=dtype, device=cells.mask.device)
-    w[:cells.num_low] = 4
-    return w
-
-
 def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
     """(N, C, 1, 1) mean over the image of the densified map: a low cell
     counts as its 4 pixels, as in the dense network's global pooling.
@@ -170,12 +161,12 @@ def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
     H, W = cells.feature_size
     if cells.num_low == 0:  # the rows are the NHWC map
         pooled = feat.data.view(cells.n, H * W, -1).mean(1)
-    else:  # (N, R) pixels-per-row matrix @ rows: no weighted copy
-        images = feat.data.new_zeros(cells.n, cells.num_rows)
-        images[row_images(cells), torch.arange(
-            cells.num_rows, device=feat.device)] = row_weights(cells,
-                                                               feat.dtype)
-        pooled = images.mm(feat.data) / (H * W)
+    else:  # per-image sums of the low rows (x4) and of the pixel rows
+        S, data = cells.num_low, feat.data
+        images = row_images(cells)
+        low = data.new_zeros(cells.n, feat.channels).index_add_(
+            0, images[:S], data[:S])
+        pooled = low.mul_(4).index_add_(0, images[S:], data[S:]) / (H * W)
     return pooled[:, :, None, None]
 
 

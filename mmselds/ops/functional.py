@@ -82,8 +82,8 @@ def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
 
 
 def _uniform_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
-                    bias: Optional[Tensor], r: int, rl: int
-                    ) -> Optional[Tensor]:
+                    bias: Optional[Tensor], r: int, rl: int,
+                    epilogue: dict) -> Optional[Tensor]:
     """The sparse 3x3 conv when every cell has the same resolution, else
     None: the one uniform path, taken by :func:`selective_conv2d` and
     :func:`selective_entrance_conv2d`.
@@ -110,12 +110,34 @@ def _uniform_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
         return None
     if rows:
         x = x.view(cells.n, *size, x.shape[1]).permute(0, 3, 1, 2)
-    return kernels.conv2d_rows(x, weight, bias, d, stride)
+    return kernels.conv2d_rows(x, weight, bias, d, stride, **epilogue)
+
+
+def _epilogue(cells: CellMask, residual: Optional[MixedFeature],
+              relu: bool) -> dict:
+    """Check the epilogue of a conv; the kernels' arguments for it."""
+    if residual is not None:
+        if not isinstance(residual, MixedFeature):
+            raise ValueError('residual must be a MixedFeature, got '
+                             f'{type(residual).__name__}')
+        if residual.cells is not cells:
+            raise ValueError('residual must be under the same CellMask as '
+                             'the conv')
+    return dict(residual=None if residual is None else residual.data,
+                relu=bool(relu))
+
+
+def _dense_epilogue(out: Tensor, epilogue: dict) -> Tensor:
+    if epilogue['residual'] is not None:
+        out = out + epilogue['residual']
+    return out.relu() if epilogue['relu'] else out
 
 
 def selective_conv2d(feat: MixedFeature, weight: Tensor,
                      bias: Optional[Tensor] = None, dilation: int = 1,
-                     pool: Optional[PoolSpec] = None) -> MixedFeature:
+                     pool: Optional[PoolSpec] = None, *,
+                     residual: Optional[MixedFeature] = None,
+                     relu: bool = False) -> MixedFeature:
     """k x k conv (k = 1 or 3, stride 1, groups 1) on a mixed feature.
 
     High-res output at pixel p (M = 0): ``sum_t W_t V(p + r t)`` with V the
@@ -130,37 +152,46 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
         pool (str | SelectivePooling, optional): pooling that forms the
             low-resolution value of full-resolution cells read by low
             cells; also the output's pooling. Default: ``feat.pool``.
+        residual (MixedFeature, optional): (N, C_out, H, W) under the same
+            cells, added to the output (a residual block's shortcut).
+        relu (bool): apply a ReLU after the add. Default: False.
     Returns:
-        MixedFeature: (N, C_out, H, W) output under the same cells.
+        MixedFeature: (N, C_out, H, W) output under the same cells,
+        ``relu?(conv(feat) + residual?)``; sparse kernels may fuse the
+        epilogue.
     """
     if not isinstance(feat, MixedFeature):
         raise ValueError('selective_conv2d takes a MixedFeature; build one '
                          'with MixedFeature.from_dense')
     k = _check_conv_args(feat.data, weight, bias, dilation)
     pool = feat.pool if pool is None else as_pooling(pool)
+    epilogue = _epilogue(feat.cells, residual, relu)
     if k == 1:
         if feat.execution == 'dense':
-            return feat.new(F.conv2d(feat.data, weight, bias), pool)
+            return feat.new(_dense_epilogue(
+                F.conv2d(feat.data, weight, bias), epilogue), pool)
         return feat.new(kernels.rows_linear(feat.data, weight.flatten(1),
-                                            bias), pool)
+                                            bias, **epilogue), pool)
     r, rl = dilation, low_res_dilation(dilation)
     if feat.execution == 'dense':
         v = feat.data
         hi = F.conv2d(v, weight, bias, padding=r, dilation=r)
         lo = F.conv2d(pool(v), weight, bias, padding=rl, dilation=rl)
-        return feat.new(blend(hi, lo, feat.cells.mask), pool)
+        return feat.new(_dense_epilogue(blend(hi, lo, feat.cells.mask),
+                                        epilogue), pool)
     cells = feat.cells
-    out = _uniform_conv2d(feat.data, cells, weight, bias, r, rl)
+    out = _uniform_conv2d(feat.data, cells, weight, bias, r, rl, epilogue)
     if out is None:
         out = kernels.gather_linear(_source(feat, pool), cells.conv_index(r),
-                                    weight, bias)
+                                    weight, bias, **epilogue)
     return feat.new(out, pool)
 
 
 def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
                               bias: Optional[Tensor] = None,
                               dilation: int = 1,
-                              pool: PoolSpec = 'stride') -> MixedFeature:
+                              pool: PoolSpec = 'stride', *,
+                              relu: bool = False) -> MixedFeature:
     """The stage entrance (OS8 -> OS16 transition) with ``stride`` pooling.
 
     Full-resolution cells get the 3x3 conv of dilation r on ``x`` (which is
@@ -176,6 +207,7 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
         dilation (int): the OS8 dilation r: 1 or even. Default: 1.
         pool (str | SelectivePooling): the output's pooling.
             Default: ``'stride'``.
+        relu (bool): apply a ReLU to the output. Default: False.
     Returns:
         MixedFeature: (N, C_out, H, W).
     """
@@ -183,15 +215,17 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
     if _check_conv_args(x, weight, bias, dilation) != 3:
         raise ValueError('the entrance conv takes a 3x3 kernel')
     r, rl = dilation, low_res_dilation(dilation)
+    epilogue = _epilogue(cells, None, relu)
     if cells.execution == 'dense':
         hi = F.conv2d(x, weight, bias, padding=r, dilation=r)
         lo = F.conv2d(x, weight, bias, stride=2, padding=rl, dilation=rl)
-        return MixedFeature(blend(hi, lo, cells.mask), cells, pool)
-    out = _uniform_conv2d(x, cells, weight, bias, r, rl)
+        return MixedFeature(_dense_epilogue(blend(hi, lo, cells.mask),
+                                            epilogue), cells, pool)
+    out = _uniform_conv2d(x, cells, weight, bias, r, rl, epilogue)
     if out is None:
         src = torch.cat([to_rows(x), x.new_zeros(1, x.shape[1])])
         out = kernels.gather_linear(src, cells.entrance_index(r), weight,
-                                    bias)
+                                    bias, **epilogue)
     return MixedFeature(out, cells, pool)
 
 

@@ -25,10 +25,10 @@ the feature's own). A point-wise layer never pools.
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import kernels
 from .feature import MixedFeature
 from .functional import (fold_batch_norm, selective_apply, selective_conv2d,
                          selective_entrance_conv2d)
@@ -143,8 +143,13 @@ def clear_sparse_weights(module: nn.Module) -> None:
 
 def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
                pool_for: Optional[PoolFor] = None,
-               cells: Optional[CellMask] = None) -> MixedFeature:
+               cells: Optional[CellMask] = None,
+               shortcut: Optional[MixedFeature] = None) -> MixedFeature:
     """Apply ``layers`` in order to a mixed feature.
+
+    A ReLU right after a conv (after its folded BatchNorm in sparse
+    inference) and the end of a residual block (``shortcut``) are the
+    conv's epilogue, which the sparse kernels may fuse.
 
     Args:
         x (MixedFeature | Tensor): the input; a dense (N, C, H, W) tensor is
@@ -157,6 +162,8 @@ def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
             (None keeps the feature's pooling). Default: keep it everywhere.
         cells (CellMask, optional): the selection; required for a dense
             ``x``.
+        shortcut (MixedFeature, optional): return
+            ``relu(layers(x) + shortcut)``, a residual block's end.
     Returns:
         MixedFeature: the output.
     """
@@ -178,15 +185,23 @@ def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
             weight, bias = sparse_weights(m, nxt if fold else None) \
                 if execution == 'sparse' else (m.weight, m.bias)
             i += fold
+            # the epilogue: a ReLU next, or the block's end
+            relu = i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU
+            i += relu
+            residual = shortcut if i + 1 == len(layers) and not relu \
+                else None
             pool = pool_for(m) if pool_for is not None and _is_3x3(m) \
                 else None
             if isinstance(out, Tensor):
                 out = selective_entrance_conv2d(
                     out, cells, weight, bias, m.dilation[0],
-                    pool='stride' if pool is None else pool)
+                    pool='stride' if pool is None else pool, relu=relu)
             else:
                 out = selective_conv2d(out, weight, bias, m.dilation[0],
-                                       pool=pool)
+                                       pool=pool, residual=residual,
+                                       relu=relu or residual is not None)
+            if residual is not None:
+                shortcut = None  # done
         elif isinstance(m, DROPOUTS):
             if m.training and m.p > 0:
                 if out.execution == 'sparse':
@@ -203,16 +218,20 @@ def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
     if isinstance(out, Tensor):
         raise ValueError('run_layers on a dense map needs a 3x3 conv (the '
                          'stage entrance) among the layers')
-    return out
+    return out if shortcut is None else out.add_relu_(shortcut)
 
 
-def dense_layers(x: Tensor, layers: Iterable[nn.Module]) -> Tensor:
+def dense_layers(x: Tensor, layers: Iterable[nn.Module],
+                 shortcut: Optional[Tensor] = None) -> Tensor:
     """Apply plain layers to a dense (N, C, H, W) map, each conv followed by
     an eval-mode BatchNorm as one conv with the folded weights of
-    :func:`sparse_weights`: how sparse inference runs the dense part of a
-    network (the stem and stages 1-2 of the backbone), with the outputs of
-    the modules themselves up to round-off. Any conv (stride, padding,
-    groups) is allowed; other modules are called as they are."""
+    :func:`sparse_weights`, a ReLU after it and the ``shortcut`` add of a
+    residual block's end (``relu(layers(x) + shortcut)``) in the conv's
+    epilogue (:func:`~mmselds.ops.kernels.conv2d`): how sparse inference
+    runs the dense part of a network (the stem and stages 1-2 of the
+    backbone), with the outputs of the modules themselves up to round-off.
+    Any conv (stride, padding, groups) is allowed; other modules are called
+    as they are."""
     mods = [m for m in _expand(layers) if not isinstance(m, nn.Identity)]
     i = 0
     while i < len(mods):
@@ -221,12 +240,21 @@ def dense_layers(x: Tensor, layers: Iterable[nn.Module]) -> Tensor:
         if type(m) is nn.Conv2d and m.padding_mode == 'zeros':
             fold = isinstance(nxt, _BatchNorm) and not nxt.training
             weight, bias = sparse_weights(m, nxt if fold else None)
-            x = F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation,
-                         m.groups)
             i += fold
+            relu = i + 1 < len(mods) and type(mods[i + 1]) is nn.ReLU
+            i += relu
+            residual = shortcut if i + 1 == len(mods) and not relu \
+                else None
+            x = kernels.conv2d(x, weight, bias, m.stride, m.padding,
+                               m.dilation, m.groups, residual=residual,
+                               relu=relu or residual is not None)
+            if residual is not None:
+                shortcut = None
         else:
             x = m(x)
         i += 1
+    if shortcut is not None:
+        x = (x + shortcut).relu_()
     return x
 
 

@@ -168,3 +168,75 @@ def test_release_workspace_reaches_every_backend():
     assert torch_ref._WORKSPACE
     release_workspace()
     assert not torch_ref._WORKSPACE
+
+
+# ------------------------------------------------------------ the epilogue
+@pytest.mark.parametrize('grad', [False, True])
+@pytest.mark.parametrize('size', ['small', 'onednn'])
+def test_epilogue_equals_separate_add_and_relu(grad, size):
+    """relu(matmul + bias + residual), fused into oneDNN's conv for large
+    float32 products without autograd, equals the separate ops."""
+    g = torch.Generator().manual_seed(0)
+    m, k, n = (40, 12, 8) if size == 'small' else (600, 700, 300)
+    rows = torch.randn(m, k, generator=g).requires_grad_(grad)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    b, res = torch.randn(n, generator=g), torch.randn(m, n, generator=g)
+    with torch.set_grad_enabled(grad):
+        plain = torch_ref.rows_linear(rows, w, b)
+        for relu in (False, True):
+            got = torch_ref.rows_linear(rows, w, b, residual=res, relu=relu)
+            want = plain + res
+            torch.testing.assert_close(got, want.relu() if relu else want,
+                                       atol=1e-4, rtol=1e-4)
+            got = torch_ref.rows_linear(rows, w, b, relu=relu)
+            torch.testing.assert_close(got, plain.relu() if relu else plain,
+                                       atol=1e-4, rtol=1e-4)
+    if grad:
+        got.sum().backward()
+        assert rows.grad is not None
+
+
+@pytest.mark.parametrize('fill', ['mixed', 0.0, 1.0])
+@pytest.mark.parametrize('execution', ['dense', 'sparse'])
+def test_selective_conv_epilogue(fill, execution):
+    """The residual add and ReLU of selective_conv2d on every path (gather,
+    uniform, 1x1) equal the conv followed by the separate ops."""
+    g = torch.Generator().manual_seed(1)
+    mask = MIXED if fill == 'mixed' else torch.full_like(MIXED, fill)
+    cells = CellMask(mask, execution)
+    feat = MixedFeature.from_dense(torch.randn(2, 5, 4, 6, generator=g),
+                                   cells)
+    res = MixedFeature.from_dense(torch.randn(2, 7, 4, 6, generator=g),
+                                  cells)
+    for k in (1, 3):
+        w = torch.randn(7, 5, k, k, generator=g)
+        b = torch.randn(7, generator=g)
+        with torch.no_grad():
+            plain = selective_conv2d(feat, w, b, 2 if k == 3 else 1)
+            got = selective_conv2d(feat, w, b, 2 if k == 3 else 1,
+                                   residual=res, relu=True)
+        want = (plain.densify() + res.densify()).relu()
+        torch.testing.assert_close(got.densify(), want, atol=1e-5,
+                                   rtol=1e-5)
+    other = MixedFeature.from_dense(res.densify(), CellMask(mask, execution))
+    with pytest.raises(ValueError, match='same CellMask'):
+        selective_conv2d(feat, w, b, 2, residual=other)
+
+
+def test_fused_conv_is_counted_by_torch_flop_counter():
+    """Under a dispatch mode (the FLOP counter) the epilogue runs as the
+    standard ops, which the counter knows."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(1, 8, 6, 6)
+    w, r = torch.randn(4, 8, 3, 3), torch.randn(1, 4, 6, 6)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        kernels.conv2d(x, w, None, 1, 1, 1, residual=r, relu=True)
+    assert counter.get_total_flops() == 2 * 36 * 9 * 8 * 4
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(),
+                    reason='no oneDNN in this torch build')
+def test_onednn_fused_conv_is_found():
+    """The probe finds oneDNN's fused conv where oneDNN exists (else sparse
+    inference silently loses the fusion)."""
+    assert torch_ref._fused_conv() is not None

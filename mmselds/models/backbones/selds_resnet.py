@@ -60,10 +60,9 @@ def dense_stages(resnet: nn.Module, x: Tensor, folded: bool = False
         layer = getattr(resnet, layer_name)
         if folded:
             for block in layer:
-                out = dense_layers(x, main_layers(block))
                 identity = x if block.downsample is None else \
                     dense_layers(x, block.downsample)
-                x = block.relu(out.add_(identity))
+                x = dense_layers(x, main_layers(block), shortcut=identity)
         else:
             x = layer(x)
         outs.append(x)
@@ -250,11 +249,10 @@ class SelDSResNetV1c(ResNetV1c):
             inp = x
         # In stride mode the entrance block runs on the dense map up to its
         # 3x3 conv, whose low cells are the OS16 stride-2 conv.
-        out = run_layers(x if stride_entrance else inp, main_layers(block),
-                         self.pooling_for, cells)
         identity = inp if block.downsample is None else run_layers(
             inp, block.downsample)
-        return out.add_relu_(identity)
+        return run_layers(x if stride_entrance else inp, main_layers(block),
+                          self.pooling_for, cells, shortcut=identity)
 
     def _run_block(self, block, x, cells) -> MixedFeature:
         data = x if isinstance(x, Tensor) else x.data

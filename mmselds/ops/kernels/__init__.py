@@ -41,13 +41,20 @@ class Backend:
         dtypes (frozenset[torch.dtype]): the dtypes the kernels support;
             any other raises at dispatch.
         rows_linear (callable): ``(rows (M, K), weight (C_out, K),
-            bias) -> (M, C_out)``, the matmul of a sparse 1x1 conv.
+            bias, *, residual=None, relu=False) -> (M, C_out)``, the
+            matmul of a sparse 1x1 conv.
         gather_linear (callable): ``(src (M, C), index (R * T,),
-            weight (C_out, C, k, k), bias) -> (R, C_out)``: row r is
+            weight (C_out, C, k, k), bias, *, residual=None, relu=False)
+            -> (R, C_out)``: row r is
             ``sum_t src[index[r, t]] @ W_t + bias``.
         conv2d_rows (callable): ``(x (N, C, H, W), weight, bias, dilation,
-            stride) -> (N * H_out * W_out, C_out)`` raster rows of one dense
-            conv with ``padding = dilation``; the uniform path.
+            stride, *, residual=None, relu=False) -> (N * H_out * W_out,
+            C_out)`` raster rows of one dense conv with
+            ``padding = dilation``; the uniform path.
+
+        Each takes the layer's epilogue: ``residual`` (rows of the
+        output's shape) added after the bias, then a ReLU if ``relu``;
+        a backend may fuse them into its kernel.
         release_workspace (callable): frees cached buffers (no argument).
     """
     name: str
@@ -121,16 +128,33 @@ def backend_for(x: Tensor) -> Backend:
     return backend
 
 
+def _epilogue(residual: Optional[Tensor], relu: bool) -> dict:
+    # only what is asked: a backend without the epilogue keeps working
+    # for the calls that do not use it
+    kwargs = {}
+    if residual is not None:
+        kwargs['residual'] = residual
+    if relu:
+        kwargs['relu'] = True
+    return kwargs
+
+
 def rows_linear(rows: Tensor, weight: Tensor,
-                bias: Optional[Tensor] = None) -> Tensor:
-    """(M, K) @ (C_out, K)^T + bias -> (M, C_out) on ``rows``' backend."""
-    return backend_for(rows).rows_linear(rows, weight, bias)
+                bias: Optional[Tensor] = None, *,
+                residual: Optional[Tensor] = None,
+                relu: bool = False) -> Tensor:
+    """``relu?((M, K) @ (C_out, K)^T + bias + residual?)`` -> (M, C_out)
+    on ``rows``' backend."""
+    return backend_for(rows).rows_linear(rows, weight, bias,
+                                         **_epilogue(residual, relu))
 
 
 def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
-                  bias: Optional[Tensor] = None) -> Tensor:
+                  bias: Optional[Tensor] = None, *,
+                  residual: Optional[Tensor] = None,
+                  relu: bool = False) -> Tensor:
     """Sparse convolution on ``src``'s backend: row r of the output is
-    ``sum_t src[index[r, t]] @ W_t + bias``.
+    ``relu?(sum_t src[index[r, t]] @ W_t + bias + residual[r]?)``.
 
     Args:
         src (Tensor): (M, C) source rows.
@@ -140,14 +164,30 @@ def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
     Returns:
         Tensor: (R, C_out).
     """
-    return backend_for(src).gather_linear(src, index, weight, bias)
+    return backend_for(src).gather_linear(src, index, weight, bias,
+                                          **_epilogue(residual, relu))
 
 
 def conv2d_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                dilation: int, stride: int = 1) -> Tensor:
+                dilation: int, stride: int = 1, *,
+                residual: Optional[Tensor] = None,
+                relu: bool = False) -> Tensor:
     """One dense conv of ``x`` (padding = dilation) on ``x``'s backend,
-    returned as (N * H_out * W_out, C_out) raster rows."""
-    return backend_for(x).conv2d_rows(x, weight, bias, dilation, stride)
+    returned as (N * H_out * W_out, C_out) raster rows, with the
+    epilogue (``residual`` rows added, then a ReLU if ``relu``)."""
+    return backend_for(x).conv2d_rows(x, weight, bias, dilation, stride,
+                                      **_epilogue(residual, relu))
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride=1, padding=0, dilation=1, groups: int = 1, *,
+           residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    """A dense conv with the epilogue ``relu?(conv(x) + residual?)`` (the
+    dense stages of sparse inference): fused into oneDNN's conv for float32
+    CPU tensors without autograd, separate ops elsewhere
+    (:func:`.torch_ref.conv2d`)."""
+    return torch_ref.conv2d(x, weight, bias, stride, padding, dilation,
+                            groups, residual=residual, relu=relu)
 
 
 def release_workspace() -> None:
@@ -169,7 +209,8 @@ if _TRITON is not None:
     register_backend('cuda', _TRITON, replace=True)
 
 __all__ = [
-    'Backend', 'TORCH_REF', 'backend_for', 'conv2d_rows', 'gather_linear',
+    'Backend', 'TORCH_REF', 'backend_for', 'conv2d', 'conv2d_rows',
+    'gather_linear',
     'register_backend', 'registered_backends', 'release_workspace',
     'rows_linear', 'unregister_backend'
 ]

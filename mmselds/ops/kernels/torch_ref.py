@@ -12,6 +12,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 # The dtypes these kernels support (sparse execution of the public ops).
 DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32,
@@ -48,33 +49,116 @@ def release_workspace() -> None:
     _WORKSPACE.clear()
 
 
-def rows_linear(rows: Tensor, weight: Tensor,
-                bias: Optional[Tensor] = None) -> Tensor:
-    """(M, K) @ (C_out, K)^T + bias -> (M, C_out): the matmul of every
-    sparse layer.
+_FUSED = None  # oneDNN's conv + add + ReLU op, once probed (False: absent)
+
+
+def _fused_conv():
+    """oneDNN's convolution with a fused add/ReLU epilogue
+    (``torch.ops.mkldnn._convolution_pointwise``, the op torch's compiler
+    uses on CPUs), or None where this torch build lacks it or it does not
+    compute what it should (probed once on a tiny case)."""
+    global _FUSED
+    if _FUSED is None:
+        _FUSED = False
+        op = getattr(torch.ops.mkldnn, '_convolution_pointwise', None)
+        if op is not None and torch.backends.mkldnn.is_available():
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 3, 4, 4, generator=g)
+            w = torch.randn(2, 3, 3, 3, generator=g)
+            b = torch.randn(2, generator=g)
+            r = torch.randn(1, 2, 4, 4, generator=g)
+            try:
+                with torch.no_grad():
+                    y = F.conv2d(x, w, b, padding=2, dilation=2)
+                    ok = torch.allclose(
+                        op(x, w, b, [2, 2], [1, 1], [2, 2], 1, 'relu', [],
+                           None), y.relu(), atol=1e-5) and torch.allclose(
+                        op.binary(x, r, w, b, [2, 2], [1, 1], [2, 2], 1,
+                                  'add', None, 'relu', [], None),
+                        (y + r).relu(), atol=1e-5) and torch.allclose(
+                        op.binary(x, r, w, b, [2, 2], [1, 1], [2, 2], 1,
+                                  'add', None, None, [], None),
+                        y + r, atol=1e-5)
+            except RuntimeError:
+                ok = False
+            _FUSED = op if ok else False
+    return _FUSED or None
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride: int = 1, padding: int = 0, dilation: int = 1,
+           groups: int = 1, residual: Optional[Tensor] = None,
+           relu: bool = False) -> Tensor:
+    """``relu?(F.conv2d(x, ...) + residual?)``. For float32 CPU tensors
+    without autograd the add and the ReLU run inside oneDNN's conv (one
+    pass over the output less for each), elsewhere as separate ops; also
+    under a torch dispatch mode (FLOP counters, tracing), which sees the
+    standard ops it knows. ``residual`` has the output's shape."""
+    fuse = relu or residual is not None
+    if fuse and x.device.type == 'cpu' and x.dtype == torch.float32 \
+            and not is_in_torch_dispatch_mode() \
+            and not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (x, weight, bias, residual))):
+        op = _fused_conv()
+        if op is not None:
+            args = (weight, bias, _pair(padding), _pair(stride),
+                    _pair(dilation), groups)
+            if residual is None:
+                return op(x, *args, 'relu', [], None)
+            return op.binary(x, residual, *args, 'add', None,
+                             'relu' if relu else None, [], None)
+    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        out = out + residual
+    return out.relu() if relu else out
+
+
+def _pair(v) -> list:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def rows_linear(rows: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                *, residual: Optional[Tensor] = None,
+                relu: bool = False) -> Tensor:
+    """``relu?(rows @ weight^T + bias + residual?)``, (M, K) rows and
+    (C_out, K) weight -> (M, C_out): the matmul of every sparse layer, with
+    the residual add and ReLU of the layer's epilogue.
 
     On the CPU a 1x1 convolution over channels-last rows runs oneDNN's
     kernels, ~1.4x faster than ``torch.mm`` (MKL) on the build machines for
-    large products; below ``_ONEDNN_MACS`` multiply-adds oneDNN's fixed
-    cost (~0.15 ms a call) makes ``torch.mm`` faster, and above
-    ``_ONEDNN_MAX_K`` input columns BLAS is faster (measured on an Intel
-    Xeon with AVX-512, M = 1024 to 4096 rows, 512 outputs: oneDNN takes
-    1.18x BLAS's time at K = 9216, 1.11-1.37x at K = 18432 and 23040, the
-    ASPP head's 3x3 convs; 0.93x at K = 2304, the backbone's).
+    large products, with the epilogue fused (:func:`conv2d`); below
+    ``_ONEDNN_MACS`` multiply-adds oneDNN's fixed cost (~0.15 ms a call)
+    makes ``torch.mm`` faster, and above ``_ONEDNN_MAX_K`` input columns
+    BLAS is faster (measured on an Intel Xeon with AVX-512, M = 1024 to
+    4096 rows, 512 outputs: oneDNN takes 1.18x BLAS's time at K = 9216,
+    1.11-1.37x at K = 18432 and 23040, the ASPP head's 3x3 convs; 0.93x at
+    K = 2304, the backbone's).
     """
     M, K = rows.shape
     if rows.device.type != 'cpu' or K > _ONEDNN_MAX_K \
             or M * K * weight.shape[0] < _ONEDNN_MACS:
-        return F.linear(rows, weight, bias)
-    out = F.conv2d(rows.view(1, 1, M, K).permute(0, 3, 1, 2),
-                   weight.view(-1, K, 1, 1), bias)
+        out = F.linear(rows, weight, bias)
+        if torch.is_grad_enabled():
+            out = out if residual is None else out + residual
+            return out.relu() if relu else out
+        if residual is not None:
+            out.add_(residual)
+        return out.relu_() if relu else out
+    n = weight.shape[0]
+    res = None if residual is None else \
+        residual.reshape(1, 1, M, n).permute(0, 3, 1, 2)
+    out = conv2d(rows.view(1, 1, M, K).permute(0, 3, 1, 2),
+                 weight.reshape(n, K, 1, 1), bias, residual=res, relu=relu)
     return out.permute(0, 2, 3, 1).reshape(M, -1)
 
 
 def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
-                  bias: Optional[Tensor] = None) -> Tensor:
+                  bias: Optional[Tensor] = None, *,
+                  residual: Optional[Tensor] = None,
+                  relu: bool = False) -> Tensor:
     """Sparse convolution: row r of the output is
-    ``sum_t src[index[r, t]] @ W_t + bias``.
+    ``relu?(sum_t src[index[r, t]] @ W_t + bias + residual[r]?)``.
 
     Gathers the (R, T * C) im2col matrix in blocks of at most
     ``_GATHER_BYTES`` (into the reused workspace when no gradient is
@@ -85,6 +169,8 @@ def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
         index (Tensor): (R * T,) flat (R, T) rows of ``src`` per tap.
         weight (Tensor): (C_out, C, k, k) with T = k * k taps, row-major.
         bias (Tensor, optional): (C_out,).
+        residual (Tensor, optional): (R, C_out) added before the ReLU.
+        relu (bool): apply a ReLU. Default: False.
     Returns:
         Tensor: (R, C_out).
     """
@@ -108,17 +194,28 @@ def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
             cols = torch.index_select(
                 src, 0, idx, out=_workspace(idx.numel() * c_in, src).view(
                     idx.numel(), c_in))
-        outs.append(rows_linear(cols.view(-1, taps * c_in), w2d, bias))
+        outs.append(rows_linear(
+            cols.view(-1, taps * c_in), w2d, bias, relu=relu,
+            residual=None if residual is None else
+            residual[start:start + block]))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def conv2d_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                dilation: int, stride: int = 1) -> Tensor:
+                dilation: int, stride: int = 1, *,
+                residual: Optional[Tensor] = None,
+                relu: bool = False) -> Tensor:
     """One dense conv (padding = dilation) of the (N, C, H, W) map ``x``,
-    returned as (N * H_out * W_out, C_out) raster rows: the uniform path
-    (all cells at one resolution). For a channels-last ``x`` (a view of
-    sparse rows) the conv runs channels-last and the rows are a free view.
+    returned as (N * H_out * W_out, C_out) raster rows, with the optional
+    ``residual`` rows added and a ReLU: the uniform path (all cells at one
+    resolution). For a channels-last ``x`` (a view of sparse rows) the conv
+    runs channels-last and the rows are a free view.
     """
-    out = F.conv2d(x, weight, bias, stride=stride, padding=dilation,
-                   dilation=dilation)
+    n, _, h, w = x.shape
+    h_out = (h - 1) // stride + 1
+    w_out = (w - 1) // stride + 1
+    res = None if residual is None else residual.reshape(
+        n, h_out, w_out, -1).permute(0, 3, 1, 2)
+    out = conv2d(x, weight, bias, stride, dilation, dilation,
+                 residual=res, relu=relu)
     return out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])

@@ -59,15 +59,22 @@ def _kernels():
     return triton_kernels
 
 
+def _reference_epilogue(kwargs: dict) -> dict:
+    return dict(residual=kwargs.get('residual'),
+                relu=kwargs.get('relu', False))
+
+
 def _rows_linear(rows, weight, bias=None, **kwargs):
     if rows.dtype == torch.float64:  # the reference's kernel
-        return torch_ref.rows_linear(rows, weight, bias)
+        return torch_ref.rows_linear(rows, weight, bias,
+                                     **_reference_epilogue(kwargs))
     return _kernels().rows_linear(rows, weight, bias, **kwargs)
 
 
 def _gather_linear(src, index, weight, bias=None, **kwargs):
     if src.dtype == torch.float64:  # the reference's kernel
-        return torch_ref.gather_linear(src, index, weight, bias)
+        return torch_ref.gather_linear(src, index, weight, bias,
+                                       **_reference_epilogue(kwargs))
     return _kernels().gather_linear(src, index, weight, bias, **kwargs)
 
 
