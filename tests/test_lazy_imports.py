@@ -12,25 +12,9 @@ import pytest
 import mmselds.analysis
 from mmselds.utils.post_import import when_imported
 from tests.helpers import ROOT
+from tests.snippets import BLOCK_MM, MM_LOADED
 
 MM = ('mmseg', 'mmcv', 'mmengine')
-BLOCK_MM = r'''
-import sys
-
-class Block:  # as if no mm* package were installed
-    def find_spec(self, name, path=None, target=None):
-        top = name.split('.')[0]
-        if top in ('mmseg', 'mmcv', 'mmengine'):
-            raise ModuleNotFoundError(f'No module named {top!r}', name=top)
-
-sys.meta_path.insert(0, Block())
-'''
-MM_LOADED = '''
-loaded = sorted(m for m in sys.modules
-                if m.split('.')[0] in ('mmseg', 'mmcv', 'mmengine'))
-assert not loaded, loaded
-print('ok')
-'''
 
 
 def python(code: str, cwd: str = ROOT, *args) -> str:
