@@ -110,3 +110,63 @@ def plot_cost_accuracy(results: Dict[str, dict], sweep: Sequence[dict],
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_ablation(rows: Dict[str, dict], references: Dict[str, dict],
+                  path: str, xlabel: str = 'backbone GMACs per image',
+                  ylabel: str = 'mIoU (%)',
+                  title: str = 'Ablation: cost vs accuracy') -> None:
+    """The ablation's cost/accuracy figure: one curve per row (its
+    test-time threshold sweep, mean over the seeds, error bars mean ±
+    half-range), each row's own test-time rule as a large marker, and the
+    dense references as stars/squares.
+
+    Args:
+        rows (dict): row name -> a dict with ``curve`` (points with
+            ``backbone_gmacs`` and an ``mIoU`` spread: ``mean``,
+            ``half_range``), ``backbone_gmacs`` and ``mIoU`` (spreads of the
+            row's own rule), as
+            :func:`mmselds.analysis.ablation.aggregate_runs` returns them.
+        references (dict): e.g. 'OS8', 'OS16' -> ``backbone_gmacs`` and
+            ``mIoU`` (%) of a dense model.
+        path (str): the image file to write (e.g. a ``.png``).
+        xlabel (str): x-axis label. Default: 'backbone GMACs per image'.
+        ylabel (str): y-axis label. Default: 'mIoU (%)'.
+        title (str): the figure's title.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    colors = ('tab:orange', 'tab:purple', 'tab:blue', 'tab:brown',
+              'tab:pink', 'tab:olive', 'tab:cyan')
+    markers = ('o', 's', 'D', '^', 'v', 'P', 'X')
+    fig, ax = plt.subplots(figsize=(9.6, 4.8), dpi=120)
+    for i, (name, row) in enumerate(rows.items()):
+        color = colors[i % len(colors)]
+        curve = sorted(row['curve'], key=lambda p: p['backbone_gmacs'])
+        ax.errorbar([p['backbone_gmacs'] for p in curve],
+                    [p['mIoU']['mean'] for p in curve],
+                    yerr=[p['mIoU']['half_range'] for p in curve],
+                    fmt='-', marker=markers[i % len(markers)], markersize=4,
+                    color=color, capsize=2, lw=1.2,
+                    label=f'{name}: threshold sweep')
+        own_x, own_y = row['backbone_gmacs'], row['mIoU']
+        ax.errorbar(own_x['mean'], own_y['mean'], xerr=own_x['half_range'],
+                    yerr=own_y['half_range'], fmt=markers[i % len(markers)],
+                    markersize=10, color=color, markeredgecolor='black',
+                    capsize=3, label=f'{name}: own rule '
+                    f'({own_y["mean"]:.1f} mIoU)')
+    styles = dict(OS8=('*', 'tab:red', 13), OS16=('s', 'tab:green', 9))
+    for name, ref in references.items():
+        marker, color, size = styles.get(name, ('X', 'black', 9))
+        ax.plot(ref['backbone_gmacs'], ref['mIoU'], marker, color=color,
+                markersize=size, markeredgecolor='black',
+                label=f'dense {name} ({ref["mIoU"]:.1f} mIoU)')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

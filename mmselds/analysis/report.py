@@ -1,6 +1,8 @@
 """Text summaries of evaluation results (Markdown tables, sweep lines)."""
 from typing import Dict, Sequence
 
+from .ablation import beyond_spread, format_spread, loss_label
+
 
 def results_table(results: Dict[str, dict]) -> str:
     """A Markdown table with mmseg's columns, one row per model.
@@ -38,3 +40,84 @@ def sweep_lines(sweep: Sequence[dict]) -> str:
         f'  t={p["threshold"]:.4g}: mIoU {p["mIoU"]:.2f}, ds ratio '
         f'{p["ds_ratio"]:.3f}, backbone {p["backbone_gmacs"]:.3f} GMACs'
         for p in sweep)
+
+
+def ablation_table(rows: Dict[str, dict], run_size: Sequence[int],
+                   ref_size: Sequence[int] = (1024, 2048),
+                   matched_label: str = 'common s',
+                   baseline: str = None) -> str:
+    """The letter's Table 1 in Markdown, one row per ablation row, each
+    measurement as mean ± half-range over the seeds.
+
+    Args:
+        rows (dict): row name -> a dict with ``components`` (see
+            :func:`mmselds.analysis.ablation.model_components`), ``letter``
+            (its row of the letter's table or None) and the aggregated
+            measurements of :func:`mmselds.analysis.ablation.aggregate_runs`
+            (``mIoU``, ``matched_mIoU``, ``ds_ratio``, ``backbone_gmacs``
+            spreads, ``mask_head_macs``, ``pooling_macs``,
+            ``mask_head_macs_ref``, ``pooling_macs_ref``, ``seeds``).
+        run_size (sequence[int]): (H, W) of the evaluated images.
+        ref_size (sequence[int]): (H, W) of the second MACs column.
+            Default: (1024, 2048), the letter's.
+        matched_label (str): what the matched-ratio column is at, e.g.
+            's = 0.853 (Prop. 2's)'. Default: 'common s'.
+        baseline (str, optional): the row the MACs are compared to.
+            Default: the first row.
+
+    Returns:
+        str: header, separator and one line per row, joined by newlines.
+    """
+    names = list(rows)
+    baseline = baseline or names[0]
+    base = rows[baseline]
+    base_ref = base['mask_head_macs_ref'] + base['pooling_macs_ref']
+    h, w = run_size
+    rh, rw = ref_size
+    lines = [
+        f'| row | mask head | pooling | sparsity loss | mIoU | mIoU at '
+        f'{matched_label} | ds ratio | mask head + pooling MMACs {h}x{w} | '
+        f'mask head + pooling MMACs {rh}x{rw} | vs {baseline} | '
+        'backbone GMACs | seeds | letter: mIoU, mask-head FLOPs |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for name in names:
+        r, c = rows[name], rows[name]['components']
+        run = (r['mask_head_macs'] + r['pooling_macs']) / 1e6
+        ref = r['mask_head_macs_ref'] + r['pooling_macs_ref']
+        vs = '-' if name == baseline else f'{ref / base_ref - 1:+.1%}'
+        letter = r.get('letter')
+        letter = '-' if not letter else \
+            f'{letter["mIoU"]:.2f}, {letter["mask_head_flops"] / 1e6:.0f}M'
+        lines.append(
+            f'| {name} | {c["mask_head_desc"]} | {c["pooling"]} | '
+            f'{loss_label(c)} | {format_spread(r["mIoU"])} | '
+            f'{format_spread(r["matched_mIoU"])} | '
+            f'{format_spread(r["ds_ratio"], 3)} | {run:.3f} | '
+            f'{ref / 1e6:.1f} | {vs} | '
+            f'{format_spread(r["backbone_gmacs"], 3)} | '
+            f'{len(r["seeds"])} | {letter} |')
+    return '\n'.join(lines)
+
+
+def ablation_curve_lines(rows: Dict[str, dict]) -> str:
+    """Per sweep ratio, one line with every row's mIoU (mean ± half-range
+    over the seeds) and which pairs differ by more than the spread.
+
+    Args:
+        rows (dict): row name -> a dict with ``curve`` (see
+            :func:`mmselds.analysis.ablation.aggregate_runs`); every row
+            swept over the same ratios.
+    """
+    names = list(rows)
+    lines = []
+    for i, point in enumerate(rows[names[0]]['curve']):
+        cells = [f'{n} {format_spread(rows[n]["curve"][i]["mIoU"])}'
+                 for n in names]
+        apart = [f'{a} vs {b}' for j, a in enumerate(names)
+                 for b in names[j + 1:]
+                 if beyond_spread(rows[a]['curve'][i]['mIoU'],
+                                  rows[b]['curve'][i]['mIoU'])]
+        lines.append(f'  s={point["ratio"]:.2f}: ' + ', '.join(cells) + '  '
+                     + (f'[beyond the spread: {"; ".join(apart)}]' if apart
+                        else '[all within the seed spread]'))
+    return '\n'.join(lines)
