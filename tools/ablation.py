@@ -31,8 +31,6 @@ import json
 import math
 import os
 import os.path as osp
-import re
-import subprocess
 import sys
 import time
 
@@ -50,6 +48,7 @@ from mmselds.analysis.plots import plot_ablation
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate, is_generated
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
+from mmselds.utils.launch import stream_training
 from mmselds.utils.model_io import build_segmentor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -222,20 +221,7 @@ def train(name: str, config: str, work: str, options: list,
     shown = [o for o in options if 'data_root' not in o]
     log(f'{name}: training (tools/train.py {osp.relpath(config, ROOT)}'
         + (f' --cfg-options {" ".join(shown)}' if shown else '') + ') ...')
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    tail = []
-    for line in proc.stdout:
-        tail = (tail + [line])[-40:]
-        step = re.search(r'Iter\((train|val)\) \[\s*(\d+/\d+)\]', line)
-        if step:
-            values = dict(re.findall(r'([\w.]+): (\S+)', line))
-            keep = [f'{k} {values[k]}' for k in ('eta', 'loss', 'ds_ratio',
-                                                 'mIoU') if k in values]
-            print(f'    {name}: {step.group(1)} {step.group(2)}  '
-                  f'{"  ".join(keep)}', flush=True)
-    if proc.wait():
-        sys.exit(f'error: training {name} failed:\n{"".join(tail)}')
+    stream_training(name, cmd)
     with open(record, 'w') as f:
         json.dump(settings, f, indent=2)
     return open(last).read().strip()

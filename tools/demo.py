@@ -24,8 +24,6 @@ import json
 import math
 import os
 import os.path as osp
-import re
-import subprocess
 import sys
 import time
 
@@ -40,6 +38,7 @@ from mmselds.analysis.report import results_table, sweep_lines
 from mmselds.datasets import generate, is_generated
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
+from mmselds.utils.launch import stream_training
 from mmselds.utils.model_io import build_segmentor
 from mmselds.visualization import boundary_cells, write_mask_overlays
 
@@ -124,20 +123,7 @@ def train(name: str, config: str, args, load_from: str = None) -> str:
            '--work-dir', work, '--cfg-options', *opts]
     log(f'{name}: training (tools/train.py {osp.relpath(config, ROOT)}'
         + (f', from {load_from}' if load_from else '') + ') ...')
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    tail = []
-    for line in proc.stdout:
-        tail = (tail + [line])[-40:]
-        step = re.search(r'Iter\((train|val)\) \[\s*(\d+/\d+)\]', line)
-        if step:
-            values = dict(re.findall(r'([\w.]+): (\S+)', line))
-            keep = [f'{k} {values[k]}' for k in ('eta', 'loss', 'ds_ratio',
-                                                 'mIoU') if k in values]
-            print(f'    {name}: {step.group(1)} {step.group(2)}  '
-                  f'{"  ".join(keep)}', flush=True)
-    if proc.wait():
-        sys.exit(f'training {name} failed:\n{"".join(tail)}')
+    stream_training(name, cmd)
     return open(ckpt).read().strip()
 
 

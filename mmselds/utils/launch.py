@@ -3,6 +3,8 @@ and the error handling of every tool's command line."""
 import copy
 import os
 import os.path as osp
+import re
+import subprocess
 import sys
 from typing import Callable, Optional
 
@@ -111,3 +113,24 @@ def run_cli(main: Callable[[], object]):
     except (InvalidCheckpointError, CheckpointMismatchError,
             NoImagesError) as err:
         sys.exit(f'error: {err}')
+
+
+def stream_training(name: str, cmd: list) -> None:
+    """Run a ``tools/train.py`` command line, printing one progress line per
+    logged iteration (``eta``, ``loss``, ``ds_ratio``, ``mIoU``); exit with
+    the last 40 lines of its output if it fails. Used by the demo and the
+    ablation."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        step = re.search(r'Iter\((train|val)\) \[\s*(\d+/\d+)\]', line)
+        if step:
+            values = dict(re.findall(r'([\w.]+): (\S+)', line))
+            keep = [f'{k} {values[k]}' for k in ('eta', 'loss', 'ds_ratio',
+                                                 'mIoU') if k in values]
+            print(f'    {name}: {step.group(1)} {step.group(2)}  '
+                  f'{"  ".join(keep)}', flush=True)
+    if proc.wait():
+        sys.exit(f'error: training {name} failed:\n{"".join(tail)}')
