@@ -3,6 +3,7 @@ tiny size, its bad inputs, and the library helpers it reports with."""
 import importlib.util
 import json
 import math
+import os
 import os.path as osp
 import sys
 
@@ -16,7 +17,10 @@ from mmselds.analysis.ablation import (LETTER_TABLE1, aggregate_runs,
                                        format_spread, letter_row,
                                        model_components, spread)
 from mmselds.analysis.plots import plot_ablation
+from mmselds.analysis.ratio_rule import (fixed_ratio_rule, largest_tie,
+                                         top_k_mask)
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
+from mmselds.models import DepthwiseMaskHead
 from mmselds.utils.model_io import build_segmentor
 from tests.helpers import DEMO, ROOT
 from tests.test_tools import run
@@ -53,7 +57,8 @@ def test_ablation_runs_end_to_end(tmp_path):
     out = run([sys.executable, 'tools/ablation.py', '--work-dir', work,
                '--data-root', data, '--num-train', 6, '--num-val', 2,
                '--iters', 2, '--dense-iters', 2, '--batch-size', 2,
-               '--num-workers', 0, '--seeds', 0, 1, '--ratios', 0, 1])
+               '--num-workers', 0, '--seeds', 0, 1, '--ratios', 0, 1,
+               '--jobs', 2])
     # the table in the letter's form: a header, a separator, three rows
     lines = out[out.index(HEADER):].splitlines()
     assert 'mask head + pooling MMACs 128x256' in lines[0]
@@ -106,8 +111,12 @@ def test_ablation_runs_end_to_end(tmp_path):
                 free = results['runs']['Prop. 2'][i]['trained_ratio']
                 assert cfg.model.sparsity_loss.target == round(free, 4)
                 assert run_['target'] == round(free, 4)
-            # every row swept at the same ratios, Prop. 2's own included
+            # every row swept at the same ratios, Prop. 2's own included,
+            # each point measured at its ratio (2 images of 8x16 cells)
             assert [p['ratio'] for p in run_['sweep']] == [0, 1]
+            for p in run_['sweep'] + [run_['matched']]:
+                assert abs(p['ds_ratio'] - p['ratio']) <= 0.01 + 1 / 128
+                assert p['rule'] in ('threshold', 'top-k per image')
             assert run_['matched']['ratio'] == pytest.approx(
                 results['matched']['per_seed'][str(seed)])
     figure = cv2.imread(str(work / 'ablation.png'))
@@ -122,6 +131,7 @@ def test_ablation_runs_end_to_end(tmp_path):
     (['--iters', '1'], '--iters must be at least 2'),
     (['--ratios', '0.5', '1.5'], '--ratios must be in [0, 1]'),
     (['--num-workers', '-1'], '--num-workers must be >= 0'),
+    (['--jobs', '0'], '--jobs must be at least 1'),
     ([osp.join(DEMO, ROWS['Prop. 2'])] * 2, 'a config is listed twice'),
 ])
 def test_bad_arguments_are_clear_errors(argv, message, capsys):
@@ -138,6 +148,49 @@ def test_a_dense_config_is_not_a_row(tmp_path):
     with pytest.raises(SystemExit, match='not a selective down-sampling '
                        'config.*no mask head'):
         tool.inspect_rows(args)
+
+
+def test_a_finished_run_of_the_same_settings_is_reused(
+        tmp_path, monkeypatch, capsys):
+    tool = ablation_tool()
+    config, work = osp.join(DEMO, ROWS['Prop. 2']), tmp_path / 'run'
+    options = ['randomness.seed=0']
+    started = []
+
+    def stream_training(name, cmd):  # records a run instead of starting it
+        started.append(cmd)
+        work.mkdir(exist_ok=True)
+        (work / 'iter_2.pth').write_bytes(b'x')
+        (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
+
+    monkeypatch.setattr(tool, 'stream_training', stream_training)
+    assert tool.train('P2', config, str(work), options, False) == \
+        str(work / 'iter_2.pth')
+    assert len(started) == 1 and 'randomness.seed=0' in started[0]
+    # the same config and options: reused
+    tool.train('P2', config, str(work), options, False)
+    assert len(started) == 1 and 'P2: using' in capsys.readouterr().out
+    # other options, another config or --retrain: trained again
+    tool.train('P2', config, str(work), ['randomness.seed=1'], False)
+    tool.train('P2', osp.join(DEMO, ROWS['Prop. 1']), str(work),
+               ['randomness.seed=1'], False)
+    tool.train('P2', osp.join(DEMO, ROWS['Prop. 1']), str(work),
+               ['randomness.seed=1'], True)
+    assert len(started) == 4
+
+
+@pytest.mark.parametrize('jobs', [1, 3])
+def test_run_parallel_keeps_the_order_and_shares_the_cores(jobs,
+                                                           monkeypatch):
+    tool = ablation_tool()
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    with tool.threads_per_job(jobs):
+        threads = os.environ.get('OMP_NUM_THREADS')
+        out = tool.run_parallel(jobs, [(k, lambda k=k: k * 2)
+                                       for k in (3, 1, 2)])
+    assert list(out.items()) == [(3, 6), (1, 2), (2, 4)]
+    assert (threads is None) == (jobs == 1)
+    assert 'OMP_NUM_THREADS' not in os.environ
 
 
 # --------------------------------------------------------- the helpers
@@ -257,3 +310,41 @@ def test_plot_ablation_writes_a_png(tmp_path):
     assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     image = cv2.imread(str(path))
     assert image is not None and image.shape[1] > image.shape[0] > 300
+
+
+def test_top_k_mask_reaches_the_ratio_through_ties():
+    prob = torch.full((2, 1, 4, 4), 0.5)
+    prob[1, 0, 3, 3] = 0.9
+    mask = top_k_mask(prob, 0.25)
+    assert mask.shape == prob.shape
+    assert mask.flatten(1).sum(1).tolist() == [4, 4]
+    # ties in raster order; a higher P first
+    assert mask[0, 0, 0].tolist() == [1, 1, 1, 1]
+    assert mask[1, 0, 3, 3] == 1 and mask[1, 0, 0].tolist() == [1, 1, 1, 0]
+    assert top_k_mask(prob, 0).sum() == 0 and top_k_mask(prob, 1).all()
+    with pytest.raises(ValueError, match='ratio'):
+        top_k_mask(prob, 1.5)
+    with pytest.raises(ValueError, match='shape'):
+        top_k_mask(prob[:, 0], 0.5)
+
+
+def test_fixed_ratio_rule_overrides_the_head_within_the_block():
+    head = DepthwiseMaskHead(in_channels=8, channels=(8, 8)).eval()
+    head.init_weights()
+    head.threshold = 0.99  # even an explicit threshold is overridden
+    feat = torch.randn(2, 8, 8, 16)
+    with fixed_ratio_rule(head, 0.75):
+        mask = head.sample(head(feat))
+    assert mask.flatten(1).mean(1).tolist() == [0.75, 0.75]
+    assert 'decide' not in vars(head)  # the head's own rule is back
+    assert head.sample(head(feat)).mean() < 0.75
+    with pytest.raises(ValueError, match='ratio'):
+        with fixed_ratio_rule(head, -0.1):
+            pass
+
+
+def test_largest_tie():
+    value, fraction = largest_tie(torch.tensor([0.2, 0.7, 0.7, 0.7, 0.1]))
+    assert value == pytest.approx(0.7) and fraction == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        largest_tie(torch.tensor([]))

@@ -15,11 +15,17 @@ street scenes (or any Cityscapes-layout data).
    test-time rule), then sweeps an explicit test-time threshold
    (``model.backbone.mask_head.threshold``) set per row for common
    down-sampling ratios, Prop. 2's own ratio included: one cost/accuracy
-   curve per row;
+   curve per row (a ratio no threshold reaches, because of tied
+   probabilities, is measured with the per-image top-k rule at the ratio,
+   ``mmselds.analysis.ratio_rule``, and the verdict says so);
 5. prints the table in the letter's form (components read from the built
    models), the curves and a verdict with the seed spread (mean ±
    half-range), and writes ``results.json``, ``results.md`` and
    ``ablation.png`` to --work-dir.
+
+Runs of the same config and options are reused when it runs again
+(--retrain to train anew); --jobs N trains up to N runs that do not wait on
+each other at a time. Results: docs/ablation.md.
 
 Example::
 
@@ -33,6 +39,9 @@ import os
 import os.path as osp
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 from mmengine.config import Config, DictAction
@@ -45,6 +54,7 @@ from mmselds.analysis.ablation import (LETTER_SHAPE, aggregate_runs,
                                        compare_rows, format_spread, letter_row,
                                        model_components, spread)
 from mmselds.analysis.plots import plot_ablation
+from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate, is_generated
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
@@ -61,6 +71,9 @@ DENSE_CONFIGS = dict(
     OS8=osp.join(DEMO, 'deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py'),
     OS16=osp.join(DEMO, 'deeplabv3_r18-d16_1xb8-400it_synthcity-128x256.py'))
 RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+# a sweep point whose threshold misses its ratio by more than this (tied
+# probabilities) is measured with the per-image top-k rule instead
+RATIO_TOL = 0.01
 METRICS = [dict(type='IoUMetric', iou_metrics=['mIoU']),
            dict(type='DownsampleRatioMetric')]
 START = time.time()
@@ -108,6 +121,9 @@ def parse_args(argv=None):
     p.add_argument('--num-workers', type=int,
                    help='data-loader worker processes of every training run '
                    '(default: the configs\')')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='training processes at a time (the runs that do not '
+                   'wait on each other; default: %(default)s)')
     p.add_argument('--target', choices=['matched', 'config'],
                    default='matched',
                    help='the target of the rows with a target sparsity '
@@ -145,6 +161,8 @@ def check_args(parser, args) -> None:
         if value is not None and value < 2:
             parser.error(f'--{name.replace("_", "-")} must be at least 2, '
                          f'got {value}')
+    if args.jobs < 1:
+        parser.error(f'--jobs must be at least 1, got {args.jobs}')
     if args.num_workers is not None and args.num_workers < 0:
         parser.error(f'--num-workers must be >= 0, got {args.num_workers}')
     if args.batch_size is not None and args.batch_size < 1:
@@ -227,6 +245,32 @@ def train(name: str, config: str, work: str, options: list,
     return open(last).read().strip()
 
 
+@contextmanager
+def threads_per_job(jobs: int):
+    """With several training processes at a time, each gets its share of
+    the cores (OMP_NUM_THREADS of the processes started meanwhile, unless
+    set)."""
+    if jobs == 1 or 'OMP_NUM_THREADS' in os.environ:
+        yield
+        return
+    os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) //
+                                            jobs))
+    try:
+        yield
+    finally:
+        del os.environ['OMP_NUM_THREADS']
+
+
+def run_parallel(jobs: int, tasks: list) -> dict:
+    """Run ``(key, callable)`` tasks, at most ``jobs`` at a time (threads
+    that each wait on a training process); their results by key."""
+    if jobs == 1:
+        return {key: task() for key, task in tasks}
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [(key, pool.submit(task)) for key, task in tasks]
+        return {key: future.result() for key, future in futures}
+
+
 def trained_config(work: str, config: str) -> str:
     """The config tools/train.py dumped into the run's work dir (the row's
     config with the options it trained with)."""
@@ -288,23 +332,34 @@ def evaluate_own(model, batches, meta, size) -> dict:
 def sweep(model, batches, meta, size, ratios, matched) -> dict:
     """mIoU and cost with an explicit test-time threshold set, on this
     model's P(down-sample) of the val cells, for each of ``ratios`` and
-    for the ``matched`` ratio."""
+    for the ``matched`` ratio. Where tied probabilities keep every
+    threshold more than RATIO_TOL from a ratio, that point is measured with
+    the per-image top-k rule at the ratio instead (``rule``)."""
     head = model.backbone.mask_head
     probs = mask_probabilities(model, batches)
+    tie, tied = largest_tie(probs)
     points = {}
     for ratio in sorted(set(ratios) | {matched}):
         head.threshold = threshold_for_ratio(probs, ratio)
         m = evaluate(model, batches, meta, METRICS)
-        points[ratio] = dict(
-            ratio=ratio, threshold=head.threshold, mIoU=m['mIoU'],
-            ds_ratio=m['ds_ratio'],
-            backbone_gmacs=model_macs(model, size, [m['ds_ratio']])[
-                'backbone'] / 1e9)
+        point = dict(ratio=ratio, threshold=head.threshold,
+                     threshold_ds_ratio=m['ds_ratio'], rule='threshold')
+        if abs(m['ds_ratio'] - ratio) > RATIO_TOL:
+            head.threshold = None
+            with fixed_ratio_rule(head, ratio):
+                m = evaluate(model, batches, meta, METRICS)
+            point['rule'] = 'top-k per image'
+        point.update(mIoU=m['mIoU'], ds_ratio=m['ds_ratio'],
+                     backbone_gmacs=model_macs(model, size, [m['ds_ratio']])[
+                         'backbone'] / 1e9)
+        points[ratio] = point
     head.threshold = None  # back to the checkpoint's own rule
-    return dict(sweep=[points[r] for r in ratios], matched=points[matched])
+    return dict(sweep=[points[r] for r in ratios], matched=points[matched],
+                largest_tie=dict(p=tie, fraction=tied))
 
 
-def verdict(rows: dict, dense: dict, seeds: list, matched: dict) -> str:
+def verdict(rows: dict, runs: dict, dense: dict, seeds: list,
+            matched: dict) -> str:
     names = list(rows)
     lines = [f'spread: mean ± half-range over {len(seeds)} seed(s) '
              f'{seeds}; a difference counts when the two intervals do not '
@@ -330,6 +385,20 @@ def verdict(rows: dict, dense: dict, seeds: list, matched: dict) -> str:
             'the end of training'
             + ('' if r['components']['loss'] != 'target' else
                f'; trained with target {format_spread(r["target"], 3)}'))
+    for name in names:
+        for run in runs[name]:
+            moved = [p for p in run['sweep'] + [run['matched']]
+                     if p['rule'] != 'threshold']
+            if moved:
+                tie = run['largest_tie']
+                asked = ', '.join(sorted({f'{p["ratio"]:.3g}'
+                                          for p in moved}))
+                lines.append(
+                    f'{name} seed {run["seed"]}: {tie["fraction"]:.1%} of '
+                    f'the val cells share P(down-sample) = {tie["p"]:.4g}, '
+                    f'so no threshold reaches s = {asked} (within '
+                    f'{RATIO_TOL}); measured there with the per-image top-k '
+                    'rule (ties by raster order, as the own rule).')
     base = names[0]
     base_ref = rows[base]['mask_head_macs_ref'] + \
         rows[base]['pooling_macs_ref']
@@ -390,44 +459,52 @@ def main(argv=None):
         print()
 
     # 2. dense references, trained once
-    common = common_options(args)
-    dense_ckpts = {}
-    for name, config in (('OS8', args.os8_config),
-                         ('OS16', args.os16_config)):
-        dense_ckpts[name] = train(
-            name, config, osp.join(args.work_dir, name),
-            common + schedule_options(args.dense_iters), args.retrain)
+    with threads_per_job(args.jobs):
+        dense_ckpts = run_parallel(args.jobs, [
+            (name, partial(train, name, config, osp.join(args.work_dir, name),
+                           common_options(args) +
+                           schedule_options(args.dense_iters), args.retrain))
+            for name, config in (('OS8', args.os8_config),
+                                 ('OS16', args.os16_config))])
 
-    # 3. rows per seed: target-free rows first, their ratio sets the target
-    order = sorted(names, key=lambda n: rows[n]['components']['loss'] ==
-                   'target')
-    runs = {name: [] for name in names}
-    targets = {name: [] for name in names}
-    for seed in args.seeds:
-        free = []
-        for name in order:
-            r = rows[name]
-            options = row_options(args) + schedule_options(args.iters) + [
-                f'load_from={dense_ckpts["OS8"]}', f'randomness.seed={seed}']
-            target = None
-            if r['components']['loss'] == 'target':
-                if args.target == 'matched' and free:
-                    target = round(sum(free) / len(free), 4)
-                    options.append(f'model.sparsity_loss.target={target}')
-                else:
-                    target = r['components']['loss_target']
-            work = osp.join(args.work_dir, f'seed{seed}',
-                            osp.splitext(osp.basename(r['config']))[0])
-            ckpt = train(f'{name} seed {seed}', r['config'], work, options,
-                         args.retrain)
-            ratio = trained_ratio(ckpt)
-            log(f'{name} seed {seed}: trained ratio {ratio:.3f}'
-                + ('' if target is None else f' (target {target:.3f})'))
-            if r['components']['loss'] != 'target':
-                free.append(ratio)
-            runs[name].append(dict(seed=seed, checkpoint=ckpt, work_dir=work,
-                                   trained_ratio=ratio, target=target))
-            targets[name].append(target)
+    # 3. every row per seed, from the OS8 checkpoint: the target-free rows
+    # first, then the target rows with the ratio they reached as target
+    free_rows = [n for n in names
+                 if rows[n]['components']['loss'] != 'target']
+    target_rows = [n for n in names if n not in free_rows]
+    order = free_rows + target_rows
+    trained = {}
+
+    def fine_tune(name, seed):
+        r = rows[name]
+        options = row_options(args) + schedule_options(args.iters) + [
+            f'load_from={dense_ckpts["OS8"]}', f'randomness.seed={seed}']
+        target = None
+        if r['components']['loss'] == 'target':
+            free = [trained[n, seed]['trained_ratio'] for n in free_rows]
+            if args.target == 'matched' and free:
+                target = round(sum(free) / len(free), 4)
+                options.append(f'model.sparsity_loss.target={target}')
+            else:
+                target = r['components']['loss_target']
+        work = osp.join(args.work_dir, f'seed{seed}',
+                        osp.splitext(osp.basename(r['config']))[0])
+        ckpt = train(f'{name} seed {seed}', r['config'], work, options,
+                     args.retrain)
+        ratio = trained_ratio(ckpt)
+        log(f'{name} seed {seed}: trained ratio {ratio:.3f}'
+            + ('' if target is None else f' (target {target:.3f})'))
+        return dict(seed=seed, checkpoint=ckpt, work_dir=work,
+                    trained_ratio=ratio, target=target)
+
+    for stage in (free_rows, target_rows):
+        with threads_per_job(args.jobs):
+            trained.update(run_parallel(args.jobs, [
+                ((name, seed), partial(fine_tune, name, seed))
+                for seed in args.seeds for name in stage]))
+    runs = {name: [trained[name, seed] for seed in args.seeds]
+            for name in names}
+    targets = {name: [r['target'] for r in runs[name]] for name in names}
 
     # 4. evaluation, as tools/test.py
     log('evaluating with mmseg IoUMetric and DownsampleRatioMetric ...')
@@ -502,7 +579,7 @@ def main(argv=None):
     table = ablation_table(table_rows, size, LETTER_SHAPE,
                            matched_label=matched_label)
     curves = ablation_curve_lines(table_rows)
-    text = verdict(table_rows, dense, args.seeds, matched_info)
+    text = verdict(table_rows, runs, dense, args.seeds, matched_info)
     figure = osp.join(args.work_dir, 'ablation.png')
     plot_ablation(table_rows, dense, figure,
                   xlabel=f'backbone GMACs per image ({size[0]}x{size[1]} '
