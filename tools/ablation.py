@@ -45,7 +45,6 @@ from functools import partial
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.utils import ProgressBar
 
 import mmselds  # noqa: F401
 from mmselds.analysis import (mask_probabilities, model_macs,
@@ -56,7 +55,7 @@ from mmselds.analysis.ablation import (LETTER_SHAPE, aggregate_runs,
 from mmselds.analysis.plots import plot_ablation
 from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
-from mmselds.datasets import generate, is_generated
+from mmselds.datasets import generate_with_progress, is_generated
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
 from mmselds.utils.launch import stream_training
 from mmselds.utils.model_io import build_segmentor
@@ -453,10 +452,8 @@ def main(argv=None):
     else:
         log(f'data: generating {args.num_train} + {args.num_val} images in '
             f'{args.data_root}')
-        bar = ProgressBar(args.num_train + args.num_val)
-        generate(args.data_root, args.num_train, args.num_val, (128, 256),
-                 seed=0, progress=lambda done, total: bar.update())
-        print()
+        generate_with_progress(args.data_root, args.num_train,
+                               args.num_val, (128, 256), seed=0)
 
     # 2. dense references, trained once
     with threads_per_job(args.jobs):

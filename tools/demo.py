@@ -28,14 +28,13 @@ import sys
 import time
 
 import torch
-from mmengine.utils import ProgressBar
 
 import mmselds  # noqa: F401
 from mmselds.analysis import (mask_probabilities, model_macs, reference_macs,
                               threshold_for_ratio)
 from mmselds.analysis.plots import plot_cost_accuracy
 from mmselds.analysis.report import results_table, sweep_lines
-from mmselds.datasets import generate, is_generated
+from mmselds.datasets import generate_with_progress, is_generated
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
 from mmselds.utils.launch import stream_training
@@ -85,10 +84,8 @@ def ensure_data(args) -> None:
         return
     log(f'data: generating {args.num_train} + {args.num_val} images in '
         f'{args.data_root}')
-    bar = ProgressBar(args.num_train + args.num_val)
-    generate(args.data_root, args.num_train, args.num_val, (128, 256),
-             seed=0, progress=lambda done, total: bar.update())
-    print()
+    generate_with_progress(args.data_root, args.num_train, args.num_val,
+                           (128, 256), seed=0)
 
 
 def data_options(data_root: str) -> list:

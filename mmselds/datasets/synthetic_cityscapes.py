@@ -225,3 +225,17 @@ def is_generated(out_dir: str, num_train: int, num_val: int) -> bool:
         if found != count:
             return False
     return True
+
+
+def generate_with_progress(out_dir: str, num_train: int = 200,
+                           num_val: int = 50,
+                           size: Tuple[int, int] = DEFAULT_SIZE,
+                           seed: int = 0) -> Dict[str, int]:
+    """:func:`generate` with mmengine's progress bar on the terminal (and a
+    line break after it), as the tools show it."""
+    from mmengine.utils import ProgressBar
+    bar = ProgressBar(num_train + num_val)
+    counts = generate(out_dir, num_train, num_val, size, seed,
+                      progress=lambda done, total: bar.update())
+    print()
+    return counts

@@ -10,9 +10,7 @@ Example::
 """
 import argparse
 
-from mmengine.utils import ProgressBar
-
-from mmselds.datasets import generate
+from mmselds.datasets import generate_with_progress
 from mmselds.datasets.synthetic_cityscapes import DEFAULT_SIZE
 
 
@@ -35,11 +33,9 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
-    bar = ProgressBar(args.num_train + args.num_val)
-    counts = generate(args.out_dir, args.num_train, args.num_val,
-                      tuple(args.size), args.seed,
-                      progress=lambda done, total: bar.update())
-    print(f'\nwrote {counts} images of {args.size[0]}x{args.size[1]} to '
+    counts = generate_with_progress(args.out_dir, args.num_train,
+                                    args.num_val, tuple(args.size), args.seed)
+    print(f'wrote {counts} images of {args.size[0]}x{args.size[1]} to '
           f'{args.out_dir}')
 
 
