@@ -66,12 +66,6 @@ def expected_ratio_mask(prob: Tensor) -> Tensor:
     return (rank < keep[:, None]).to(prob.dtype).view_as(prob)
 
 
-def _taps(dilation: int) -> Tuple[Tensor, Tensor]:
-    """Offsets (dy, dx) of the 9 taps of a 3x3 kernel, row-major."""
-    d = torch.tensor([-dilation, 0, dilation])
-    return d.repeat_interleave(3), d.repeat(3)
-
-
 class CellMask:
     """The down-sampling decision of one forward pass, shared by all layers.
 
@@ -196,17 +190,50 @@ class CellMask:
         if self.execution != 'sparse':
             raise RuntimeError('sparse index tables need execution="sparse"')
 
-    def _gather_index(self, table: Tensor, n, y, x, dy, dx, height, width,
-                      outside: int) -> Tensor:
-        """Rows ``table[n, y + dy, x + dx]`` for every anchor and tap; rows
-        outside the map point at ``outside``. ``table`` is flat (n, y, x)."""
-        yy = y[:, None] + dy.to(y.device)
-        xx = x[:, None] + dx.to(x.device)
-        inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-        flat = (n[:, None] * height + yy.clamp(0, height - 1)) * width \
-            + xx.clamp(0, width - 1)
-        return torch.where(inside, table[flat],
-                           torch.full_like(flat, outside))
+    def _padded(self, name: str, table: Tensor, height: int, width: int,
+                outside: int) -> Tensor:
+        """``table`` (flat ``(n, height, width)``) framed by ``outside``
+        ``height`` rows above and below and ``width`` columns left and
+        right, flat ``(n, 3 height, 3 width)``: every tap of any dilation
+        reads it without a bounds test (see :meth:`_taps_into`)."""
+        key = ('padded', name)
+        if key not in self._cache:
+            frame = table.new_full((self.n, 3 * height, 3 * width), outside)
+            frame[:, height:2 * height, width:2 * width] = \
+                table.view(self.n, height, width)
+            self._cache[key] = frame.view(-1)
+        return self._cache[key]
+
+    def _anchors(self, name: str, n: Tensor, y: Tensor, x: Tensor,
+                 height: int, width: int) -> Tensor:
+        """(A, 1) flat positions of the anchors ``(n, y, x)`` in a table
+        framed by :meth:`_padded`."""
+        key = ('anchors', name)
+        if key not in self._cache:
+            self._cache[key] = ((n * (3 * height) + y + height) * (3 * width)
+                                + x + width).view(-1, 1)
+        return self._cache[key]
+
+    def _taps_into(self, dilation: int, height: int, width: int) -> Tensor:
+        """(1, 9) offsets of the 9 taps (row-major) in a framed table of a
+        ``height`` x ``width`` map. A tap at least a whole map away lands in
+        the frame from any anchor, so its offset is clipped to the frame."""
+        dy, dx = min(dilation, height), min(dilation, width)
+        row = 3 * width
+        return torch.tensor([[-dy * row - dx, -dy * row, -dy * row + dx,
+                              -dx, 0, dx,
+                              dy * row - dx, dy * row, dy * row + dx]],
+                            device=self.mask.device)
+
+    def _layout_index(self):
+        """The framed tables and anchors of :meth:`conv_index` and
+        :meth:`entrance_index` (built on first use, once per mask)."""
+        H, W = self.feature_size
+        return (self._padded('cells', self.cell_lorow, self.h, self.w,
+                             self.zero_row),
+                self._padded('pixels', self.pix_row, H, W, self.zero_row),
+                self._anchors('low', *self.low_nij, self.h, self.w),
+                self._anchors('high', *self.high_nyx, H, W))
 
     def conv_index(self, dilation: int) -> Tensor:
         """(R, 9) rows of ``cat([rows, zero, pooled])`` read by a 3x3 conv.
@@ -218,12 +245,11 @@ class CellMask:
         key = ('conv', dilation)
         if key not in self._cache:
             H, W = self.feature_size
+            cells, pixels, low, high = self._layout_index()
             dl = max(dilation // 2, 1)
-            lo = self._gather_index(self.cell_lorow, *self.low_nij, *_taps(dl),
-                                    self.h, self.w, self.zero_row)
-            hi = self._gather_index(self.pix_row, *self.high_nyx,
-                                    *_taps(dilation), H, W, self.zero_row)
-            self._cache[key] = torch.cat([lo, hi]).reshape(-1)
+            lo = cells[low + self._taps_into(dl, self.h, self.w)]
+            hi = pixels[high + self._taps_into(dilation, H, W)]
+            self._cache[key] = torch.cat([lo, hi]).view(-1)
         return self._cache[key]
 
     def entrance_index(self, dilation: int) -> Tensor:
@@ -235,15 +261,17 @@ class CellMask:
         key = ('entrance', dilation)
         if key not in self._cache:
             H, W = self.feature_size
-            raster = torch.arange(self.n * H * W, device=self.mask.device)
-            zero = raster.numel()
+            zero = self.n * H * W
+            raster = self._padded(
+                'raster', torch.arange(zero, device=self.mask.device), H, W,
+                zero)
             n, i, j = self.low_nij
+            low = self._anchors('low_topleft', n, 2 * i, 2 * j, H, W)
+            high = self._layout_index()[3]
             dl = max(dilation // 2, 1)
-            lo = self._gather_index(raster, n, 2 * i, 2 * j, *_taps(dl), H, W,
-                                    zero)
-            hi = self._gather_index(raster, *self.high_nyx, *_taps(dilation),
-                                    H, W, zero)
-            self._cache[key] = torch.cat([lo, hi]).reshape(-1)
+            self._cache[key] = torch.cat([
+                raster[low + self._taps_into(dl, H, W)],
+                raster[high + self._taps_into(dilation, H, W)]]).view(-1)
         return self._cache[key]
 
     def high_pixels(self) -> Tensor:

@@ -26,7 +26,9 @@ def run(x, mask, weight, bias, dilation, execution, pool='stride'):
 
 
 @pytest.mark.parametrize('k', [1, 3])
-@pytest.mark.parametrize('dilation', [1, 2, 4, 12])
+# 6: low cells read an odd dilation (3); 12, 24: a whole map or more away (the
+# taps land in the index tables' frame)
+@pytest.mark.parametrize('dilation', [1, 2, 4, 6, 12, 24])
 @pytest.mark.parametrize('density', [0.0, 0.25, 0.5, 1.0])
 @pytest.mark.parametrize('n,size', [(1, (8, 12)), (3, (10, 6))])
 def test_dense_equals_sparse_and_reference(k, dilation, density, n, size):
@@ -84,7 +86,7 @@ def test_all_low_stride_is_os16_conv(execution, dilation):
 
 
 @pytest.mark.parametrize('execution', ['dense', 'sparse'])
-@pytest.mark.parametrize('dilation', [1, 2, 4])
+@pytest.mark.parametrize('dilation', [1, 2, 4, 6, 14])
 @pytest.mark.parametrize('density', [0.0, 0.5, 1.0])
 def test_entrance(execution, dilation, density):
     x, w, b, mask = make_case(2, 5, 10, 12, density, seed=4)
