@@ -92,3 +92,28 @@ def test_selective_head_macs_follow_the_mask(ratio):
     if ratio == 1.0:  # far below the dense OS8 head
         dense = model_macs(model, size, [0.0])['decode_head']
         assert counted < 0.3 * dense
+
+
+def test_dense_models_count_their_heads_at_their_own_stride():
+    """mmseg's dense OS8 and OS16 DeepLabV3 (the demo's): the whole-model
+    count of each equals the twin reference the selective model is compared
+    with, the OS16 head at OS16 (a quarter of the positions)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from mmselds.analysis import model_macs, reference_macs
+    from tests.helpers import DEMO
+    init_default_scope('mmseg')
+    size = (128, 256)
+    build = (lambda name: MODELS.build(Config.fromfile(
+        f'{DEMO}/{name}_synthcity-128x256.py').model))
+    selective = build('deeplabv3-selds-prop2-head_r18-d8_1xb8-400it')
+    refs = reference_macs(selective, size)
+    for name, os_ in (('OS8', 8), ('OS16', 16)):
+        dense = model_macs(build(f'deeplabv3_r18-d{os_}_1xb8-400it'), size)
+        assert dense['decode_head'] == refs[name]['decode_head']
+        assert dense['total'] == refs[name]['total']
+    # a quarter of the positions (the image-pool branch: one either way)
+    assert 0.25 < refs['OS16']['decode_head'] / refs['OS8']['decode_head'] \
+        < 0.26

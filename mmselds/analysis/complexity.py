@@ -11,13 +11,13 @@ additions and up-sampling are not counted.
 """
 import copy
 from dataclasses import dataclass, fields
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmselds.models.backbones.selds_resnet import dense_stages
+from mmselds.models.backbones.selds_resnet import OS8_STRIDES, dense_stages
 from mmselds.models.mask_heads import mask_head_macs
 
 
@@ -114,13 +114,21 @@ def backbone_macs(backbone: nn.Module, input_size: Tuple[int, int],
     return total.scale(1 / len(ratios))
 
 
-def backbone_output_shapes(backbone: nn.Module, input_size: Tuple[int, int]
+def backbone_output_shapes(backbone: nn.Module, input_size: Tuple[int, int],
+                           strides: Optional[Sequence[int]] = None
                            ) -> List[Tuple[int, int, int]]:
-    """(C, h, w) of each ``out_indices`` output (stages 3-4 at OS8)."""
+    """(C, h, w) of each ``out_indices`` output of an mmseg ``ResNet`` at
+    its stage ``strides`` (default: the backbone's own; a selective
+    backbone's are OS8's, (1, 2, 1, 1), its densified outputs' size; (1, 2,
+    2, 1) gives the OS16 network's)."""
     _, (h, w) = dense_prefix_macs(backbone, input_size)
+    strides = tuple(getattr(backbone, 'strides', OS8_STRIDES)
+                    if strides is None else strides)
     widths = [backbone.base_channels * 2**i * backbone.block.expansion
               for i in range(4)]
-    sizes = [(2 * h, 2 * w), (h, w), (h, w), (h, w)]
+    f3, f4 = strides[2], strides[2] * strides[3]
+    sizes = [(2 * h, 2 * w), (h, w), (-(-h // f3), -(-w // f3)),
+             (-(-h // f4), -(-w // f4))]
     return [(widths[i], ) + sizes[i] for i in backbone.out_indices]
 
 

@@ -1,12 +1,15 @@
 """Per-image multiply-adds of a whole segmentor (backbone parts and heads),
 shared by ``tools/analysis_tools/get_flops.py``, ``benchmark.py`` and the
 demo."""
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
 from .complexity import (backbone_macs, backbone_output_shapes,
                          decode_head_macs, dense_reference_macs, meta_macs)
+
+# stage strides of mmseg's dense DeepLabV3 at output stride 8 and 16
+DENSE_STRIDES = {8: (1, 2, 1, 1), 16: (1, 2, 2, 1)}
 
 
 def is_selective(model: nn.Module) -> bool:
@@ -14,13 +17,13 @@ def is_selective(model: nn.Module) -> bool:
 
 
 def heads_macs(model: nn.Module, input_size: Tuple[int, int],
-               stride: int = 8) -> Dict[str, int]:
+               stride: Optional[int] = None) -> Dict[str, int]:
     """MACs of the decode and auxiliary heads on backbone outputs of an
-    (H, W) input; ``stride`` 16 gives an OS16 model's heads."""
-    shapes = backbone_output_shapes(model.backbone, input_size)
-    if stride == 16:  # stages 3-4 at OS16
-        shapes = [s if i < 2 else (s[0], s[1] // 2, s[2] // 2)
-                  for i, s in zip(model.backbone.out_indices, shapes)]
+    (H, W) input: at the backbone's own strides, or, with ``stride`` 8 or
+    16, at an OS8 or OS16 network's (the dense twins of a selective
+    model)."""
+    strides = None if stride is None else DENSE_STRIDES[stride]
+    shapes = backbone_output_shapes(model.backbone, input_size, strides)
     out = dict(decode_head=decode_head_macs(model.decode_head, shapes))
     if getattr(model, 'auxiliary_head', None) is not None:
         aux = model.auxiliary_head
