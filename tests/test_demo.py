@@ -8,8 +8,13 @@ import sys
 import cv2
 import pytest
 
-from tests.helpers import SELDS_DEMO
+from tests.helpers import DEMO
 from tests.test_tools import run
+
+# the demo's selective model
+SELDS_DEMO_HEAD = osp.join(
+    DEMO, 'deeplabv3-selds-prop2-head_r18-d8_1xb8-200it-ft_synthcity-'
+    '128x256.py')
 
 
 @pytest.mark.slow
@@ -29,6 +34,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert set(results['results']) == {'OS8', 'OS16', 'selective'}
     os8, os16 = results['results']['OS8'], results['results']['OS16']
     assert os8['backbone_gmacs'] > os16['backbone_gmacs']
+    # the whole model: the selective ASPP head's cost follows the mask too
+    for r in results['results'].values():
+        assert r['model_gmacs'] > r['backbone_gmacs']
+    sel = results['results']['selective']
+    ratio, head = sel['ds_ratio'], sel['model_gmacs'] - sel['backbone_gmacs']
+    head8, head16 = (r['model_gmacs'] - r['backbone_gmacs'] for r in
+                     (os8, os16))
+    assert head16 - 1e-9 <= head <= head8 + 1e-9
+    if 0 < ratio < 1:
+        assert head16 < head < head8
+    assert '| model GMACs |' in out
     assert [p['threshold'] for p in results['sweep']] == [0.3, 0.7]
     figure = cv2.imread(str(work / 'cost_accuracy.png'))
     assert figure is not None and figure.shape[0] > 200
@@ -50,7 +66,7 @@ def test_demo_runs_end_to_end(tmp_path):
                                   '*.png')))[:2]
     vis = tmp_path / 'vis'
     out = run([sys.executable, 'tools/analysis_tools/visualize_masks.py',
-               SELDS_DEMO, ckpt, *images, '--out-dir', vis, '--threshold',
+               SELDS_DEMO_HEAD, ckpt, *images, '--out-dir', vis, '--threshold',
                0.6])
     for image in images:
         drawn = vis / (osp.splitext(osp.basename(image))[0] + '_mask.png')

@@ -42,18 +42,45 @@ def test_results_table_has_a_row_per_model():
                         '| selective | 38.76 | 0.851 | 0.174 | 24.9 |']
 
 
+def test_results_table_has_the_whole_model_column_when_all_have_it():
+    whole = {name: dict(r, model_gmacs=g) for (name, r), g in
+             zip(RESULTS.items(), (0.421, 0.146, 0.189))}
+    rows = results_table(whole).splitlines()
+    assert rows[0] == ('| model | mIoU | ds ratio | backbone GMACs | '
+                       'model GMACs | CPU ms / image |')
+    assert rows[1] == '|---|---|---|---|---|---|'
+    assert rows[4] == '| selective | 38.76 | 0.851 | 0.174 | 0.189 | 24.9 |'
+    # one model without it: no column rather than a hole
+    whole['OS16'].pop('model_gmacs')
+    assert 'model GMACs' not in results_table(whole)
+
+
 def test_sweep_lines_have_a_line_per_threshold():
     lines = sweep_lines(SWEEP).splitlines()
     assert len(lines) == len(SWEEP)
     assert lines[0] == ('  t=0.9: mIoU 41.35, ds ratio 0.000, backbone '
                         '0.387 GMACs')
     assert sweep_lines([]) == ''
+    point = dict(SWEEP[0], model_gmacs=0.421)
+    assert sweep_lines([point]).endswith(
+        'backbone 0.387 GMACs, model 0.421 GMACs')
 
 
 def test_plot_cost_accuracy_writes_a_png(tmp_path):
     path = tmp_path / 'cost_accuracy.png'
     plot_cost_accuracy(RESULTS, SWEEP, str(path), xlabel='x', ylabel='y')
     assert read_png(path).shape == (528, 768, 3)  # 6.4 x 4.4 in, 120 dpi
+
+
+def test_plot_cost_accuracy_reads_the_cost_key(tmp_path):
+    path = tmp_path / 'model.png'
+    with pytest.raises(KeyError, match='model_gmacs'):
+        plot_cost_accuracy(RESULTS, SWEEP, str(path), cost='model_gmacs')
+    results = {k: dict(r, model_gmacs=r['backbone_gmacs'] + 0.03)
+               for k, r in RESULTS.items()}
+    sweep = [dict(p, model_gmacs=p['backbone_gmacs'] + 0.03) for p in SWEEP]
+    plot_cost_accuracy(results, sweep, str(path), cost='model_gmacs')
+    assert read_png(path).shape == (528, 768, 3)
 
 
 def test_plot_cost_accuracy_needs_the_three_models(tmp_path):

@@ -54,12 +54,13 @@ COST_ACCURACY_MARKERS = (('OS8', '*', 'tab:red'), ('OS16', 's', 'tab:green'),
                          ('selective', 'D', 'tab:blue'))
 
 
-def _group_labels(sweep: Sequence[dict]) -> List[tuple]:
+def _group_labels(sweep: Sequence[dict], cost: str = 'backbone_gmacs'
+                  ) -> List[tuple]:
     """[((x, y), [threshold labels])]: thresholds whose points (nearly)
-    coincide share one label."""
+    coincide share one label; x is the point's ``cost``."""
     labels = []
     for p in sweep:
-        xy, name = (p['backbone_gmacs'], p['mIoU']), f'{p["threshold"]:.3g}'
+        xy, name = (p[cost], p['mIoU']), f'{p["threshold"]:.3g}'
         near = [lab for lab in labels if abs(lab[0][0] - xy[0]) < 2e-3 and
                 abs(lab[0][1] - xy[1]) < 0.1]
         if near:
@@ -72,33 +73,37 @@ def _group_labels(sweep: Sequence[dict]) -> List[tuple]:
 def plot_cost_accuracy(results: Dict[str, dict], sweep: Sequence[dict],
                        path: str,
                        xlabel: str = 'backbone GMACs per image',
-                       ylabel: str = 'mIoU (%)') -> None:
+                       ylabel: str = 'mIoU (%)',
+                       cost: str = 'backbone_gmacs') -> None:
     """Cost against accuracy: the selective model's test-time threshold
     sweep as a line (each point labelled with its threshold), dense OS8,
     dense OS16 and the selective model's own rule as markers.
 
     Args:
         results (dict): 'OS8', 'OS16' and 'selective' -> a dict with
-            ``backbone_gmacs`` and ``mIoU`` (%).
+            the ``cost`` key and ``mIoU`` (%).
         sweep (sequence[dict]): points of the sweep, each with
-            ``threshold``, ``backbone_gmacs`` and ``mIoU``.
+            ``threshold``, the ``cost`` key and ``mIoU``.
         path (str): the image file to write (e.g. a ``.png``).
         xlabel (str): x-axis label. Default: 'backbone GMACs per image'.
         ylabel (str): y-axis label. Default: 'mIoU (%)'.
+        cost (str): the key of the x values in ``results`` and ``sweep``,
+            e.g. ``'model_gmacs'`` for the whole model's multiply-adds.
+            Default: 'backbone_gmacs'.
     """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.plot([p['backbone_gmacs'] for p in sweep], [p['mIoU'] for p in sweep],
+    ax.plot([p[cost] for p in sweep], [p['mIoU'] for p in sweep],
             'o-', color='tab:blue',
             label='selective, test-time threshold sweep')
-    for xy, names in _group_labels(sweep):
+    for xy, names in _group_labels(sweep, cost):
         ax.annotate(', '.join(names), xy, textcoords='offset points',
                     xytext=(4, -10), fontsize=7)
     for name, marker, color in COST_ACCURACY_MARKERS:
         r = results[name]
-        ax.plot(r['backbone_gmacs'], r['mIoU'], marker, color=color,
+        ax.plot(r[cost], r['mIoU'], marker, color=color,
                 markersize=11 if marker == '*' else 8,
                 label=f'{name} ({r["mIoU"]:.1f} mIoU)',
                 markeredgecolor='black')

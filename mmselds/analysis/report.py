@@ -10,18 +10,24 @@ def results_table(results: Dict[str, dict]) -> str:
     Args:
         results (dict): model name -> a dict with ``mIoU`` (%),
             ``ds_ratio`` (the down-sampling ratio, None for a dense model),
-            ``backbone_gmacs`` and ``latency_ms`` (per image).
+            ``backbone_gmacs``, ``latency_ms`` (per image) and, optionally,
+            ``model_gmacs`` (backbone + decode head: the inference cost).
 
     Returns:
         str: the header, the separator and one row per model, in the order
-        of ``results``, joined by newlines.
+        of ``results``, joined by newlines. The ``model GMACs`` column is
+        there when every model has ``model_gmacs``.
     """
-    rows = ['| model | mIoU | ds ratio | backbone GMACs | CPU ms / image |',
-            '|---|---|---|---|---|']
+    whole = all('model_gmacs' in r for r in results.values())
+    rows = ['| model | mIoU | ds ratio | backbone GMACs | ' +
+            ('model GMACs | ' if whole else '') + 'CPU ms / image |',
+            '|---|---|---|---|' + ('---|' if whole else '') + '---|']
     for name, r in results.items():
         ratio = '-' if r['ds_ratio'] is None else f'{r["ds_ratio"]:.3f}'
+        model = f'{r["model_gmacs"]:.3f} | ' if whole else ''
         rows.append(f'| {name} | {r["mIoU"]:.2f} | {ratio} | '
-                    f'{r["backbone_gmacs"]:.3f} | {r["latency_ms"]:.1f} |')
+                    f'{r["backbone_gmacs"]:.3f} | {model}'
+                    f'{r["latency_ms"]:.1f} |')
     return '\n'.join(rows)
 
 
@@ -30,15 +36,19 @@ def sweep_lines(sweep: Sequence[dict]) -> str:
 
     Args:
         sweep (sequence[dict]): points with ``threshold``, ``mIoU`` (%),
-            ``ds_ratio`` and ``backbone_gmacs``.
+            ``ds_ratio``, ``backbone_gmacs`` and, optionally,
+            ``model_gmacs``.
 
     Returns:
         str: ``  t=<threshold>: mIoU .., ds ratio .., backbone .. GMACs``
-        lines joined by newlines.
+        (``, model .. GMACs`` when the point has it) lines joined by
+        newlines.
     """
     return '\n'.join(
         f'  t={p["threshold"]:.4g}: mIoU {p["mIoU"]:.2f}, ds ratio '
-        f'{p["ds_ratio"]:.3f}, backbone {p["backbone_gmacs"]:.3f} GMACs'
+        f'{p["ds_ratio"]:.3f}, backbone {p["backbone_gmacs"]:.3f} GMACs' +
+        (f', model {p["model_gmacs"]:.3f} GMACs' if 'model_gmacs' in p
+         else '')
         for p in sweep)
 
 
