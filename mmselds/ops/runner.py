@@ -37,6 +37,8 @@ from .pooling import PoolSpec, SelectivePooling
 
 PoolFor = Callable[[nn.Conv2d], Optional[PoolSpec]]
 DROPOUTS = (nn.Dropout, nn.Dropout2d)
+# layers that are not a ConvModule, recognised without probing attributes
+PLAIN_LAYERS = (nn.Conv2d, _BatchNorm, nn.ReLU, nn.Identity) + DROPOUTS
 
 
 def is_conv_module(module: nn.Module) -> bool:
@@ -68,6 +70,11 @@ def flatten_layers(layers: Iterable[nn.Module]) -> List[nn.Module]:
     for m in layers:
         if isinstance(m, nn.Sequential):
             out += flatten_layers(m)
+        elif isinstance(m, PLAIN_LAYERS):  # (no attribute probes: faster)
+            if isinstance(m, nn.Conv2d):
+                _check_conv(m)
+            if not isinstance(m, nn.Identity):
+                out.append(m)
         elif is_conv_module(m):
             if tuple(m.order) != ('conv', 'norm', 'act'):
                 raise NotImplementedError(
@@ -84,11 +91,7 @@ def flatten_layers(layers: Iterable[nn.Module]) -> List[nn.Module]:
             out += flatten_layers([m.conv] + ([norm] if norm is not None else
                                               []) +
                                   ([m.activate] if m.with_activation else []))
-        elif isinstance(m, nn.Identity):
-            continue
-        else:
-            if isinstance(m, nn.Conv2d):
-                _check_conv(m)
+        else:  # another element-wise activation
             out.append(m)
     return out
 
