@@ -24,32 +24,43 @@ def test_demo_runs_end_to_end(tmp_path):
                '--data-root', data, '--num-train', 8, '--num-val', 3,
                '--iters', 4, '--batch-size', 2, '--thresholds', 0.3, 0.7,
                '--num-overlays', 2])
-    for name in ('OS8', 'OS16', 'selective'):
+    models = ('OS8', 'OS16', 'selective', 'selective+head')
+    for name in models:
         assert f'| {name} |' in out
     assert 'quality bar' in out and 'boundaries' in out
     # evaluated as tools/test.py does: the checkpoint's own rule
     assert 'test-time rule: expected ratio' in out
     assert 'at the end of training' in out
     results = json.load(open(work / 'results.json'))
-    assert set(results['results']) == {'OS8', 'OS16', 'selective'}
+    assert set(results['results']) == set(models)
     os8, os16 = results['results']['OS8'], results['results']['OS16']
     assert os8['backbone_gmacs'] > os16['backbone_gmacs']
     # the whole model: the selective ASPP head's cost follows the mask too
     for r in results['results'].values():
         assert r['model_gmacs'] > r['backbone_gmacs']
-    sel = results['results']['selective']
-    ratio, head = sel['ds_ratio'], sel['model_gmacs'] - sel['backbone_gmacs']
     head8, head16 = (r['model_gmacs'] - r['backbone_gmacs'] for r in
                      (os8, os16))
+    # the dense ASPP head at OS8 behind the selective backbone ...
+    sel = results['results']['selective']
+    assert sel['model_gmacs'] - sel['backbone_gmacs'] == \
+        pytest.approx(head8, abs=1e-9)
+    # ... and the selective head, between the OS16 and OS8 heads
+    sel = results['results']['selective+head']
+    ratio, head = sel['ds_ratio'], sel['model_gmacs'] - sel['backbone_gmacs']
     assert head16 - 1e-9 <= head <= head8 + 1e-9
     if 0 < ratio < 1:
         assert head16 < head < head8
     assert '| model GMACs |' in out
-    assert [p['threshold'] for p in results['sweep']] == [0.3, 0.7]
+    for name in ('selective', 'selective+head'):
+        assert [p['threshold'] for p in results['sweeps'][name]] == \
+            [0.3, 0.7]
+        assert f'threshold sweep ({name})' in out
     figure = cv2.imread(str(work / 'cost_accuracy.png'))
     assert figure is not None and figure.shape[0] > 200
-    overlays = sorted(glob.glob(str(work / 'masks' / '*.png')))
+    overlays = sorted(glob.glob(str(work / 'masks' / 'selective' / '*.png')))
     assert len(overlays) == 2
+    assert len(glob.glob(str(work / 'masks' / 'selective_head' /
+                             '*.png'))) == 2
     # image and prediction panels, enlarged x2 (128 -> 256 rows), legend
     height, width, _ = cv2.imread(overlays[0]).shape
     assert width == 2 * 2 * 256 and height > 256
@@ -61,7 +72,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert 'already there' in again and 'training (' not in again
 
     # the visualisation tool on any image, with the selective checkpoint
-    ckpt = open(work / 'selective' / 'last_checkpoint').read().strip()
+    ckpt = open(work / 'selective_head' / 'last_checkpoint').read().strip()
     images = sorted(glob.glob(str(data / 'leftImg8bit' / 'val' / '*' /
                                   '*.png')))[:2]
     vis = tmp_path / 'vis'

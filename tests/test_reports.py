@@ -83,6 +83,21 @@ def test_plot_cost_accuracy_reads_the_cost_key(tmp_path):
     assert read_png(path).shape == (528, 768, 3)
 
 
+def test_plot_cost_accuracy_draws_several_selective_models(tmp_path):
+    results = dict(RESULTS, **{'selective+head': dict(
+        RESULTS['selective'], mIoU=39.0, backbone_gmacs=0.27)})
+    sweeps = {'selective': SWEEP,
+              'selective+head': [dict(p, mIoU=p['mIoU'] - 1) for p in SWEEP]}
+    path = tmp_path / 'two.png'
+    plot_cost_accuracy(results, sweeps, str(path))
+    assert read_png(path).shape == (528, 768, 3)
+    with pytest.raises(KeyError, match='selective.head'):
+        plot_cost_accuracy(RESULTS, sweeps, str(path))
+    with pytest.raises(ValueError, match='at most 4 selective models'):
+        plot_cost_accuracy(results, {str(i): SWEEP for i in range(5)},
+                           str(path))
+
+
 def test_plot_cost_accuracy_needs_the_three_models(tmp_path):
     with pytest.raises(KeyError, match='OS16'):
         plot_cost_accuracy({'OS8': RESULTS['OS8']}, SWEEP,

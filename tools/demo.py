@@ -4,18 +4,20 @@ pipeline, IoUMetric and tools.
 
 1. generates the synthetic data set (if absent);
 2. trains dense OS8 and dense OS16 DeepLabV3 (ResNet-18, narrow) with
-   ``tools/train.py``, and fine-tunes the selective model (selective
-   backbone and selective ASPP head) from the OS8 checkpoint, as one starts
-   from a released mmseg model;
+   ``tools/train.py``, and fine-tunes two selective models from the OS8
+   checkpoint, as one starts from a released mmseg model: ``selective``
+   (the mask selects in the backbone; the ASPP head runs dense at OS8) and
+   ``selective+head`` (the ASPP head follows the mask too);
 3. evaluates them with mmseg's ``IoUMetric``, counts the multiply-adds of
    the backbone and of the whole model (backbone + decode head), times CPU
    inference (models interleaved, one run);
-4. evaluates the selective model as ``tools/test.py`` does (its checkpoint's
-   own decision rule: as many cells down-sampled as training did, no
-   calibration step) and sweeps an explicit test-time threshold (one
-   checkpoint, several cost/accuracy points);
+4. evaluates the selective models as ``tools/test.py`` does (each
+   checkpoint's own decision rule: as many cells down-sampled as training
+   did, no calibration step) and sweeps an explicit test-time threshold
+   (one checkpoint, several cost/accuracy points);
 5. prints a table and a verdict, writes ``results.json``/``results.md``,
-   mask overlays (``masks/*.png``) and ``cost_accuracy.png`` to --work-dir.
+   mask overlays (``masks/<model>/*.png``) and ``cost_accuracy.png`` to
+   --work-dir.
 
 Example::
 
@@ -48,9 +50,12 @@ DEMO = osp.join(ROOT, 'configs', 'demo')
 CONFIGS = {
     'OS8': 'deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py',
     'OS16': 'deeplabv3_r18-d16_1xb8-400it_synthcity-128x256.py',
-    'selective': 'deeplabv3-selds-prop2-head_r18-d8_1xb8-200it-ft_synthcity-'
+    'selective': 'deeplabv3-selds-prop2_r18-d8_1xb8-200it-ft_synthcity-'
                  '128x256.py',
+    'selective+head': 'deeplabv3-selds-prop2-head_r18-d8_1xb8-200it-ft_'
+                      'synthcity-128x256.py',
 }
+SELECTIVE = ('selective', 'selective+head')
 START = time.time()
 
 
@@ -96,11 +101,19 @@ def data_options(data_root: str) -> list:
                            'test_dataloader')]
 
 
+def slug(name: str) -> str:
+    """A model's name as a folder name."""
+    return name.replace('+', '_')
+
+
 def train(name: str, config: str, args, load_from: str = None) -> str:
     """Train with tools/train.py; return the final checkpoint."""
-    work = osp.join(args.work_dir, name)
+    work = osp.join(args.work_dir, slug(name))
     ckpt = osp.join(work, 'last_checkpoint')
-    if osp.exists(ckpt) and not args.retrain:
+    # tools/train.py dumps the config it ran into the work dir: a
+    # checkpoint of another config is not reused
+    same_config = osp.exists(osp.join(work, osp.basename(config)))
+    if osp.exists(ckpt) and same_config and not args.retrain:
         path = open(ckpt).read().strip()
         if osp.exists(path):
             log(f'{name}: using {path} (--retrain to train again)')
@@ -155,58 +168,62 @@ def mask_statistics(model, batches):
     return kept / cells, boundary_kept / max(boundary, 1)
 
 
-def verdict(results, sweep) -> str:
-    os8, os16, sel = results['OS8'], results['OS16'], results['selective']
+def verdict(results, sweeps) -> str:
+    os8, os16 = results['OS8'], results['OS16']
     gain = os8['mIoU'] - os16['mIoU']
     lines = []
-    for part, key in (('whole-model', 'model_gmacs'),
-                      ('backbone', 'backbone_gmacs')):
-        g_sel, g16, g8 = (r[key] for r in (sel, os16, os8))
-        lines.append(
-            f'{part} cost: selective sits {(g_sel - g16) / (g8 - g16):.0%} '
-            f'of the way from OS16 to OS8 ({g_sel:.3f} vs {g16:.3f} and '
-            f'{g8:.3f} GMACs).')
-    cost = (sel['model_gmacs'] - os16['model_gmacs']) / (
-        os8['model_gmacs'] - os16['model_gmacs'])
     if gain <= 0.5:
         lines.append(
             f'accuracy: this short CPU schedule did not separate OS8 from '
             f'OS16 (mIoU {os8["mIoU"]:.1f} vs {os16["mIoU"]:.1f}), so it '
-            'cannot show where selective sits between them.')
+            'cannot show where a selective model sits between them.')
+    for name, sweep in sweeps.items():
+        sel = results[name]
+        lines.append(f'{name}:')
+        for part, key in (('whole-model', 'model_gmacs'),
+                          ('backbone', 'backbone_gmacs')):
+            g_sel, g16, g8 = (r[key] for r in (sel, os16, os8))
+            lines.append(
+                f'  {part} cost: {(g_sel - g16) / (g8 - g16):.0%} of the way '
+                f'from OS16 to OS8 ({g_sel:.3f} vs {g16:.3f} and {g8:.3f} '
+                'GMACs).')
+        cost = (sel['model_gmacs'] - os16['model_gmacs']) / (
+            os8['model_gmacs'] - os16['model_gmacs'])
         met = False
-    else:
-        acc = (sel['mIoU'] - os16['mIoU']) / gain
-        lines.append(f'accuracy: selective recovers {acc:.0%} of the OS8 '
-                     f'gain over OS16 ({sel["mIoU"]:.1f} vs {os16["mIoU"]:.1f}'
-                     f' and {os8["mIoU"]:.1f} mIoU).')
-        met = acc > 0.5 and cost < 0.5
+        if gain > 0.5:
+            acc = (sel['mIoU'] - os16['mIoU']) / gain
+            lines.append(f'  accuracy: recovers {acc:.0%} of the OS8 gain '
+                         f'over OS16 ({sel["mIoU"]:.1f} vs '
+                         f'{os16["mIoU"]:.1f} and {os8["mIoU"]:.1f} mIoU).')
+            met = acc > 0.5 and cost < 0.5
+        lines.append(
+            f'  down-sampling ratio: {sel["ds_ratio"]:.3f} on the val images '
+            'with the checkpoint\'s own rule (as tools/test.py runs it), '
+            f'{sel["trained_ratio"]:.3f} at the end of training.')
+        lines.append(
+            f'  full-resolution cells: {sel["boundary_kept"]:.0%} of the '
+            f'cells on object boundaries vs {sel["kept"]:.0%} of all cells.')
+        lines.append(
+            f'  CPU latency: {sel["latency_ms"]:.1f} ms per image vs OS16 '
+            f'{os16["latency_ms"]:.1f} and OS8 {os8["latency_ms"]:.1f} ms: '
+            f'{sel["latency_ms"] / os8["latency_ms"]:.2f}x OS8\'s time at '
+            f'{sel["model_gmacs"] / os8["model_gmacs"]:.2f}x its '
+            'multiply-adds.')
+        full = [p for p in sweep if p['ds_ratio'] == 0]
+        if full:
+            lines.append(
+                f'  with every cell at full resolution: {full[0]["mIoU"]:.1f}'
+                ' mIoU (fine-tuned from the OS8 checkpoint, it trained '
+                'longer than OS8, which is part of its accuracy).')
+        lines.append('  quality bar (mIoU closer to OS8, whole-model cost '
+                     'closer to OS16): ' +
+                     ('met.' if met else 'NOT met on this run.'))
     lines.append(
-        f'down-sampling ratio: {sel["ds_ratio"]:.3f} on the val images with '
-        f'the checkpoint\'s own rule (as tools/test.py runs it), '
-        f'{sel["trained_ratio"]:.3f} at the end of training.')
-    lines.append(
-        f'full-resolution cells: {sel["boundary_kept"]:.0%} of the cells on '
-        f'object boundaries vs {sel["kept"]:.0%} of all cells.')
-    ms = sel['latency_ms'] / os8['latency_ms']
-    macs = sel['model_gmacs'] / os8['model_gmacs']
-    lines.append(
-        f'CPU latency: selective {sel["latency_ms"]:.1f} ms vs OS16 '
-        f'{os16["latency_ms"]:.1f} and OS8 {os8["latency_ms"]:.1f} ms per '
-        f'image, {ms:.2f}x OS8\'s time at {macs:.2f}x its multiply-adds. '
         'At this toy size (under 0.5 GMACs) each layer\'s fixed cost (op '
-        'calls, index tables, gathers, and the mask head) weighs about as '
-        'much as its multiply-adds, so time falls much less than the '
+        'calls, index tables, gathers, the mask head) weighs about as much '
+        'as its multiply-adds, so time falls much less than the '
         'multiply-adds; at DeepLabV3-R101 512x1024 it follows them '
         '(docs/benchmarks.md).')
-    full = [p for p in sweep if p['ds_ratio'] == 0]
-    if full:
-        lines.append(
-            f'note: with every cell at full resolution the selective model '
-            f'scores {full[0]["mIoU"]:.1f} mIoU; it was fine-tuned from the '
-            'OS8 checkpoint, so it trained longer than OS8, which is part of '
-            'its accuracy.')
-    lines.append('quality bar (mIoU closer to OS8, cost closer to OS16): ' +
-                 ('met.' if met else 'NOT met on this run.'))
     return '\n'.join(lines)
 
 
@@ -221,7 +238,7 @@ def main():
     for name, cfg in CONFIGS.items():
         checkpoints[name] = train(
             name, osp.join(DEMO, cfg), args,
-            checkpoints['OS8'] if name == 'selective' else None)
+            checkpoints['OS8'] if name in SELECTIVE else None)
 
     log('evaluating with mmseg IoUMetric ...')
     models, results = {}, {}
@@ -233,13 +250,13 @@ def main():
     meta = loader.dataset.metainfo
     size = tuple(batches[0]['inputs'][0].shape[1:])
     size = (-(-size[0] // 16) * 16, -(-size[1] // 16) * 16)
-    selective = models['selective']
-    head = selective.backbone.mask_head
-    trained_ratio = float(head.trained_ratio)
-    log(f'selective: trained at ds ratio {trained_ratio:.3f} (running mean '
-        f'kept in the checkpoint); test-time rule: {head.decision_rule()}')
+    for name in SELECTIVE:
+        head = models[name].backbone.mask_head
+        log(f'{name}: trained at ds ratio {float(head.trained_ratio):.3f} '
+            '(running mean kept in the checkpoint); test-time rule: '
+            f'{head.decision_rule()}')
     for name, model in models.items():
-        metrics = evaluate(model, batches, meta) if name != 'selective' \
+        metrics = evaluate(model, batches, meta) if name not in SELECTIVE \
             else evaluate(model, batches, meta, [
                 dict(type='IoUMetric', iou_metrics=['mIoU']),
                 dict(type='DownsampleRatioMetric')])
@@ -248,7 +265,7 @@ def main():
                              **gmacs(model, size, ratio))
         log(f'{name}: mIoU {metrics["mIoU"]:.2f}' +
             ('' if ratio is None else f', ds ratio {ratio:.3f}'))
-    refs = reference_macs(selective, size)
+    refs = reference_macs(models['selective'], size)
     for name in ('OS8', 'OS16'):  # mmseg's dense networks of the same size
         assert abs(results[name]['backbone_gmacs'] -
                    refs[name]['backbone'] / 1e9) < 1e-6
@@ -258,51 +275,58 @@ def main():
     log('timing CPU inference, models interleaved ...')
     for name, sec in time_models(models, batches).items():
         results[name]['latency_ms'] = sec * 1e3
-    kept, boundary_kept = mask_statistics(selective, batches)
-    results['selective'].update(kept=kept, boundary_kept=boundary_kept,
-                                trained_ratio=trained_ratio,
-                                rule=head.decision_rule())
+    sweeps, overlays = {}, {}
+    for name in SELECTIVE:
+        selective = models[name]
+        head = selective.backbone.mask_head
+        kept, boundary_kept = mask_statistics(selective, batches)
+        results[name].update(kept=kept, boundary_kept=boundary_kept,
+                             trained_ratio=float(head.trained_ratio),
+                             rule=head.decision_rule())
+        probs = mask_probabilities(selective, batches)
+        thresholds = args.thresholds or sorted(
+            {threshold_for_ratio(probs, r)
+             for r in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)} | {0.5},
+            reverse=True)
+        log(f'{name}: sweeping the test-time threshold over '
+            f'{[round(t, 4) for t in thresholds]} ...')
+        sweeps[name] = []
+        for t in thresholds:
+            head.threshold = t
+            m = evaluate(selective, batches, meta, [
+                dict(type='IoUMetric', iou_metrics=['mIoU']),
+                dict(type='DownsampleRatioMetric')])
+            sweeps[name].append(dict(threshold=t, mIoU=m['mIoU'],
+                                     ds_ratio=m['ds_ratio'],
+                                     **gmacs(selective, size, m['ds_ratio'])))
+            print(f'    threshold {t:.4g}: mIoU {m["mIoU"]:6.2f}  ds ratio '
+                  f'{m["ds_ratio"]:.3f}  model '
+                  f'{sweeps[name][-1]["model_gmacs"]:.3f} GMACs', flush=True)
+        head.threshold = None  # back to the checkpoint's own rule
+        overlays[name] = write_mask_overlays(
+            selective, batches, osp.join(args.work_dir, 'masks', slug(name)),
+            meta['palette'], args.num_overlays)
 
-    probs = mask_probabilities(selective, batches)
-    thresholds = args.thresholds or sorted(
-        {threshold_for_ratio(probs, r)
-         for r in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)} | {0.5},
-        reverse=True)
-    log(f'sweeping the test-time threshold over '
-        f'{[round(t, 4) for t in thresholds]} ...')
-    sweep = []
-    for t in thresholds:
-        selective.backbone.mask_head.threshold = t
-        m = evaluate(selective, batches, meta, [
-            dict(type='IoUMetric', iou_metrics=['mIoU']),
-            dict(type='DownsampleRatioMetric')])
-        sweep.append(dict(threshold=t, mIoU=m['mIoU'], ds_ratio=m['ds_ratio'],
-                          **gmacs(selective, size, m['ds_ratio'])))
-        print(f'    threshold {t:.4g}: mIoU {m["mIoU"]:6.2f}  ds ratio '
-              f'{m["ds_ratio"]:.3f}  model '
-              f'{sweep[-1]["model_gmacs"]:.3f} GMACs', flush=True)
-    head.threshold = None  # back to the checkpoint's own rule
-
-    overlays = write_mask_overlays(selective, batches,
-                                   osp.join(args.work_dir, 'masks'),
-                                   meta['palette'], args.num_overlays)
     figure = osp.join(args.work_dir, 'cost_accuracy.png')
-    plot_cost_accuracy(results, sweep, figure,
+    plot_cost_accuracy(results, sweeps, figure,
                        xlabel='GMACs per image, backbone + decode head '
                        '(128x256 input)',
                        ylabel='mIoU (%) on the synthetic val set',
                        cost='model_gmacs')
-    summary = (f'\n{results_table(results)}\n\n{verdict(results, sweep)}'
-               f'\n\nthreshold sweep (selective):\n{sweep_lines(sweep)}')
+    summary = f'\n{results_table(results)}\n\n{verdict(results, sweeps)}'
+    for name, sweep in sweeps.items():
+        summary += f'\n\nthreshold sweep ({name}):\n{sweep_lines(sweep)}'
     print(summary)
     with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
-        json.dump(dict(results=results, sweep=sweep, input_size=size,
+        json.dump(dict(results=results, sweeps=sweeps, input_size=size,
                        threads=torch.get_num_threads()), f, indent=2,
                   default=float)
     with open(osp.join(args.work_dir, 'results.md'), 'w') as f:
         f.write(f'# mmselds demo results\n{summary}\n')
-    log(f'wrote {figure}, {len(overlays)} mask overlays in '
-        f'{osp.join(args.work_dir, "masks")}, results.json, results.md')
+    log(f'wrote {figure}, mask overlays in '
+        f'{osp.join(args.work_dir, "masks")} '
+        f'({", ".join(f"{slug(n)}/: {len(o)}" for n, o in overlays.items())}'
+        '), results.json, results.md')
     if any(math.isnan(r['mIoU']) for r in results.values()):
         sys.exit('an mIoU is NaN')
 

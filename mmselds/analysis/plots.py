@@ -1,6 +1,6 @@
 """Figures of benchmark and evaluation results (matplotlib, Agg backend,
 imported when a figure is drawn)."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Union
 
 
 def plot_ratios(rows: List[dict], path: str, title: str) -> None:
@@ -49,9 +49,11 @@ def plot_ratios(rows: List[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-# the dense references and the selective model's own point on the figure
-COST_ACCURACY_MARKERS = (('OS8', '*', 'tab:red'), ('OS16', 's', 'tab:green'),
-                         ('selective', 'D', 'tab:blue'))
+# the dense references' markers; selective models take SELECTIVE_STYLES in
+# turn (marker, colour)
+COST_ACCURACY_MARKERS = (('OS8', '*', 'tab:red'), ('OS16', 's', 'tab:green'))
+SELECTIVE_STYLES = (('D', 'tab:blue'), ('P', 'tab:purple'),
+                    ('o', 'tab:orange'), ('v', 'tab:brown'))
 
 
 def _group_labels(sweep: Sequence[dict], cost: str = 'backbone_gmacs'
@@ -70,20 +72,22 @@ def _group_labels(sweep: Sequence[dict], cost: str = 'backbone_gmacs'
     return labels
 
 
-def plot_cost_accuracy(results: Dict[str, dict], sweep: Sequence[dict],
+def plot_cost_accuracy(results: Dict[str, dict],
+                       sweep: Union[Sequence[dict], Dict[str, Sequence[dict]]],
                        path: str,
                        xlabel: str = 'backbone GMACs per image',
                        ylabel: str = 'mIoU (%)',
                        cost: str = 'backbone_gmacs') -> None:
-    """Cost against accuracy: the selective model's test-time threshold
+    """Cost against accuracy: each selective model's test-time threshold
     sweep as a line (each point labelled with its threshold), dense OS8,
-    dense OS16 and the selective model's own rule as markers.
+    dense OS16 and each selective model's own rule as markers.
 
     Args:
-        results (dict): 'OS8', 'OS16' and 'selective' -> a dict with
-            the ``cost`` key and ``mIoU`` (%).
-        sweep (sequence[dict]): points of the sweep, each with
-            ``threshold``, the ``cost`` key and ``mIoU``.
+        results (dict): 'OS8', 'OS16' and each selective model -> a dict
+            with the ``cost`` key and ``mIoU`` (%).
+        sweep (sequence[dict] | dict): the points of the sweep of the model
+            'selective', or a dict selective model name -> its points; each
+            point with ``threshold``, the ``cost`` key and ``mIoU``.
         path (str): the image file to write (e.g. a ``.png``).
         xlabel (str): x-axis label. Default: 'backbone GMACs per image'.
         ylabel (str): y-axis label. Default: 'mIoU (%)'.
@@ -94,14 +98,22 @@ def plot_cost_accuracy(results: Dict[str, dict], sweep: Sequence[dict],
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    sweeps = sweep if isinstance(sweep, dict) else {'selective': sweep}
+    if len(sweeps) > len(SELECTIVE_STYLES):
+        raise ValueError(f'at most {len(SELECTIVE_STYLES)} selective models '
+                         f'per figure, got {len(sweeps)}')
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.plot([p[cost] for p in sweep], [p['mIoU'] for p in sweep],
-            'o-', color='tab:blue',
-            label='selective, test-time threshold sweep')
-    for xy, names in _group_labels(sweep, cost):
-        ax.annotate(', '.join(names), xy, textcoords='offset points',
-                    xytext=(4, -10), fontsize=7)
-    for name, marker, color in COST_ACCURACY_MARKERS:
+    markers = list(COST_ACCURACY_MARKERS)
+    for (name, points), (marker, color) in zip(sweeps.items(),
+                                               SELECTIVE_STYLES):
+        ax.plot([p[cost] for p in points], [p['mIoU'] for p in points],
+                '.-', color=color,
+                label=f'{name}, test-time threshold sweep')
+        for xy, names in _group_labels(points, cost):
+            ax.annotate(', '.join(names), xy, textcoords='offset points',
+                        xytext=(4, -10), fontsize=7, color=color)
+        markers.append((name, marker, color))
+    for name, marker, color in markers:
         r = results[name]
         ax.plot(r[cost], r['mIoU'], marker, color=color,
                 markersize=11 if marker == '*' else 8,
@@ -111,7 +123,7 @@ def plot_cost_accuracy(results: Dict[str, dict], sweep: Sequence[dict],
     ax.set_ylabel(ylabel)
     ax.set_title('Cost vs accuracy: selective down-sampling vs dense')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='lower right')
+    ax.legend(fontsize=7, loc='lower right')
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
