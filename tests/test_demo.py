@@ -50,7 +50,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert head16 - 1e-9 <= head <= head8 + 1e-9
     if 0 < ratio < 1:
         assert head16 < head < head8
-    assert '| model GMACs |' in out
+    assert '| model GMACs |' in out and '| forward ms / image |' in out
+    for r in results['results'].values():  # the network alone is faster
+        assert 0 < r['forward_ms'] < r['latency_ms']
     for name in ('selective', 'selective+head'):
         assert [p['threshold'] for p in results['sweeps'][name]] == \
             [0.3, 0.7]

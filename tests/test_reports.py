@@ -55,6 +55,16 @@ def test_results_table_has_the_whole_model_column_when_all_have_it():
     assert 'model GMACs' not in results_table(whole)
 
 
+def test_results_table_has_the_forward_time_when_all_have_it():
+    timed = {name: dict(r, forward_ms=ms, model_gmacs=0.1) for (name, r), ms
+             in zip(RESULTS.items(), (12.25, 9.0, 11.0))}
+    rows = results_table(timed).splitlines()
+    assert rows[0] == ('| model | mIoU | ds ratio | backbone GMACs | '
+                       'model GMACs | forward ms / image | CPU ms / image |')
+    assert rows[1] == '|' + '---|' * 7
+    assert rows[2] == '| OS8 | 40.14 | - | 0.387 | 0.100 | 12.2 | 20.8 |'
+
+
 def test_sweep_lines_have_a_line_per_threshold():
     lines = sweep_lines(SWEEP).splitlines()
     assert len(lines) == len(SWEEP)

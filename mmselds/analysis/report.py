@@ -4,6 +4,13 @@ from typing import Dict, Sequence
 from .ablation import beyond_spread, format_spread, loss_label
 
 
+# (header, key, format) of the cost and time columns of results_table
+RESULT_COLUMNS = (('backbone GMACs', 'backbone_gmacs', '.3f'),
+                  ('model GMACs', 'model_gmacs', '.3f'),
+                  ('forward ms / image', 'forward_ms', '.1f'),
+                  ('CPU ms / image', 'latency_ms', '.1f'))
+
+
 def results_table(results: Dict[str, dict]) -> str:
     """A Markdown table with mmseg's columns, one row per model.
 
@@ -11,23 +18,26 @@ def results_table(results: Dict[str, dict]) -> str:
         results (dict): model name -> a dict with ``mIoU`` (%),
             ``ds_ratio`` (the down-sampling ratio, None for a dense model),
             ``backbone_gmacs``, ``latency_ms`` (per image) and, optionally,
-            ``model_gmacs`` (backbone + decode head: the inference cost).
+            ``model_gmacs`` (backbone + decode head: the inference cost) and
+            ``forward_ms`` (the network's time per image, without mmseg's
+            data preprocessing and post-processing).
 
     Returns:
         str: the header, the separator and one row per model, in the order
-        of ``results``, joined by newlines. The ``model GMACs`` column is
-        there when every model has ``model_gmacs``.
+        of ``results``, joined by newlines. The ``model GMACs`` and
+        ``forward ms / image`` columns are there when every model has
+        ``model_gmacs`` and ``forward_ms``.
     """
-    whole = all('model_gmacs' in r for r in results.values())
-    rows = ['| model | mIoU | ds ratio | backbone GMACs | ' +
-            ('model GMACs | ' if whole else '') + 'CPU ms / image |',
-            '|---|---|---|---|' + ('---|' if whole else '') + '---|']
+    columns = [(head, key, fmt) for head, key, fmt in RESULT_COLUMNS
+               if key in ('backbone_gmacs', 'latency_ms')
+               or all(key in r for r in results.values())]
+    rows = ['| model | mIoU | ds ratio | ' +
+            ' | '.join(head for head, _, _ in columns) + ' |',
+            '|' + '---|' * (3 + len(columns))]
     for name, r in results.items():
         ratio = '-' if r['ds_ratio'] is None else f'{r["ds_ratio"]:.3f}'
-        model = f'{r["model_gmacs"]:.3f} | ' if whole else ''
-        rows.append(f'| {name} | {r["mIoU"]:.2f} | {ratio} | '
-                    f'{r["backbone_gmacs"]:.3f} | {model}'
-                    f'{r["latency_ms"]:.1f} |')
+        rows.append(f'| {name} | {r["mIoU"]:.2f} | {ratio} | ' + ' | '.join(
+            format(r[key], fmt) for _, key, fmt in columns) + ' |')
     return '\n'.join(rows)
 
 
