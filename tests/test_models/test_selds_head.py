@@ -374,3 +374,19 @@ def test_sparse_outputs_are_densified_only_when_read(monkeypatch):
             twin[-1]
     with pytest.raises(ValueError, match='tensors or MixedFeatures'):
         SelectiveOutputs([x, 'stage 2'])
+
+
+def test_sparse_forward_releases_the_workspace():
+    """The im2col workspace lives only during a forward: the backbone
+    releases it at its end, the selective head at its end too."""
+    from mmselds.ops.kernels import torch_ref
+    model = selds_model(pool='stride').eval()
+    force_mask(model, masks=random_cell_mask(
+        1, 4, 8, 0.5, generator=torch.Generator().manual_seed(0)))
+    model.backbone.execution = 'sparse'
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        feats = model.extract_feat(x)
+        assert torch_ref._WORKSPACE == {}  # the backbone's released
+        model.decode_head(feats)
+    assert torch_ref._WORKSPACE == {}

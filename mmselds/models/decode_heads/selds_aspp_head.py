@@ -6,7 +6,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from mmselds.ops import (MixedFeature, layers_macs, mixed_broadcast, mixed_cat,
-                         mixed_global_avg_pool, run_layers)
+                         mixed_global_avg_pool, release_workspace, run_layers)
 
 HEAD_POOL = 'stride'
 
@@ -117,5 +117,8 @@ class SelDSASPPHead(ASPPHead):
         if mixed is None:
             return super().forward(inputs)
         feat = mixed.new(mixed.data, HEAD_POOL)
-        return run_layers(self._forward_mixed(feat),
-                          self._cls_seg_layers()).densify()
+        logits = run_layers(self._forward_mixed(feat),
+                            self._cls_seg_layers()).densify()
+        if feat.execution == 'sparse':
+            release_workspace()  # as the backbone: hold it only in forward
+        return logits
