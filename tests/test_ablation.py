@@ -152,8 +152,12 @@ def test_a_dense_config_is_not_a_row(tmp_path):
 
 def test_a_finished_run_of_the_same_settings_is_reused(
         tmp_path, monkeypatch, capsys):
-    tool = ablation_tool()
-    config, work = osp.join(DEMO, ROWS['Prop. 2']), tmp_path / 'run'
+    """mmselds.utils.launch.train_or_reuse, as the ablation and the demo
+    train: a finished run is reused only for the same config path, the
+    same resolved content and the same options."""
+    from mmselds.utils import launch
+    config, work = tmp_path / 'p2.py', tmp_path / 'run'
+    config.write_text(f"_base_ = ['{osp.join(DEMO, ROWS['Prop. 2'])}']\n")
     options = ['randomness.seed=0']
     started = []
 
@@ -163,20 +167,31 @@ def test_a_finished_run_of_the_same_settings_is_reused(
         (work / 'iter_2.pth').write_bytes(b'x')
         (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
 
-    monkeypatch.setattr(tool, 'stream_training', stream_training)
-    assert tool.train('P2', config, str(work), options, False) == \
-        str(work / 'iter_2.pth')
+    monkeypatch.setattr(launch, 'stream_training', stream_training)
+
+    def train(cfg=config, opts=options, retrain=False):
+        return launch.train_or_reuse('P2', str(cfg), str(work), opts,
+                                     retrain)
+
+    assert train() == str(work / 'iter_2.pth')
     assert len(started) == 1 and 'randomness.seed=0' in started[0]
     # the same config and options: reused
-    tool.train('P2', config, str(work), options, False)
+    train()
     assert len(started) == 1 and 'P2: using' in capsys.readouterr().out
-    # other options, another config or --retrain: trained again
-    tool.train('P2', config, str(work), ['randomness.seed=1'], False)
-    tool.train('P2', osp.join(DEMO, ROWS['Prop. 1']), str(work),
-               ['randomness.seed=1'], False)
-    tool.train('P2', osp.join(DEMO, ROWS['Prop. 1']), str(work),
-               ['randomness.seed=1'], True)
+    # other options, another config, the same file with other content, or
+    # retrain: trained again
+    train(opts=['randomness.seed=1'])
+    train(cfg=osp.join(DEMO, ROWS['Prop. 1']), opts=['randomness.seed=1'])
+    assert len(started) == 3
+    train(cfg=osp.join(DEMO, ROWS['Prop. 1']), opts=['randomness.seed=1'])
+    assert len(started) == 3
+    train(opts=['randomness.seed=1'])
     assert len(started) == 4
+    config.write_text(config.read_text() + 'iters = 7\n')
+    train(opts=['randomness.seed=1'])
+    assert len(started) == 5
+    train(opts=['randomness.seed=1'], retrain=True)
+    assert len(started) == 6
 
 
 @pytest.mark.parametrize('jobs', [1, 3])

@@ -67,9 +67,11 @@ def test_demo_runs_end_to_end(tmp_path):
     height, width, _ = cv2.imread(overlays[0]).shape
     assert width == 2 * 2 * 256 and height > 256
 
-    # second run: checkpoints are reused, nothing is trained again
+    # second run, same training options: checkpoints are reused, nothing
+    # is trained again (other evaluation options do not matter)
     again = run([sys.executable, 'tools/demo.py', '--work-dir', work,
                  '--data-root', data, '--num-train', 8, '--num-val', 3,
+                 '--iters', 4, '--batch-size', 2,
                  '--thresholds', 0.5, '--num-overlays', 1])
     assert 'already there' in again and 'training (' not in again
 

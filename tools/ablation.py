@@ -32,7 +32,6 @@ Example::
     python tools/ablation.py --work-dir work_dirs/ablation
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -44,7 +43,7 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import mmselds  # noqa: F401
 from mmselds.analysis import (mask_probabilities, model_macs,
@@ -57,7 +56,7 @@ from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate_with_progress, is_generated
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
-from mmselds.utils.launch import stream_training
+from mmselds.utils.launch import train_or_reuse
 from mmselds.utils.model_io import build_segmentor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -216,32 +215,6 @@ def schedule_options(iters) -> list:
             f'param_scheduler.0.end={warmup}',
             f'param_scheduler.1.begin={warmup}',
             f'param_scheduler.1.end={iters}']
-
-
-def train(name: str, config: str, work: str, options: list,
-          retrain: bool) -> str:
-    """Train with tools/train.py; return the final checkpoint. A finished
-    run of the same config (path and resolved content) and options in
-    ``work`` is reused."""
-    record = osp.join(work, 'ablation_run.json')
-    text = Config.fromfile(config).pretty_text
-    settings = dict(config=osp.abspath(config), options=options,
-                    config_sha256=hashlib.sha256(text.encode()).hexdigest())
-    last = osp.join(work, 'last_checkpoint')
-    if not retrain and osp.exists(last) and osp.exists(record):
-        path = open(last).read().strip()
-        if json.load(open(record)) == settings and osp.exists(path):
-            log(f'{name}: using {path} (--retrain to train again)')
-            return path
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
-           '--work-dir', work, '--cfg-options', *options]
-    shown = [o for o in options if 'data_root' not in o]
-    log(f'{name}: training (tools/train.py {osp.relpath(config, ROOT)}'
-        + (f' --cfg-options {" ".join(shown)}' if shown else '') + ') ...')
-    stream_training(name, cmd)
-    with open(record, 'w') as f:
-        json.dump(settings, f, indent=2)
-    return open(last).read().strip()
 
 
 @contextmanager
@@ -458,9 +431,11 @@ def main(argv=None):
     # 2. dense references, trained once
     with threads_per_job(args.jobs):
         dense_ckpts = run_parallel(args.jobs, [
-            (name, partial(train, name, config, osp.join(args.work_dir, name),
+            (name, partial(train_or_reuse, name, config,
+                           osp.join(args.work_dir, name),
                            common_options(args) +
-                           schedule_options(args.dense_iters), args.retrain))
+                           schedule_options(args.dense_iters), args.retrain,
+                           log))
             for name, config in (('OS8', args.os8_config),
                                  ('OS16', args.os16_config))])
 
@@ -486,8 +461,8 @@ def main(argv=None):
                 target = r['components']['loss_target']
         work = osp.join(args.work_dir, f'seed{seed}',
                         osp.splitext(osp.basename(r['config']))[0])
-        ckpt = train(f'{name} seed {seed}', r['config'], work, options,
-                     args.retrain)
+        ckpt = train_or_reuse(f'{name} seed {seed}', r['config'], work,
+                              options, args.retrain, log)
         ratio = trained_ratio(ckpt)
         log(f'{name} seed {seed}: trained ratio {ratio:.3f}'
             + ('' if target is None else f' (target {target:.3f})'))

@@ -42,7 +42,7 @@ from mmselds.analysis.report import results_table, sweep_lines
 from mmselds.datasets import generate_with_progress, is_generated
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
-from mmselds.utils.launch import stream_training
+from mmselds.utils.launch import train_or_reuse
 from mmselds.utils.model_io import build_segmentor
 from mmselds.visualization import boundary_cells, write_mask_overlays
 
@@ -108,17 +108,9 @@ def slug(name: str) -> str:
 
 
 def train(name: str, config: str, args, load_from: str = None) -> str:
-    """Train with tools/train.py; return the final checkpoint."""
-    work = osp.join(args.work_dir, slug(name))
-    ckpt = osp.join(work, 'last_checkpoint')
-    # tools/train.py dumps the config it ran into the work dir: a
-    # checkpoint of another config is not reused
-    same_config = osp.exists(osp.join(work, osp.basename(config)))
-    if osp.exists(ckpt) and same_config and not args.retrain:
-        path = open(ckpt).read().strip()
-        if osp.exists(path):
-            log(f'{name}: using {path} (--retrain to train again)')
-            return path
+    """Train with tools/train.py; return the final checkpoint (that of an
+    earlier run of the same config and options in the work dir, unless
+    --retrain)."""
     opts = data_options(args.data_root)
     if args.iters:
         warmup = max(1, min(20, args.iters // 5))  # linear, then poly
@@ -132,12 +124,8 @@ def train(name: str, config: str, args, load_from: str = None) -> str:
         opts.append(f'train_dataloader.batch_size={args.batch_size}')
     if load_from:
         opts.append(f'load_from={load_from}')
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config,
-           '--work-dir', work, '--cfg-options', *opts]
-    log(f'{name}: training (tools/train.py {osp.relpath(config, ROOT)}'
-        + (f', from {load_from}' if load_from else '') + ') ...')
-    stream_training(name, cmd)
-    return open(ckpt).read().strip()
+    return train_or_reuse(name, config, osp.join(args.work_dir, slug(name)),
+                          opts, args.retrain, log)
 
 
 def gmacs(model, size, ratio=None) -> dict:

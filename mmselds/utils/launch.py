@@ -1,6 +1,9 @@
 """Config preparation shared by ``tools/train.py`` and ``tools/test.py``,
-and the error handling of every tool's command line."""
+the error handling of every tool's command line, and the training runs
+the demo and the ablation start."""
 import copy
+import hashlib
+import json
 import os
 import os.path as osp
 import re
@@ -134,3 +137,51 @@ def stream_training(name: str, cmd: list) -> None:
                   f'{"  ".join(keep)}', flush=True)
     if proc.wait():
         sys.exit(f'error: training {name} failed:\n{"".join(tail)}')
+
+
+RUN_RECORD = 'mmselds_run.json'
+
+
+def train_or_reuse(name: str, config: str, work: str, options: list,
+                   retrain: bool = False,
+                   log: Callable[[str], None] = print) -> str:
+    """Train ``config`` with ``tools/train.py`` in ``work`` (progress lines
+    from :func:`stream_training`) and return the final checkpoint, or
+    return the checkpoint of a finished earlier run of the same config
+    (path and resolved content) with the same ``options`` in ``work``,
+    unless ``retrain``. The demo and the ablation train this way.
+
+    Args:
+        name (str): the run's name in the progress lines.
+        config (str): the config file.
+        work (str): the work dir (``--work-dir``).
+        options (list[str]): ``--cfg-options`` entries (``key=value``).
+        retrain (bool): train even if a matching run is there.
+        log (callable): gets one line when a run starts or is reused.
+    """
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    text = Config.fromfile(config).pretty_text
+    settings = dict(config=osp.abspath(config), options=list(options),
+                    config_sha256=hashlib.sha256(text.encode()).hexdigest())
+    record = osp.join(work, RUN_RECORD)
+    last = osp.join(work, 'last_checkpoint')
+    if not retrain and osp.exists(last) and osp.exists(record):
+        path = open(last).read().strip()
+        with open(record) as f:
+            same = json.load(f) == settings
+        if same and osp.exists(path):
+            log(f'{name}: using {path} (--retrain to train again)')
+            return path
+    cmd = [sys.executable, osp.join(root, 'tools', 'train.py'), config,
+           '--work-dir', work, '--cfg-options', *options]
+    shown = [o for o in options
+             if 'data_root' not in o and not o.startswith('load_from=')]
+    loaded = [o.split('=', 1)[1] for o in options
+              if o.startswith('load_from=')]
+    log(f'{name}: training (tools/train.py {osp.relpath(config, root)}'
+        + (f' --cfg-options {" ".join(shown)}' if shown else '')
+        + (f', from {loaded[0]}' if loaded else '') + ') ...')
+    stream_training(name, cmd)
+    with open(record, 'w') as f:
+        json.dump(settings, f, indent=2)
+    return open(last).read().strip()
