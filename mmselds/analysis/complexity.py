@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmselds.models.backbones.selds_resnet import OS8_STRIDES, dense_stages
+from mmselds.models.backbones.selds_resnet import dense_stages
 from mmselds.models.mask_heads import mask_head_macs
+
+# stage strides of mmseg's dense DeepLabV3 at output stride 8 and 16
+DENSE_STRIDES = {8: (1, 2, 1, 1), 16: (1, 2, 2, 1)}
 
 
 def module_macs(module: nn.Module, *inputs) -> int:
@@ -122,7 +125,7 @@ def backbone_output_shapes(backbone: nn.Module, input_size: Tuple[int, int],
     backbone's are OS8's, (1, 2, 1, 1), its densified outputs' size; (1, 2,
     2, 1) gives the OS16 network's)."""
     _, (h, w) = dense_prefix_macs(backbone, input_size)
-    strides = tuple(getattr(backbone, 'strides', OS8_STRIDES)
+    strides = tuple(getattr(backbone, 'strides', DENSE_STRIDES[8])
                     if strides is None else strides)
     widths = [backbone.base_channels * 2**i * backbone.block.expansion
               for i in range(4)]
@@ -155,13 +158,12 @@ def dense_reference_macs(backbone: nn.Module, input_size: Tuple[int, int]
     OS8 (strides (1, 2, 1, 1)) and OS16 (strides (1, 2, 2, 1))."""
     from mmseg.models.backbones import ResNetV1c
     out = {}
-    for name, strides, dilations in (('OS8', (1, 2, 1, 1), backbone.dilations),
-                                     ('OS16', (1, 2, 2, 1), (1, 1, 1, 2))):
+    for os_, dilations in ((8, backbone.dilations), (16, (1, 1, 1, 2))):
         ref = ResNetV1c(depth=backbone.depth,
                         stem_channels=backbone.stem_channels,
                         base_channels=backbone.base_channels,
-                        strides=strides, dilations=dilations,
+                        strides=DENSE_STRIDES[os_], dilations=dilations,
                         contract_dilation=backbone.contract_dilation,
                         multi_grid=backbone.multi_grid)
-        out[name] = meta_macs(ref, (1, 3) + tuple(input_size))[0]
+        out[f'OS{os_}'] = meta_macs(ref, (1, 3) + tuple(input_size))[0]
     return out

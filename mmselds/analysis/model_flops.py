@@ -5,11 +5,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .complexity import (backbone_macs, backbone_output_shapes,
+from .complexity import (DENSE_STRIDES, backbone_macs, backbone_output_shapes,
                          decode_head_macs, dense_reference_macs, meta_macs)
-
-# stage strides of mmseg's dense DeepLabV3 at output stride 8 and 16
-DENSE_STRIDES = {8: (1, 2, 1, 1), 16: (1, 2, 2, 1)}
 
 
 def is_selective(model: nn.Module) -> bool:

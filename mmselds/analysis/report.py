@@ -3,7 +3,6 @@ from typing import Dict, Sequence
 
 from .ablation import beyond_spread, format_spread, loss_label
 
-
 # (header, key, format) of the cost and time columns of results_table
 RESULT_COLUMNS = (('backbone GMACs', 'backbone_gmacs', '.3f'),
                   ('model GMACs', 'model_gmacs', '.3f'),

@@ -225,15 +225,11 @@ class CellMask:
                               dy * row - dx, dy * row, dy * row + dx]],
                             device=self.mask.device)
 
-    def _layout_index(self):
-        """The framed tables and anchors of :meth:`conv_index` and
-        :meth:`entrance_index` (built on first use, once per mask)."""
+    def _high_anchors(self) -> Tensor:
+        """The high pixels as anchors in a framed full-resolution table:
+        both index tables read them."""
         H, W = self.feature_size
-        return (self._padded('cells', self.cell_lorow, self.h, self.w,
-                             self.zero_row),
-                self._padded('pixels', self.pix_row, H, W, self.zero_row),
-                self._anchors('low', *self.low_nij, self.h, self.w),
-                self._anchors('high', *self.high_nyx, H, W))
+        return self._anchors('high', *self.high_nyx, H, W)
 
     def conv_index(self, dilation: int) -> Tensor:
         """(R, 9) rows of ``cat([rows, zero, pooled])`` read by a 3x3 conv.
@@ -245,10 +241,15 @@ class CellMask:
         key = ('conv', dilation)
         if key not in self._cache:
             H, W = self.feature_size
-            cells, pixels, low, high = self._layout_index()
+            cells = self._padded('cells', self.cell_lorow, self.h, self.w,
+                                 self.zero_row)
+            pixels = self._padded('pixels', self.pix_row, H, W,
+                                  self.zero_row)
+            low = self._anchors('low', *self.low_nij, self.h, self.w)
             dl = max(dilation // 2, 1)
             lo = cells[low + self._taps_into(dl, self.h, self.w)]
-            hi = pixels[high + self._taps_into(dilation, H, W)]
+            hi = pixels[self._high_anchors() +
+                        self._taps_into(dilation, H, W)]
             self._cache[key] = torch.cat([lo, hi]).view(-1)
         return self._cache[key]
 
@@ -267,11 +268,11 @@ class CellMask:
                 zero)
             n, i, j = self.low_nij
             low = self._anchors('low_topleft', n, 2 * i, 2 * j, H, W)
-            high = self._layout_index()[3]
             dl = max(dilation // 2, 1)
             self._cache[key] = torch.cat([
                 raster[low + self._taps_into(dl, H, W)],
-                raster[high + self._taps_into(dilation, H, W)]]).view(-1)
+                raster[self._high_anchors() +
+                       self._taps_into(dilation, H, W)]]).view(-1)
         return self._cache[key]
 
     def high_pixels(self) -> Tensor:
