@@ -125,14 +125,59 @@ def _check_same_cells(feats: Sequence[MixedFeature], what: str) -> None:
                              'CellMask')
 
 
+class _CatFeature(MixedFeature):
+    """Sparse rows concatenated along channels, kept as their blocks until
+    ``data`` is read (then concatenated once): a selective conv reads the
+    blocks (:meth:`row_blocks`), and a matmul of a concatenation is the sum
+    of its blocks' matmuls, so the concatenation need not be formed."""
+
+    def __init__(self, blocks: Sequence[Tensor], cells: CellMask, pool):
+        self._blocks = tuple(blocks)
+        self._data = None
+        super().__init__(None, cells, pool)
+
+    @property
+    def data(self) -> Tensor:
+        if self._data is None:
+            self._data = torch.cat(self._blocks, dim=1)
+        return self._data
+
+    @data.setter
+    def data(self, value: Optional[Tensor]) -> None:
+        self._data = value
+
+    def row_blocks(self) -> tuple:
+        return self._blocks if self._data is None else (self._data, )
+
+    @property
+    def channels(self) -> int:
+        return sum(b.shape[1] for b in self._blocks)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._blocks[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._blocks[0].device
+
+
 def mixed_cat(feats: Sequence[MixedFeature]) -> MixedFeature:
     """Concatenate mixed features along channels (dim 1 of the dense map or
     of the sparse rows, which share one row order). The result takes the
-    first feature's pooling."""
+    first feature's pooling.
+
+    In sparse execution the result keeps the features' rows as blocks and
+    forms the concatenation only where it is read as one tensor (``data``):
+    a selective conv reads the blocks (the ASPP head's bottleneck never
+    copies its 5 x 512 input channels into one matrix)."""
     feats = list(feats)
     _check_same_cells(feats, 'mixed_cat')
     if len({f.dtype for f in feats}) > 1:
         raise ValueError('mixed_cat needs features of one dtype')
+    if feats[0].execution == 'sparse':
+        blocks = [b for f in feats for b in f.row_blocks()]
+        return _CatFeature(blocks, feats[0].cells, feats[0].pool)
     return feats[0].new(torch.cat([f.data for f in feats], dim=1))
 
 

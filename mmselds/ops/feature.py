@@ -12,7 +12,7 @@ Both executions store the same function of (hi, lo, M):
   then the pixels of the high cells); low-resolution values of high cells
   are pooled from their 4 rows when a layer reads them.
 """
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,12 @@ class MixedFeature:
     def shape(self):
         """(N, C, H, W) of the densified map."""
         return (self.cells.n, self.channels) + self.cells.feature_size
+
+    def row_blocks(self) -> Tuple[Tensor, ...]:
+        """Channel blocks whose concatenation is ``data``: ``(data,)``, or
+        the features of a sparse :func:`~mmselds.ops.mixed_cat`, which a
+        selective conv reads without forming their concatenation."""
+        return (self.data, )
 
     def densify(self) -> Tensor:
         """(N, C, H, W): hi at full-resolution cells, lo replicated at

@@ -7,7 +7,7 @@ uniform path) and calls :mod:`mmselds.ops.kernels`, which dispatches the
 compute (gather -> matmul over the active rows) to the backend of the
 tensor's device type and dtype.
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,18 +28,21 @@ def low_res_dilation(dilation: int) -> int:
     return max(dilation // 2, 1)
 
 
-def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                     dilation: int) -> int:
-    """Validate a conv call; return the kernel size."""
+def _check_conv_args(x: Union[Tensor, MixedFeature], weight: Tensor,
+                     bias: Optional[Tensor], dilation: int) -> int:
+    """Validate a conv call on a dense map or a mixed feature (whose data
+    is not read: a sparse concatenation stays in blocks); return the kernel
+    size."""
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         raise ValueError('weight must be a (C_out, C_in, k, k) tensor')
     c_out, c_in, kh, kw = weight.shape
     if kh != kw or kh not in (1, 3):
         raise ValueError(f'kernel size {kh}x{kw} is not supported; '
                          'selective convs take 1x1 or 3x3 kernels')
-    if c_in != x.shape[1]:
+    channels = x.channels if isinstance(x, MixedFeature) else x.shape[1]
+    if c_in != channels:
         raise ValueError(f'weight expects {c_in} input channels but the '
-                         f'feature has {x.shape[1]} (groups must be 1)')
+                         f'feature has {channels} (groups must be 1)')
     if not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f'dilation must be a positive int, got {dilation!r}')
     if kh == 3 and dilation > 1 and dilation % 2:
@@ -60,8 +63,9 @@ def _check_conv_args(x: Tensor, weight: Tensor, bias: Optional[Tensor],
 
 def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     """Rows the gather of a sparse 3x3 conv reads under a mixed mask (a
-    uniform one takes :func:`_uniform_conv2d`): cat([rows, zero, pooled
-    high cells]).
+    uniform one takes :func:`_uniform_conv2d`) with a pooling other than
+    ``stride`` (whose low values are rows of the feature, read in place):
+    cat([rows, zero, pooled high cells]).
 
     Without autograd the source is kept on the feature while its data is
     unchanged (same storage and version) and reused by the next 3x3 conv
@@ -163,7 +167,7 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
     if not isinstance(feat, MixedFeature):
         raise ValueError('selective_conv2d takes a MixedFeature; build one '
                          'with MixedFeature.from_dense')
-    k = _check_conv_args(feat.data, weight, bias, dilation)
+    k = _check_conv_args(feat, weight, bias, dilation)
     pool = feat.pool if pool is None else as_pooling(pool)
     epilogue = _epilogue(feat.cells, residual, relu)
     if k == 1:
@@ -180,8 +184,15 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
         return feat.new(_dense_epilogue(blend(hi, lo, feat.cells.mask),
                                         epilogue), pool)
     cells = feat.cells
-    out = _uniform_conv2d(feat.data, cells, weight, bias, r, rl, epilogue)
-    if out is None:
+    if not (cells.num_low and cells.num_high):  # one resolution
+        out = _uniform_conv2d(feat.data, cells, weight, bias, r, rl,
+                              epilogue)
+    elif pool.mode == 'stride':  # low values read in place: no source
+        blocks = feat.row_blocks()
+        out = kernels.gather_linear(
+            blocks[0] if len(blocks) == 1 else blocks,
+            cells.conv_index(r, pooled_rows=False), weight, bias, **epilogue)
+    else:
         out = kernels.gather_linear(_source(feat, pool), cells.conv_index(r),
                                     weight, bias, **epilogue)
     return feat.new(out, pool)
@@ -223,9 +234,9 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
                                             epilogue), cells, pool)
     out = _uniform_conv2d(x, cells, weight, bias, r, rl, epilogue)
     if out is None:
-        src = torch.cat([to_rows(x), x.new_zeros(1, x.shape[1])])
-        out = kernels.gather_linear(src, cells.entrance_index(r), weight,
-                                    bias, **epilogue)
+        # (the index's zero row is N * H * W, one past the raster rows)
+        out = kernels.gather_linear(to_rows(x), cells.entrance_index(r),
+                                    weight, bias, **epilogue)
     return MixedFeature(out, cells, pool)
 
 

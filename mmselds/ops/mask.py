@@ -231,18 +231,35 @@ class CellMask:
         H, W = self.feature_size
         return self._anchors('high', *self.high_nyx, H, W)
 
-    def conv_index(self, dilation: int) -> Tensor:
-        """(R, 9) rows of ``cat([rows, zero, pooled])`` read by a 3x3 conv.
+    def conv_index(self, dilation: int, pooled_rows: bool = True) -> Tensor:
+        """(R, 9) source rows read by a 3x3 conv.
 
         High pixels read V with ``dilation``; low cells read the cell grid
-        with ``max(dilation // 2, 1)``.
+        with ``max(dilation // 2, 1)``. A tap outside the map reads the zero
+        row ``R``.
+
+        Args:
+            dilation (int): the OS8 dilation.
+            pooled_rows (bool): index ``cat([rows, zero, pooled])``, where
+                a high cell's low-resolution value is its pooled row
+                (any pooling). False: index the feature's own rows, a high
+                cell's low-resolution value being its top-left pixel's row
+                (``stride`` pooling, read in place), and R (one past the
+                rows) standing for the zero row. Default: True.
         """
         self._require_sparse()
-        key = ('conv', dilation)
+        key = ('conv', dilation, pooled_rows)
         if key not in self._cache:
             H, W = self.feature_size
-            cells = self._padded('cells', self.cell_lorow, self.h, self.w,
-                                 self.zero_row)
+            if pooled_rows:
+                lorow = self.cell_lorow
+            else:  # the top-left pixel's row of every cell
+                n, i, j = torch.meshgrid(
+                    *(torch.arange(k, device=self.mask.device)
+                      for k in (self.n, self.h, self.w)), indexing='ij')
+                lorow = self.pix_row[((n * H + 2 * i) * W + 2 * j).view(-1)]
+            cells = self._padded('cells' if pooled_rows else 'cells_topleft',
+                                 lorow, self.h, self.w, self.zero_row)
             pixels = self._padded('pixels', self.pix_row, H, W,
                                   self.zero_row)
             low = self._anchors('low', *self.low_nij, self.h, self.w)
@@ -254,10 +271,11 @@ class CellMask:
         return self._cache[key]
 
     def entrance_index(self, dilation: int) -> Tensor:
-        """(R, 9) raster pixels of a full-resolution map (plus a zero row at
-        N*H*W) read by the stage-entrance conv: dilation ``dilation`` at
-        high pixels, stride 2 and dilation ``max(dilation // 2, 1)`` at low
-        cells (anchored at the cell's top-left pixel)."""
+        """(R, 9) raster pixels of a full-resolution map read by the
+        stage-entrance conv (N*H*W, one past the map, for the zero row):
+        dilation ``dilation`` at high pixels, stride 2 and dilation
+        ``max(dilation // 2, 1)`` at low cells (anchored at the cell's
+        top-left pixel)."""
         self._require_sparse()
         key = ('entrance', dilation)
         if key not in self._cache:

@@ -123,6 +123,44 @@ def test_mixed_ops_match_dense(ratio):
         assert torch.equal(b, vec[:, :, None, None].expand(-1, -1, 8, 12))
 
 
+@pytest.mark.parametrize('pool', ['stride', 'avg'])
+def test_conv_of_a_sparse_cat_reads_its_blocks(pool, monkeypatch):
+    """A selective 3x3 conv of a sparse mixed_cat equals the dense
+    emulation's conv of the concatenated map; with ``stride`` pooling (the
+    head's) it reads the features' rows as blocks and the concatenation is
+    never formed; reading ``data`` forms it once, and later convs read it."""
+    from mmselds.ops import selective_conv2d
+    g = torch.Generator().manual_seed(1)
+    mask = random_cell_mask(2, 4, 6, 0.5, generator=g)
+    xs = [torch.randn(2, c, 8, 12, generator=g) for c in (6, 3, 5)]
+    w = torch.randn(4, 14, 3, 3, generator=g) / 10
+    b = torch.randn(4, generator=g)
+
+    def conv(execution):
+        cells = CellMask(mask, execution)
+        cat = mixed_cat([MixedFeature.from_dense(x, cells, pool)
+                         for x in xs])
+        return cat, selective_conv2d(cat, w, b, 4)
+
+    _, want = conv('dense')
+    formed = []
+    real_cat = torch.cat
+    with torch.no_grad():
+        monkeypatch.setattr(torch, 'cat', lambda ts, *a, **k: formed.append(
+            len(ts)) or real_cat(ts, *a, **k))
+        cat, got = conv('sparse')
+        assert (3 in formed) == (pool != 'stride')  # the 3 blocks
+        monkeypatch.setattr(torch, 'cat', real_cat)
+        close(got.densify(), want.densify(), 1e-5)
+        if pool == 'stride':
+            assert len(cat.row_blocks()) == 3 and cat.channels == 14
+            assert cat.data.shape == (cat.cells.num_rows, 14)
+            assert cat.row_blocks() == (cat.data, )
+            cat.data.mul_(2)  # the formed data is what convs read now
+            close(selective_conv2d(cat, w, None, 4).densify(),
+                  2 * (want.densify() - b.view(1, -1, 1, 1)), 1e-5)
+
+
 def test_mixed_ops_bad_input():
     cells = CellMask(torch.zeros(1, 1, 2, 2), 'sparse')
     other = CellMask(torch.zeros(1, 1, 2, 2), 'sparse')

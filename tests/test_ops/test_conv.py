@@ -31,15 +31,19 @@ def run(x, mask, weight, bias, dilation, execution, pool='stride'):
 @pytest.mark.parametrize('dilation', [1, 2, 4, 6, 12, 24])
 @pytest.mark.parametrize('density', [0.0, 0.25, 0.5, 1.0])
 @pytest.mark.parametrize('n,size', [(1, (8, 12)), (3, (10, 6))])
-def test_dense_equals_sparse_and_reference(k, dilation, density, n, size):
-    x, w, b, mask = make_case(n, 5, *size, density, seed=dilation, k=k)
+# 3 output channels from 5: the kernel's tap-first way (im2col for 6)
+@pytest.mark.parametrize('c_out', [6, 3])
+def test_dense_equals_sparse_and_reference(k, dilation, density, n, size,
+                                           c_out):
+    x, w, b, mask = make_case(n, 5, *size, density, seed=dilation, k=k,
+                              c_out=c_out)
     dense = run(x, mask, w, b, dilation, 'dense')
     sparse = run(x, mask, w, b, dilation, 'sparse')
     hi, lo = ref.selective_conv(x.double(), ref.pool(x.double(), 'stride'),
                                 mask.double(), w.double(), b.double(),
                                 dilation, 'stride')
     expected = ref.densify(hi, lo, mask.double()).float()
-    assert sparse.shape == (n, 6) + size
+    assert sparse.shape == (n, c_out) + size
     torch.testing.assert_close(dense, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(sparse, expected, atol=ATOL, rtol=0)
 

@@ -240,3 +240,84 @@ def test_onednn_fused_conv_is_found():
     """The probe finds oneDNN's fused conv where oneDNN exists (else sparse
     inference silently loses the fusion)."""
     assert torch_ref._fused_conv() is not None
+
+
+# ------------------------------------------- the two ways of gather_linear
+def naive_gather(blocks, index, weight, bias):
+    """sum_t src[index[r, t]] @ W_t + bias in float64, the concatenated
+    source given a zero row at M."""
+    src = torch.cat([b.double() for b in blocks], 1)
+    src = torch.cat([src, src.new_zeros(1, src.shape[1])])
+    taps = weight.shape[2] * weight.shape[3]
+    cols = src[index].view(-1, taps * src.shape[1])
+    w2d = weight.double().permute(0, 2, 3, 1).reshape(len(weight), -1)
+    return cols @ w2d.t() + bias.double()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64,
+                                   torch.bfloat16], ids=str)
+@pytest.mark.parametrize('blocks', [1, 3])
+@pytest.mark.parametrize('c_in,c_out', [(24, 5), (5, 24)])
+def test_tap_first_and_im2col_equal_the_naive_sum(c_in, c_out, blocks,
+                                                  dtype, monkeypatch):
+    """Both ways of torch_ref.gather_linear (tap first: more input than
+    output channels, no more source rows than outputs, no autograd; im2col
+    otherwise) compute sum_t src[index[r, t]] @ W_t with index M reading
+    zeros, from one source or from channel blocks, with the epilogue; the
+    tap-first one also when its Y buffer holds fewer taps than the kernel
+    (groups of taps)."""
+    g = torch.Generator().manual_seed(c_in + blocks)
+    M = R = 37
+    src = torch.randn(M, c_in, generator=g).to(dtype)
+    parts = tuple(src.tensor_split(blocks, dim=1)) if blocks > 1 else src
+    index = torch.randint(0, M + 1, (R * 9, ), generator=g)
+    index[:9] = M  # a row of padding only
+    weight = (torch.randn(c_out, c_in, 3, 3, generator=g) / c_in).to(dtype)
+    bias = torch.randn(c_out, generator=g).to(dtype)
+    res = torch.randn(R, c_out, generator=g).to(dtype)
+    want = naive_gather(src.tensor_split(blocks, dim=1), index, weight, bias)
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else \
+        dict(atol=1e-5, rtol=1e-5)
+    ways = collections.Counter()
+    tap_first = torch_ref._tap_first
+    monkeypatch.setattr(torch_ref, '_tap_first', lambda *a: ways.update(
+        ['tap']) or tap_first(*a))
+    for grad in (False, True):
+        w = weight.clone().requires_grad_(grad)
+        got = torch_ref.gather_linear(parts, index, w, bias, residual=res,
+                                      relu=True)
+        torch.testing.assert_close(got.double(), (want + res.double()).relu(),
+                                   **tol)
+    assert ways['tap'] == (1 if c_in > c_out else 0)  # never under autograd
+    monkeypatch.setattr(torch_ref, '_GATHER_BYTES', 2 * (M + 1) * c_out *
+                        src.element_size())  # two taps a group
+    with torch.no_grad():
+        got = torch_ref.gather_linear(parts, index, weight, bias)
+    torch.testing.assert_close(got.double(), want, **tol)
+
+
+def test_im2col_gathers_padding_from_blocks_of_rows(monkeypatch):
+    """im2col in blocks of rows (a small _GATHER_BYTES), the padding rows
+    zeroed in every block, with and without autograd; gradients reach the
+    source rows read, not the padding."""
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(20, 4, generator=g)
+    index = torch.randint(0, 21, (30 * 9, ), generator=g)
+    weight = torch.randn(6, 4, 3, 3, generator=g)
+    want = naive_gather((src, ), index, weight, torch.zeros(6))
+    monkeypatch.setattr(torch_ref, '_GATHER_BYTES', 9 * 4 * 4 * 7)
+    with torch.no_grad():
+        got = torch_ref.gather_linear(src, index, weight)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    leaf = src.clone().requires_grad_()
+    torch_ref.gather_linear(leaf, index, weight).sum().backward()
+    read = torch.zeros(21).index_add_(0, index, torch.ones(len(index)))[:20]
+    assert bool((leaf.grad[read == 0] == 0).all())
+    assert bool((leaf.grad[read > 0] != 0).any())
+
+
+def test_gather_source_blocks_must_share_rows():
+    with pytest.raises(ValueError, match='blocks of'):
+        torch_ref.gather_linear((torch.zeros(4, 2), torch.zeros(5, 2)),
+                                torch.zeros(9, dtype=torch.long),
+                                torch.zeros(3, 4, 3, 3))

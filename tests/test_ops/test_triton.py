@@ -57,19 +57,26 @@ def make_mask(kind, n, h, w, gen):
 
 
 def conv_case(n, c_in, c_out, dilation, mask_kind, dtype, seed,
-              entrance=False, h=4, w=6):
+              entrance=False, h=4, w=6, in_place=False):
     """Source rows, index table, weight, bias of one selective 3x3 conv in
-    ``dtype`` (weights scaled for outputs of unit scale)."""
+    ``dtype`` (weights scaled for outputs of unit scale): the source
+    ``cat([rows, zero, pooled])`` of ``conv_index``, with ``in_place`` the
+    rows alone (``conv_index(pooled_rows=False)``; the zero row is one past
+    them), with ``entrance`` the raster rows of the entrance (likewise)."""
     gen = torch.Generator().manual_seed(seed)
     cells = CellMask(make_mask(mask_kind, n, h, w, gen), 'sparse')
     if entrance:
         rows = n * 4 * h * w
         index = cells.entrance_index(dilation)
+    elif in_place:
+        rows = cells.num_rows
+        index = cells.conv_index(dilation, pooled_rows=False)
     else:
         rows = cells.num_rows + 1 + cells.num_high
         index = cells.conv_index(dilation)
-    src = torch.randn(rows + 1, c_in, generator=gen)
-    src[rows if entrance else cells.num_rows] = 0  # the zero row
+    src = torch.randn(rows, c_in, generator=gen)
+    if not (entrance or in_place):
+        src[cells.num_rows] = 0  # the zero row
     weight = torch.randn(c_out, c_in, 3, 3, generator=gen) / (3 * c_in**.5)
     bias = torch.randn(c_out, generator=gen)
     return [t.to(dtype) for t in (src, weight, bias)] + [index]
@@ -109,15 +116,19 @@ def run_gather(src, index, weight, bias, **kw):
 
 # --------------------------------------------- the interpreter on CPU
 @needs_triton
-@pytest.mark.parametrize('entrance', [False, True])
+@pytest.mark.parametrize('table', ['pooled', 'in_place', 'entrance'])
 @pytest.mark.parametrize('dilation', DILATIONS)
-def test_every_dilation_through_the_index_tables(dilation, entrance):
+def test_every_dilation_through_the_index_tables(dilation, table):
     """3x3 conv of every dilation the models use (backbone 1, 2, 4; ASPP
     6, 12, 18 at OS16 and 12, 24, 36 at OS8), through CellMask.conv_index
-    and entrance_index, on a mixed mask of 3 images."""
+    (both layouts) and entrance_index, on a mixed mask of 3 images; the
+    last two read the zero row one past the source."""
     src, weight, bias, index = conv_case(3, 17, 5, dilation, 'half',
                                          torch.float32, seed=dilation,
-                                         entrance=entrance)
+                                         entrance=table == 'entrance',
+                                         in_place=table == 'in_place')
+    if table != 'pooled':
+        assert int(index.max()) == len(src)  # padding is read
     check(run_gather(src, index, weight, bias),
           ref_gather(src, index, weight, bias), torch.float32)
 

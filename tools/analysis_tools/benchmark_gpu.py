@@ -190,11 +190,12 @@ def fmt(ms):
     return '-' if ms is None else f'{ms:.3f}' if ms < 10 else f'{ms:.1f}'
 
 
-def conv_source(feat, pool='stride'):
-    """The rows a sparse 3x3 conv gathers: cat([rows, zero, pooled])."""
-    return torch.cat([feat.data, feat.data.new_zeros(1, feat.channels),
-                      feat.pooled_rows(pool)]) if feat.cells.num_low \
-        else torch.cat([feat.data, feat.data.new_zeros(1, feat.channels)])
+def conv_source(feat, dilation):
+    """(source rows, index table) of the gather of a sparse 3x3 conv on a
+    ``stride``-pooled feature, as ``selective_conv2d`` builds them: the
+    rows themselves (a high cell's low value is its top-left row; index R
+    reads zeros)."""
+    return feat.data, feat.cells.conv_index(dilation, pooled_rows=False)
 
 
 # ------------------------------------------------- R101 stages 3 and 4
@@ -310,7 +311,7 @@ def check_ops(bench, args, gen, rows):
                                         gen).to(bench.device)
                 cells = CellMask(mask, 'sparse')
                 feat = MixedFeature.from_dense(x, cells)
-                src, index = conv_source(feat), cells.conv_index(r)
+                src, index = conv_source(feat, r)
                 d = torch.float64
                 got = tk.gather_linear(src, index, wt, b, interpret=interpret)
                 ref = torch_ref.gather_linear(src.to(d), index, wt.to(d),
@@ -392,11 +393,12 @@ def time_ops(bench, args, gen, rows):
                                             gen).to(bench.device)
 
                     def build():
-                        return CellMask(mask, 'sparse').conv_index(r)
+                        return CellMask(mask, 'sparse').conv_index(
+                            r, pooled_rows=False)
                     index_ms = bench.time(build)
                     cells = CellMask(mask, 'sparse')
                     feat = MixedFeature.from_dense(x, cells)
-                    src, index = conv_source(feat), cells.conv_index(r)
+                    src, index = conv_source(feat, r)
 
                     def op():
                         return selective_conv2d(feat, wt, b, r)

@@ -25,7 +25,7 @@ A new backend builds a :class:`Backend` and calls
 :mod:`.torch_ref` (the reference) to round-off on every test of the ops.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Optional
+from typing import Callable, Dict, FrozenSet, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -43,10 +43,13 @@ class Backend:
         rows_linear (callable): ``(rows (M, K), weight (C_out, K),
             bias, *, residual=None, relu=False) -> (M, C_out)``, the
             matmul of a sparse 1x1 conv.
-        gather_linear (callable): ``(src (M, C), index (R * T,),
+        gather_linear (callable): ``(src, index (R * T,),
             weight (C_out, C, k, k), bias, *, residual=None, relu=False)
             -> (R, C_out)``: row r is
-            ``sum_t src[index[r, t]] @ W_t + bias``.
+            ``sum_t src[index[r, t]] @ W_t + bias``; ``src`` is (M, C)
+            rows or a tuple of (M, C_i) channel blocks of them (a
+            concatenation the kernel need not form), and index M reads a
+            zero row (the padding).
         conv2d_rows (callable): ``(x (N, C, H, W), weight, bias, dilation,
             stride, *, residual=None, relu=False) -> (N * H_out * W_out,
             C_out)`` raster rows of one dense conv with
@@ -149,23 +152,27 @@ def rows_linear(rows: Tensor, weight: Tensor,
                                          **_epilogue(residual, relu))
 
 
-def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
-                  bias: Optional[Tensor] = None, *,
+def gather_linear(src: Union[Tensor, Sequence[Tensor]], index: Tensor,
+                  weight: Tensor, bias: Optional[Tensor] = None, *,
                   residual: Optional[Tensor] = None,
                   relu: bool = False) -> Tensor:
     """Sparse convolution on ``src``'s backend: row r of the output is
     ``relu?(sum_t src[index[r, t]] @ W_t + bias + residual[r]?)``.
 
     Args:
-        src (Tensor): (M, C) source rows.
-        index (Tensor): (R * T,) flat (R, T) rows of ``src`` per tap.
+        src (Tensor | sequence of Tensor): (M, C) source rows, or channel
+            blocks (M, C_i) of them (the concatenation of mixed features:
+            a backend need not form it).
+        index (Tensor): (R * T,) flat (R, T) rows of ``src`` per tap, in
+            [0, M]: M reads a zero row (the padding outside the map).
         weight (Tensor): (C_out, C, k, k) with T = k * k taps, row-major.
         bias (Tensor, optional): (C_out,).
     Returns:
         Tensor: (R, C_out).
     """
-    return backend_for(src).gather_linear(src, index, weight, bias,
-                                          **_epilogue(residual, relu))
+    first = src if isinstance(src, Tensor) else src[0]
+    return backend_for(first).gather_linear(src, index, weight, bias,
+                                            **_epilogue(residual, relu))
 
 
 def conv2d_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor],

@@ -72,6 +72,8 @@ def _rows_linear(rows, weight, bias=None, **kwargs):
 
 
 def _gather_linear(src, index, weight, bias=None, **kwargs):
+    if not isinstance(src, torch.Tensor):  # channel blocks: one source
+        src = src[0] if len(src) == 1 else torch.cat(tuple(src), 1)
     if src.dtype == torch.float64:  # the reference's kernel
         return torch_ref.gather_linear(src, index, weight, bias,
                                        **_reference_epilogue(kwargs))

@@ -1,7 +1,8 @@
 """Triton kernels of sparse selective execution: one implicit-GEMM kernel.
 
 Row ``r`` of the output is ``sum_t src[index[r, t]] @ W_t (+ bias)
-(+ residual[r]) (ReLU)``: the kernel reads the source rows through the
+(+ residual[r]) (ReLU)``, row M of the M source rows reading zeros (the
+padding): the kernel reads the source rows through the
 index table of :class:`~mmselds.ops.CellMask` (``conv_index`` /
 ``entrance_index``) directly, tap by tap, into its tiles (no im2col matrix
 is ever written), accumulates in float32 and writes the (R, C_out) output
@@ -35,7 +36,7 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _selective_gemm(src_ptr, index_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
-                    R, C_out,
+                    R, C_out, M_SRC,
                     stride_sm, stride_sk,
                     stride_wn, stride_wk, stride_wy, stride_wx,
                     stride_rm, stride_rn, stride_om, stride_on,
@@ -78,17 +79,25 @@ def _selective_gemm(src_ptr, index_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
         kk = (i - t * K_BLOCKS) * BLOCK_K + rk
         if HAS_INDEX:
             rows = tl.load(index_ptr + rm_in * TAPS + t).to(tl.int64)
+            # row M_SRC (past the source) reads zeros: the padding
+            src_ok = rows < M_SRC
+            rows = tl.where(src_ok, rows, 0)
         else:
             rows = rm_in
+            src_ok = row_ok | True
         a_ptrs = src_ptr + rows[:, None] * stride_sm \
             + kk[None, :] * stride_sk
         b_ptrs = w_ptr + (t // KSIZE) * stride_wy + (t % KSIZE) * stride_wx \
             + kk[:, None] * stride_wk + rn_in[None, :] * stride_wn
         if EVEN_K:
-            a = tl.load(a_ptrs)
+            if HAS_INDEX:
+                a = tl.load(a_ptrs, mask=src_ok[:, None], other=0.0)
+            else:
+                a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
         else:
-            a = tl.load(a_ptrs, mask=kk[None, :] < C_IN, other=0.0)
+            a = tl.load(a_ptrs, mask=src_ok[:, None] & (kk[None, :] < C_IN),
+                        other=0.0)
             b = tl.load(b_ptrs, mask=kk[:, None] < C_IN, other=0.0)
         if UPCAST:  # see _launch: the interpreter's bfloat16 dot
             a = a.to(tl.float32)
@@ -206,7 +215,7 @@ def _launch(src: Tensor, index: Optional[Tensor], weight: Tensor, ksize: int,
         _kernel(interpret)[grid](
             src, index if index is not None else dummy, weight,
             bias if bias is not None else dummy, res, out,
-            R, c_out,
+            R, c_out, src.shape[0],
             src.stride(0), src.stride(1),
             *w_strides,
             res.stride(0), res.stride(1), out.stride(0), out.stride(1),
@@ -297,13 +306,15 @@ class _GatherLinear(torch.autograd.Function):
         w2d = weight if index is None else \
             weight.permute(0, 2, 3, 1).reshape(c_out, -1)
         g_src = g_w = None
+        if index is not None:  # row M, past the source, is the zero row
+            src = torch.cat([src, src.new_zeros(1, src.shape[1])])
         if ctx.needs_input_grad[0]:
             cols = grad @ w2d  # (R, T * C)
             if index is None:
                 g_src = cols
             else:
                 g_src = torch.zeros_like(src).index_add_(
-                    0, index.long(), cols.view(-1, src.shape[1]))
+                    0, index.long(), cols.view(-1, src.shape[1]))[:-1]
         if ctx.needs_input_grad[2]:
             cols = src if index is None else \
                 src.index_select(0, index.long()).view(-1, taps *
@@ -353,7 +364,8 @@ def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
     Args:
         src (Tensor): (M, C) source rows (float16, bfloat16 or float32).
         index (Tensor): (R * T,) flat (R, T) rows of ``src`` per tap
-            (int64 or int32), as built by :class:`~mmselds.ops.CellMask`.
+            (int64 or int32), as built by :class:`~mmselds.ops.CellMask`;
+            M (past the M rows of ``src``) reads zeros.
         weight (Tensor): (C_out, C, k, k), T = k * k taps, row-major; any
             strides (the channels-last copy of sparse inference is read
             in place).
