@@ -62,10 +62,16 @@ def test_mask_head_counts():
 
 
 @pytest.mark.parametrize('ratio', [0.0, 0.5, 1.0])
-def test_selective_head_macs_follow_the_mask(ratio):
+@pytest.mark.parametrize('tap_first', [False, True])
+def test_selective_head_macs_follow_the_mask(ratio, tap_first, monkeypatch):
     """I4 for the selective ASPP head: the multiply-adds torch counts in its
     sparse forward equal what the head's layers count under the mask
-    (``SelDSASPPHead.selective_macs``), which the whole-model count uses."""
+    (``SelDSASPPHead.selective_macs``), which the whole-model count uses,
+    whichever way the kernel multiplies (im2col, or tap first as the
+    full-size head does)."""
+    from mmselds.ops.kernels import torch_ref
+    if tap_first:
+        monkeypatch.setattr(torch_ref, '_TAP_FIRST_MACS', 0)
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS

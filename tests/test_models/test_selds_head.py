@@ -15,6 +15,7 @@ from mmselds.models import SelDSASPPHead, SelectivePoolingNeck
 from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
                          mixed_broadcast, mixed_cat, mixed_global_avg_pool,
                          random_cell_mask, upsample2)
+from mmselds.ops.kernels import torch_ref
 from tests.test_models.utils import (NARROW, OS8, OS16, randomize_,
                                      selds_backbone)
 
@@ -143,6 +144,7 @@ def test_conv_of_a_sparse_cat_reads_its_blocks(pool, monkeypatch):
         return cat, selective_conv2d(cat, w, b, 4)
 
     _, want = conv('dense')
+    monkeypatch.setattr(torch_ref, '_TAP_FIRST_MACS', 0)  # (a tiny conv)
     formed = []
     real_cat = torch.cat
     with torch.no_grad():
@@ -243,7 +245,11 @@ def test_all_low_equals_mmseg_os16(execution, dilations):
 @pytest.mark.parametrize('pool', ['stride', 'adaptive'])
 @pytest.mark.parametrize('batch', [1, 2])
 @pytest.mark.parametrize('ratio', [0.3, 0.7])
-def test_dense_equals_sparse(pool, batch, ratio):
+# the kernel's two ways: im2col, tap first (which full-size heads take)
+@pytest.mark.parametrize('tap_first', [False, True])
+def test_dense_equals_sparse(pool, batch, ratio, tap_first, monkeypatch):
+    if tap_first:
+        monkeypatch.setattr(torch_ref, '_TAP_FIRST_MACS', 0)
     model = selds_model(pool=pool).eval()
     g = torch.Generator().manual_seed(batch)
     masks = random_cell_mask(batch, 4, 8, ratio, generator=g)

@@ -261,11 +261,12 @@ def naive_gather(blocks, index, weight, bias):
 def test_tap_first_and_im2col_equal_the_naive_sum(c_in, c_out, blocks,
                                                   dtype, monkeypatch):
     """Both ways of torch_ref.gather_linear (tap first: more input than
-    output channels, no more source rows than outputs, no autograd; im2col
-    otherwise) compute sum_t src[index[r, t]] @ W_t with index M reading
-    zeros, from one source or from channel blocks, with the epilogue; the
-    tap-first one also when its Y buffer holds fewer taps than the kernel
-    (groups of taps)."""
+    output channels, no more source rows than outputs, no autograd, a large
+    product (here: any); im2col otherwise) compute
+    sum_t src[index[r, t]] @ W_t with index M reading zeros, from one
+    source or from channel blocks, with the epilogue; the tap-first one
+    also when its Y buffer holds fewer taps than the kernel (groups of
+    taps)."""
     g = torch.Generator().manual_seed(c_in + blocks)
     M = R = 37
     src = torch.randn(M, c_in, generator=g).to(dtype)
@@ -282,6 +283,10 @@ def test_tap_first_and_im2col_equal_the_naive_sum(c_in, c_out, blocks,
     tap_first = torch_ref._tap_first
     monkeypatch.setattr(torch_ref, '_tap_first', lambda *a: ways.update(
         ['tap']) or tap_first(*a))
+    with torch.no_grad():  # a small product: im2col's fixed cost is lower
+        torch_ref.gather_linear(parts, index, weight, bias)
+    assert not ways
+    monkeypatch.setattr(torch_ref, '_TAP_FIRST_MACS', 0)
     for grad in (False, True):
         w = weight.clone().requires_grad_(grad)
         got = torch_ref.gather_linear(parts, index, w, bias, residual=res,

@@ -30,6 +30,14 @@ _ONEDNN_MAX_K = 8192
 # a little faster, smaller ones lower the peak memory.
 _GATHER_BYTES = 80 * 2**20
 
+# Smallest gather_linear (multiply-adds) that multiplies tap first: below
+# it the 9 matmuls per channel block and the embedding_bag cost more in
+# fixed costs than im2col's one gather and one matmul (measured on an Intel
+# Xeon with AVX-512: 1.17-1.55x im2col's time at 0.09-0.15 GMACs, 0.95 at
+# 1.2 GMACs with one block, 1.18 at 0.74 GMACs with 5 blocks, 0.82-0.92 at
+# 6-9 GMACs; the R101 ASPP head's convs are 48-60 GMACs at s = 0.5).
+_TAP_FIRST_MACS = 2 * 10**9
+
 # Reused im2col buffers of inference (no autograd), one per device and
 # dtype: a fresh buffer of this size costs more in page faults than the
 # gather itself on the CPU.
@@ -176,12 +184,13 @@ def gather_linear(src, index: Tensor, weight: Tensor,
     Two ways, the same function:
 
     * tap first (without autograd, when the source has no more rows than
-      the output and more input than output channels, as the 3x3 convs of
-      an ASPP head): ``Y_t = src @ W_t^T`` for every tap t, one matmul per
-      tap and channel block into the reused workspace, then the output
-      rows sum their taps' rows of Y (``F.embedding_bag``). It moves
-      T x C_out values a row where im2col moves T x C_in, and never forms
-      the concatenation of a source given in blocks. Measured on the
+      the output, more input than output channels and the product is at
+      least ``_TAP_FIRST_MACS`` multiply-adds, as the 3x3 convs of a
+      full-size ASPP head): ``Y_t = src @ W_t^T`` for every tap t, one
+      matmul per tap and channel block into the reused workspace, then the
+      output rows sum their taps' rows of Y (``F.embedding_bag``). It
+      moves T x C_out values a row where im2col moves T x C_in, and never
+      forms the concatenation of a source given in blocks. Measured on the
       build machine (R101 ASPP shapes, 5120 rows, 2048 or 2560 -> 512
       channels): 0.87-0.95x im2col's time.
     * im2col: gathers the (R, T * C) matrix in blocks of at most
@@ -210,7 +219,8 @@ def gather_linear(src, index: Tensor, weight: Tensor,
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in parts + (weight, bias, residual))
-    if not grad and M <= R and c_in > c_out:
+    if not grad and M <= R and c_in > c_out and \
+            R * taps * c_in * c_out >= _TAP_FIRST_MACS:
         out = _tap_first(parts, index, weight)
         if bias is not None:
             out.add_(bias)
