@@ -326,3 +326,32 @@ def test_gather_source_blocks_must_share_rows():
         torch_ref.gather_linear((torch.zeros(4, 2), torch.zeros(5, 2)),
                                 torch.zeros(9, dtype=torch.long),
                                 torch.zeros(3, 4, 3, 3))
+
+
+def test_zero_reads_are_found_once_per_table_and_follow_changes():
+    """im2col finds where a table reads the zero row once per table (the
+    tables serve every conv of a pass), and again after the table changes
+    in place or for another source length."""
+    g = torch.Generator().manual_seed(4)
+    src = torch.randn(12, 3, generator=g)
+    weight = torch.randn(2, 3, 3, 3, generator=g)
+    index = torch.randint(0, 12, (5 * 9, ), generator=g)  # no padding
+    with torch.no_grad():
+        torch_ref.gather_linear(src, index, weight)
+        kept = index.__dict__['_mmselds_zero_reads']
+        torch_ref.gather_linear(src, index, weight)
+        assert index.__dict__['_mmselds_zero_reads'] is kept  # no new scan
+        key, pad = kept
+        assert key == (12, index._version) and pad is None
+        index[3] = 12  # now one tap reads the zero row
+        got = torch_ref.gather_linear(src, index, weight)
+        want = naive_gather((src, ), index, weight, torch.zeros(2))
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+        new_key, pad = index.__dict__['_mmselds_zero_reads']
+        assert new_key != key and pad.tolist() == [3]
+        shorter = src[:11]  # index 11 is padding now, 12 is out of range
+        index[3] = 11
+        got = torch_ref.gather_linear(shorter, index, weight)
+        torch.testing.assert_close(
+            got.double(), naive_gather((shorter, ), index, weight,
+                                       torch.zeros(2)), atol=1e-5, rtol=1e-5)

@@ -232,30 +232,45 @@ def gather_linear(src, index: Tensor, weight: Tensor,
     row_bytes = taps * c_in * src.element_size()
     blocks = -(-R * row_bytes // _GATHER_BYTES)
     block = -(-R // blocks)
-    pad = index == M  # the zero row past the source
-    any_pad = bool(pad.any())
+    pad = _zero_reads(index, M)
     outs = []
     for start in range(0, R, block):
-        idx = index[start * taps:(start + block) * taps]
-        if any_pad:  # read row 0 there, then zero it
-            at = pad[start * taps:(start + block) * taps].nonzero()
-            idx = idx.masked_fill(pad[start * taps:(start + block) * taps],
-                                  0)
+        lo, hi = start * taps, (start + block) * taps
+        idx, at = index[lo:hi], pad
+        if pad is not None and blocks > 1:
+            at = pad[(pad >= lo) & (pad < hi)] - lo
+        if at is not None:  # read row 0 there, then zero it
+            idx = idx.index_fill(0, at, 0)
         if grad:
             cols = src.index_select(0, idx)
-            if any_pad:
-                cols = cols.index_fill(0, at.view(-1), 0)
+            if at is not None:
+                cols = cols.index_fill(0, at, 0)
         else:
             cols = torch.index_select(
                 src, 0, idx, out=_workspace(idx.numel() * c_in, src).view(
                     idx.numel(), c_in))
-            if any_pad:
-                cols.index_fill_(0, at.view(-1), 0)
+            if at is not None:
+                cols.index_fill_(0, at, 0)
         outs.append(rows_linear(
             cols.view(-1, taps * c_in), w2d, bias, relu=relu,
             residual=None if residual is None else
             residual[start:start + block]))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _zero_reads(index: Tensor, M: int) -> Optional[Tensor]:
+    """Positions of ``index`` that read the zero row M (past the source),
+    or None. Kept on the index tensor while it is unchanged: an index table
+    is built once per mask and serves every conv of a pass, so the scan
+    runs once per table, not once per conv."""
+    key = (M, index._version)
+    kept = index.__dict__.get('_mmselds_zero_reads')
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    pad = (index == M).nonzero().view(-1)
+    pad = pad if pad.numel() else None
+    index.__dict__['_mmselds_zero_reads'] = (key, pad)
+    return pad
 
 
 def _tap_first(parts: Tuple[Tensor, ...], index: Tensor,
