@@ -177,27 +177,38 @@ class CellMask:
         self.high_nyx = (hp // (H * W), (hp % (H * W)) // W, hp % W)
         # rows of the 4 pixels of every high cell, sub-pixels TL, TR, BL, BR
         hc = self.high_cells
-        top = ((hc // hw) * H + 2 * ((hc % hw) // w)) * W + 2 * (hc % w)
+        top = self._top_left(hc)
         quad = torch.stack([top, top + 1, top + W, top + W + 1], 1)
         self.quad_rows = self.pix_row[quad.reshape(-1)]
         # raster pixels of the 4 sub-pixels of every low cell
         lc = self.low_cells
-        top = ((lc // hw) * H + 2 * ((lc % hw) // w)) * W + 2 * (lc % w)
+        top = self._top_left(lc)
         self.low_quad_pixels = torch.stack(
             [top, top + 1, top + W, top + W + 1], 1).reshape(-1)
+
+    def _top_left(self, cells: Tensor) -> Tensor:
+        """Raster pixel (flat ``(n, y, x)``) of the top-left pixel of each
+        of the flat ``(n, i, j)`` ``cells``."""
+        H, W = self.feature_size
+        hw = self.h * self.w
+        return ((cells // hw) * H + 2 * ((cells % hw) // self.w)) * W \
+            + 2 * (cells % self.w)
 
     def _require_sparse(self) -> None:
         if self.execution != 'sparse':
             raise RuntimeError('sparse index tables need execution="sparse"')
 
-    def _padded(self, name: str, table: Tensor, height: int, width: int,
+    def _padded(self, name: str, table, height: int, width: int,
                 outside: int) -> Tensor:
-        """``table`` (flat ``(n, height, width)``) framed by ``outside``
+        """``table`` (flat ``(n, height, width)``; or a function returning
+        it, called only when the frame is built) framed by ``outside``
         ``height`` rows above and below and ``width`` columns left and
         right, flat ``(n, 3 height, 3 width)``: every tap of any dilation
         reads it without a bounds test (see :meth:`_taps_into`)."""
         key = ('padded', name)
         if key not in self._cache:
+            if callable(table):
+                table = table()
             frame = table.new_full((self.n, 3 * height, 3 * width), outside)
             frame[:, height:2 * height, width:2 * width] = \
                 table.view(self.n, height, width)
@@ -252,14 +263,14 @@ class CellMask:
         if key not in self._cache:
             H, W = self.feature_size
             if pooled_rows:
-                lorow = self.cell_lorow
+                cells = self._padded('cells', self.cell_lorow, self.h,
+                                     self.w, self.zero_row)
             else:  # the top-left pixel's row of every cell
-                n, i, j = torch.meshgrid(
-                    *(torch.arange(k, device=self.mask.device)
-                      for k in (self.n, self.h, self.w)), indexing='ij')
-                lorow = self.pix_row[((n * H + 2 * i) * W + 2 * j).view(-1)]
-            cells = self._padded('cells' if pooled_rows else 'cells_topleft',
-                                 lorow, self.h, self.w, self.zero_row)
+                cells = self._padded(
+                    'cells_topleft', lambda: self.pix_row[self._top_left(
+                        torch.arange(self.n * self.h * self.w,
+                                     device=self.mask.device))],
+                    self.h, self.w, self.zero_row)
             pixels = self._padded('pixels', self.pix_row, H, W,
                                   self.zero_row)
             low = self._anchors('low', *self.low_nij, self.h, self.w)
