@@ -8,11 +8,13 @@
   weighs as its 4 pixels), computed without densifying.
 * :func:`mixed_broadcast`: one vector per image as a mixed feature.
 """
+import functools
 from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .amp import autocast_dtype
 from .feature import MixedFeature
 from .mask import CellMask
 
@@ -149,6 +151,14 @@ class _CatFeature(MixedFeature):
     def row_blocks(self) -> tuple:
         return self._blocks if self._data is None else (self._data, )
 
+    def to(self, dtype: torch.dtype) -> MixedFeature:
+        if self._data is not None:
+            return super().to(dtype)
+        if all(b.dtype == dtype for b in self._blocks):
+            return self
+        return _CatFeature([b.to(dtype) for b in self._blocks], self.cells,
+                           self.pool)
+
     @property
     def channels(self) -> int:
         return sum(b.shape[1] for b in self._blocks)
@@ -165,7 +175,9 @@ class _CatFeature(MixedFeature):
 def mixed_cat(feats: Sequence[MixedFeature]) -> MixedFeature:
     """Concatenate mixed features along channels (dim 1 of the dense map or
     of the sparse rows, which share one row order). The result takes the
-    first feature's pooling.
+    first feature's pooling. Features of different dtypes are refused,
+    except under ``torch.autocast``, where they are promoted as
+    ``torch.cat`` promotes them.
 
     In sparse execution the result keeps the features' rows as blocks and
     forms the concatenation only where it is read as one tensor (``data``):
@@ -173,8 +185,13 @@ def mixed_cat(feats: Sequence[MixedFeature]) -> MixedFeature:
     copies its 5 x 512 input channels into one matrix)."""
     feats = list(feats)
     _check_same_cells(feats, 'mixed_cat')
-    if len({f.dtype for f in feats}) > 1:
-        raise ValueError('mixed_cat needs features of one dtype')
+    dtypes = {b.dtype for f in feats for b in f.row_blocks()}
+    if len(dtypes) > 1:
+        if autocast_dtype(feats[0].device) is None:
+            raise ValueError('mixed_cat needs features of one dtype, got '
+                             + ', '.join(sorted(map(str, dtypes))))
+        common = functools.reduce(torch.promote_types, dtypes)
+        feats = [f.to(common) for f in feats]
     if feats[0].execution == 'sparse':
         blocks = [b for f in feats for b in f.row_blocks()]
         return _CatFeature(blocks, feats[0].cells, feats[0].pool)

@@ -112,6 +112,12 @@ class MixedFeature:
         return MixedFeature(data, self.cells,
                             self.pool if pool is None else pool)
 
+    def to(self, dtype: torch.dtype) -> 'MixedFeature':
+        """The feature in ``dtype`` (itself when it is in ``dtype``)."""
+        if all(b.dtype == dtype for b in self.row_blocks()):
+            return self
+        return self.new(self.data.to(dtype))
+
     # -------------------------------------------------------------- queries
     @property
     def execution(self) -> str:

@@ -339,14 +339,16 @@ def test_kernel_compiles_for_hopper(case):
 
 def nan_filled(backend):
     """``backend`` writing into NaN-filled output buffers."""
-    def gather(src, index, weight, bias=None):
+    def gather(src, index, weight, bias=None, **epilogue):
         out = nan_out(index.numel() // weight[0, 0].numel(),
                       weight.shape[0], src.dtype)
-        return backend.gather_linear(src, index, weight, bias, out=out)
+        return backend.gather_linear(src, index, weight, bias, out=out,
+                                     **epilogue)
 
-    def rows(x, weight, bias=None):
+    def rows(x, weight, bias=None, **epilogue):
         return backend.rows_linear(
-            x, weight, bias, out=nan_out(len(x), len(weight), x.dtype))
+            x, weight, bias, out=nan_out(len(x), len(weight), x.dtype),
+            **epilogue)
     return dataclasses.replace(backend, gather_linear=gather,
                                rows_linear=rows)
 
@@ -394,6 +396,40 @@ def test_selective_ops_with_the_triton_backend_equal_dense(mode):
     assert sorted(calls) == ['g', 'g', 'g', 'r']
     for s, d in zip(sparse, dense):
         torch.testing.assert_close(s, d, atol=1e-5, rtol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_triton_backend_under_autocast(dtype):
+    """AMP inference: under ``torch.autocast`` float32 operands reach the
+    Triton kernels cast to the autocast dtype (the kernels take one dtype),
+    and the result equals the reference backend's under autocast."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 6, 8, 12, generator=gen)
+    w3 = torch.randn(7, 6, 3, 3, generator=gen) / 7
+    w1 = torch.randn(7, 6, 1, 1, generator=gen) / 3
+    b = torch.randn(7, generator=gen)
+    mask = random_cell_mask(2, 4, 6, 0.5, gen)
+
+    def run():
+        cells = CellMask(mask, 'sparse')
+        feat = MixedFeature.from_dense(x, cells)
+        with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+            out = selective_conv2d(feat, w3, b, 2)
+            return [out, selective_conv2d(feat, w1, b, residual=out,
+                                          relu=True),
+                    selective_entrance_conv2d(x, cells, w3, b, 4)]
+
+    want = run()
+    with registered('cpu', nan_filled(
+            triton_backend.build_backend(interpret=True))):
+        got = run()
+    for g, e in zip(got, want):
+        assert g.dtype == e.dtype == dtype
+        assert torch.isfinite(g.data).all(), 'unwritten (NaN) output'
+        tol = 2 * TOL[dtype]  # both round to the autocast dtype
+        torch.testing.assert_close(g.densify().double(),
+                                   e.densify().double(), atol=tol, rtol=tol)
 
 
 @needs_triton

@@ -29,6 +29,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Sequence, Union
 
 from torch import Tensor
 
+from ..amp import amp_dtype, cast
 from . import torch_ref, triton_backend
 
 
@@ -192,7 +193,9 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     """A dense conv with the epilogue ``relu?(conv(x) + residual?)`` (the
     dense stages of sparse inference): fused into oneDNN's conv for float32
     CPU tensors without autograd, separate ops elsewhere
-    (:func:`.torch_ref.conv2d`)."""
+    (:func:`.torch_ref.conv2d`). Under ``torch.autocast`` it computes in
+    the autocast dtype, as ``F.conv2d`` does."""
+    x, weight, bias, residual = cast(amp_dtype(x), x, weight, bias, residual)
     return torch_ref.conv2d(x, weight, bias, stride, padding, dilation,
                             groups, residual=residual, relu=relu)
 
