@@ -520,8 +520,35 @@ def test_benchmark_gpu_smoke(tmp_path):
         text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     text = out.read_text()
-    assert 'correctness' in text and 'op' in text and 'stages' in text
-    assert 'FAIL' not in text
+    for part in ('## correctness', '## op:', '## stages 3-4: dense OS8 and '
+                 'OS16', '## train step', '## tune'):
+        assert text.count(part) == 1, part
+    assert 'FAIL' not in text and 'WRONG' not in text
+    # 3 checks per op shape, the stages at s = 0, 0.5, 1 (vs dense OS8,
+    # emulation, OS16), AMP gradients of the dense and selective stages
+    checks = text[text.index('## correctness'):text.index('## op:')]
+    assert checks.count('| ok |') == 2 * 3 + 3 + 2
+    assert 'sparse vs dense OS16' in text
+    stage_rows = [r for r in text.splitlines()
+                  if r.startswith('| R101 stages 3-4 |')]
+    assert [r.split(' | ')[3] for r in stage_rows] == \
+        ['0.0', '0.5', '0.8', '1.0']
+    assert text.count('(default)') == 2  # one tuned kernel per shape
+
+
+@needs_triton
+def test_benchmark_gpu_writes_the_parts_it_ran(tmp_path):
+    out = tmp_path / 'table.md'
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis_tools'))
+    try:
+        import benchmark_gpu
+    finally:
+        sys.path.pop(0)
+    benchmark_gpu.main(['--smoke', '--parts', 'op', '--out', str(out)])
+    text = out.read_text()
+    assert '## correctness' in text and '## op:' in text
+    assert '## stages' not in text and '## train' not in text
+    assert 'train step' not in text  # its checks run with the part only
 
 
 # ------------------------------------------------------- CUDA (compiled)

@@ -22,20 +22,31 @@ if mmselds is not installed, from the checkout this file lies in.
    runs the gather kernel on that mask's index table.
 3. **Stages**: ResNet-101 stages 3 (23 bottlenecks, 1024 out, dilation 2)
    and 4 (3 bottlenecks, 2048 out, dilation 4), built from plain torch
-   modules with random weights and eval BatchNorm; dense OS8 (cuDNN,
-   channels-last, BatchNorm folded) against the selective stages
+   modules with random weights and eval BatchNorm; dense OS8 and dense OS16
+   (cuDNN, channels-last, BatchNorm folded; OS16: the stage-3 entrance with
+   stride 2, dilations halved) against the selective stages
    (``mmselds.ops.run_layers``, BatchNorm folded, ``stride`` pooling,
    stage-3 entrance as in the OS16 network) at down-sampling ratios s = 0,
-   0.5, 0.8, with the Triton backend and with the reference. A selective
+   0.5, 0.8, 1, with the Triton backend and with the reference. A selective
    forward includes building the mask layout and index tables and
    densifying the stage-4 output.
+4. **Train**: one training step (forward and backward, train-mode
+   BatchNorm) of the same stages on 512 x 1024 crops (a 64 x 128 OS8 map,
+   batch 2): dense OS8 against the selective stages in dense emulation
+   (how the models train) at s = 0.5, float32 and AMP (float16 autocast
+   with a gradient scaler); checked first (AMP gradients finite and close
+   in direction to float32's), then timed, with the peak memory.
+5. **Tune**: the Triton gather kernel alone at the stage-3 and stage-4
+   shapes (density 0.5, the largest batch, float16) under a few tile
+   configurations against the default heuristic, for tuning it.
 
 Times are medians of CUDA-event timings after warm-up, batch 1 and 8,
 float16 and float32 (TF32 as torch is set: cuDNN convs and the Triton
 kernels follow ``torch.backends.cudnn.allow_tf32``, on by default; the
 reference's matmuls follow ``torch.backends.cuda.matmul.allow_tf32``;
 ``--no-tf32`` turns both off). The table is printed and written to
-``--out``.
+``--out``, rewritten after each part (a run cut short keeps the parts it
+finished).
 
 Example (from the repository root)::
 
@@ -66,6 +77,7 @@ except ModuleNotFoundError as err:  # a checkout (GPU machines): no install
         osp.abspath(__file__)))))
     from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
                              random_cell_mask, run_layers, selective_conv2d)
+from mmselds.ops.functional import low_res_dilation  # noqa: E402
 from mmselds.ops.kernels import torch_ref, triton_backend  # noqa: E402
 
 DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16,
@@ -85,7 +97,8 @@ def parse_args(argv=None):
     p.add_argument('--densities', type=float, nargs='+',
                    default=(1.0, 0.5, 0.25, 0.0),
                    help='op: fraction of full-resolution cells')
-    p.add_argument('--ratios', type=float, nargs='+', default=(0.0, 0.5, 0.8),
+    p.add_argument('--ratios', type=float, nargs='+',
+                   default=(0.0, 0.5, 0.8, 1.0),
                    help='stages: down-sampling ratios s')
     p.add_argument('--size', type=int, nargs=2, default=(128, 256),
                    metavar=('H', 'W'),
@@ -93,8 +106,14 @@ def parse_args(argv=None):
     p.add_argument('--repeat', type=int, default=10,
                    help='timed runs per case (median)')
     p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--parts', nargs='+', default=('op', 'stages'),
-                   choices=('op', 'stages'), help='what to time')
+    p.add_argument('--parts', nargs='+',
+                   default=('op', 'stages', 'train', 'tune'),
+                   choices=('op', 'stages', 'train', 'tune'),
+                   help='what to time (the correctness checks always run)')
+    p.add_argument('--train-size', type=int, nargs=2, default=(64, 128),
+                   metavar=('H', 'W'),
+                   help='train: OS8 map (64 128: a 512 x 1024 crop)')
+    p.add_argument('--train-batch', type=int, default=2)
     p.add_argument('--no-reference', action='store_true',
                    help='do not time the PyTorch reference backend')
     p.add_argument('--no-tf32', action='store_true',
@@ -117,6 +136,8 @@ class Bench:
         self.repeat = 1 if args.smoke else args.repeat
         self.triton = triton_backend.build_backend(interpret=args.smoke)
         self.failed = False
+        # the AMP dtype (float16 on the GPU; CPU autocast for --smoke)
+        self.amp_dtype = torch.bfloat16 if args.smoke else torch.float16
 
     @contextlib.contextmanager
     def backend(self, name):
@@ -214,19 +235,29 @@ class Bottleneck(nn.Module):
             nn.Conv2d(c_in, c_out, 1, bias=False), bn(c_out)) \
             if downsample else None
 
-    def dense_folded(self):
-        """The block as folded convs for the dense baseline."""
-        def fold(conv, norm):
+    def forward(self, x):
+        short = x if self.downsample is None else self.downsample(x)
+        return F.relu(self.main(x) + short)
+
+    def dense_folded(self, os16=False, entrance=False):
+        """The block as folded convs for a dense baseline: OS8, or with
+        ``os16`` the block of the OS16 network (dilations halved as
+        ``low_res_dilation``; with ``entrance`` the stage's first block,
+        whose 3x3 conv and shortcut have stride 2)."""
+        def fold(conv, norm, stride=1):
             w, b = fold_batch_norm(conv.weight, conv.bias, norm)
-            new = nn.Conv2d(conv.in_channels, conv.out_channels,
-                            conv.kernel_size, padding=conv.padding,
-                            dilation=conv.dilation).to(w)
+            k, d = conv.kernel_size[0], conv.dilation[0]
+            if os16 and k == 3:
+                d = low_res_dilation(d)
+            new = nn.Conv2d(conv.in_channels, conv.out_channels, k,
+                            stride=stride, padding=d if k == 3 else 0,
+                            dilation=d).to(w)
             new.weight.data.copy_(w)
             new.bias.data.copy_(b)
             return new.to(memory_format=torch.channels_last)
-        m = self.main
-        return (fold(m[0], m[1]), fold(m[3], m[4]), fold(m[6], m[7]),
-                fold(*self.downsample) if self.downsample else None)
+        m, stride = self.main, 2 if os16 and entrance else 1
+        return (fold(m[0], m[1]), fold(m[3], m[4], stride), fold(m[6], m[7]),
+                fold(*self.downsample, stride) if self.downsample else None)
 
 
 def make_stage(c_in, mid, c_out, blocks, dilation, gen):
@@ -350,24 +381,36 @@ def build_stages(bench, args, gen):
     return [s.to(bench.device) for s in stages]
 
 
+def folded_blocks(stages, os16=False):
+    """The folded blocks of the dense OS8 network, or of the OS16 one (the
+    stage-3 entrance strided)."""
+    return [blk.dense_folded(os16, entrance=os16 and i == j == 0)
+            for i, stage in enumerate(stages) for j, blk in enumerate(stage)]
+
+
 def check_stages(bench, args, stages, gen, rows):
-    """Selective stages 3-4 (sparse, Triton) == dense emulation at s = 0.5
-    and == dense OS8 at s = 0, float32, TF32 off."""
+    """Selective stages 3-4 (sparse, Triton) == dense OS8 at s = 0, the
+    dense emulation at s = 0.5 and dense OS16 at s = 1 (each low cell
+    replicated), float32, TF32 off."""
     h, w = args.size
     c_in = stage_configs(args)[0][0]
     x = torch.randn(1, c_in, h, w, generator=gen).to(bench.device)
     x = x.contiguous(memory_format=torch.channels_last)
-    folded = [[blk.dense_folded() for blk in s] for s in stages]
     tol = 1e-4  # float32 round-off through 26 blocks
     with tf32(False), torch.no_grad():
-        for s in (0.0, 0.5):
+        for s in (0.0, 0.5, 1.0):
             mask = random_cell_mask(1, h // 2, w // 2, s,
                                     gen).to(bench.device)
             with bench.backend('triton'):
                 sparse = selective_forward(stages, x, mask, 'sparse')
             if s == 0:
-                ref, what = dense_forward(
-                    [b for f in folded for b in f], x), 'dense OS8'
+                ref = dense_forward(folded_blocks(stages), x)
+                what = 'dense OS8'
+            elif s == 1:
+                ref = F.interpolate(dense_forward(
+                    folded_blocks(stages, os16=True), x), scale_factor=2,
+                    mode='nearest')
+                what = 'dense OS16'
             else:
                 ref = selective_forward(stages, x, mask, 'dense')
                 what = 'dense emulation'
@@ -425,18 +468,20 @@ def time_ops(bench, args, gen, rows):
 def time_stages(bench, args, stages, gen, rows):
     h, w = args.size
     c_in = stage_configs(args)[0][0]
-    folded = [b.dense_folded() for s in stages for b in s]
+    folded = {os16: folded_blocks(stages, os16) for os16 in (False, True)}
     for n in args.batch_sizes:
         for dname in args.dtypes:
             dtype = DTYPES[dname]
             mods = [s.to(dtype) for s in stages]
-            dense_blocks = [tuple(None if c is None else c.to(dtype)
-                                  for c in blk) for blk in folded]
+            dense = {os16: [tuple(None if c is None else c.to(dtype)
+                                  for c in blk) for blk in blocks]
+                     for os16, blocks in folded.items()}
             x = torch.randn(n, c_in, h, w, generator=gen).to(
                 bench.device, dtype).contiguous(
                     memory_format=torch.channels_last)
             with torch.no_grad():
-                dense = bench.time(lambda: dense_forward(dense_blocks, x))
+                t8 = bench.time(lambda: dense_forward(dense[False], x))
+                t16 = bench.time(lambda: dense_forward(dense[True], x))
                 for s in args.ratios:
                     mask = random_cell_mask(n, h // 2, w // 2, s,
                                             gen).to(bench.device)
@@ -450,12 +495,155 @@ def time_stages(bench, args, stages, gen, rows):
                         with bench.backend('ref'):
                             t_ref = bench.time(run)
                     flops = (1 - s) + s / 4
-                    rows.append(('R101 stages 3-4', n, dname, s, fmt(dense),
-                                 fmt(t_tri), fmt(t_ref),
-                                 f'{t_tri / dense:.2f}', f'{flops:.3f}'))
+                    rows.append(('R101 stages 3-4', n, dname, s, fmt(t8),
+                                 fmt(t16), fmt(t_tri), fmt(t_ref),
+                                 f'{t_tri / t8:.2f}', f'{t_tri / t16:.2f}',
+                                 f'{flops:.3f}'))
             kernels.release_workspace()
             if bench.device.type == 'cuda':
                 torch.cuda.empty_cache()
+    for s in stages:
+        s.float()
+
+
+# ---------------------------------------------------------------- train
+def grads_of(stages):
+    return torch.cat([p.grad.flatten() for s in stages
+                      for p in s.parameters()])
+
+
+def train_step(bench, stages, x, mask, amp, scaler=None):
+    """Forward and backward of stages 3-4 in train mode: dense (mask None)
+    or the selective stages in dense emulation under ``mask``; with
+    ``amp``, float16 autocast and ``scaler``'s loss scaling."""
+    for s in stages:
+        s.zero_grad(set_to_none=True)
+    with torch.autocast(bench.device.type, dtype=bench.amp_dtype,
+                        enabled=amp):
+        if mask is None:
+            out = x
+            for s in stages:
+                out = s(out)
+        else:
+            out = selective_forward(stages, x, mask, 'dense')
+        loss = out.float().square().mean()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        inv = 1 / scaler.get_scale()
+        for s in stages:
+            for p in s.parameters():
+                p.grad.mul_(inv)
+    return loss
+
+
+def train_part(bench, args, gen, checks, rows):
+    """AMP training of stages 3-4 (dense emulation): checked against the
+    float32 step, then timed with the peak memory."""
+    h, w = (8, 16) if args.smoke else args.train_size
+    n = args.train_batch
+    stages = [s.train() for s in build_stages(bench, args, gen)]
+    c_in = stage_configs(args)[0][0]
+    x = torch.randn(n, c_in, h, w, generator=gen).to(bench.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    mask = random_cell_mask(n, h // 2, w // 2, 0.5, gen).to(bench.device)
+    scaler = torch.amp.GradScaler(bench.device.type, init_scale=2.0**10,
+                                  enabled=not args.smoke)
+    state = [{k: v.clone() for k, v in s.state_dict().items()}
+             for s in stages]
+
+    def reset():  # the same BatchNorm statistics for each step
+        for s, st in zip(stages, state):
+            s.load_state_dict(st)
+    # AMP moves the gradients of a deep stack by itself (low-precision
+    # BatchNorm statistics, rounding through 26 blocks: 1 - cosine = 6e-3
+    # for the dense stages in float16 on a CPU at 64 x 128 input, batch 2):
+    # the dense network's own deviation is the yardstick of the selective
+    # one's (a cast or gradient bug moves it by far more)
+    amp_name = {torch.float16: 'fp16', torch.bfloat16: 'bf16'}[
+        bench.amp_dtype] + ' AMP'
+    dense_dev = None
+    for what, m in (('dense OS8', None), ('selective s=0.5', mask)):
+        with tf32(False):
+            reset()
+            train_step(bench, stages, x, m, False)
+            want = grads_of(stages).double()
+            reset()
+            train_step(bench, stages, x, m, True, scaler)
+            got = grads_of(stages).double()
+        dev = 1 - float(got @ want / (got.norm() * want.norm()))
+        if not torch.isfinite(got).all():
+            dev = float('inf')
+        if dense_dev is None:
+            dense_dev, tol, verdict = dev, '-', bench.verdict(dev, 1.0)
+        else:
+            tol = 3 * dense_dev + 1e-3
+            verdict = bench.verdict(dev, tol)
+            tol = f'{tol:.1e} (3 x dense + 1e-3)'
+        checks.append((f'train step {what}: AMP vs float32 gradients '
+                       '(1 - cosine)', amp_name, f'{dev:.2e}', tol, verdict))
+    for what, m in (('dense OS8', None), ('selective s=0.5 (emulation)',
+                                          mask)):
+        for amp in (False, True):
+            if bench.device.type == 'cuda':
+                torch.cuda.reset_peak_memory_stats()
+            ms = bench.time(lambda: train_step(
+                bench, stages, x, m, amp, scaler if amp else None))
+            peak = torch.cuda.max_memory_allocated() / 2**20 \
+                if bench.device.type == 'cuda' else None
+            rows.append((what, n, amp_name if amp else 'fp32', fmt(ms),
+                         '-' if peak is None else f'{peak:.0f}'))
+    reset()
+
+
+# ----------------------------------------------------------------- tune
+def tune_configs(args):
+    from mmselds.ops.kernels.triton_kernels import Config
+    if args.smoke:
+        return [Config(16, 16, 16, num_stages=1), Config(32, 16, 16,
+                                                         num_stages=1)]
+    return [Config(m, n, k, 8, warps, st) for m, n, k, warps, st in (
+        (64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 128, 64, 4, 4),
+        (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 64, 64, 4, 4),
+        (128, 256, 64, 8, 3), (256, 128, 64, 8, 3))]
+
+
+def tune_part(bench, args, gen, rows):
+    from mmselds.ops.kernels import triton_kernels as tk
+    h, w = args.size
+    n = max(args.batch_sizes)
+    dtype = torch.float32 if args.smoke else torch.float16
+    for name, c, r in op_shapes(args):
+        x, wt, b = conv_case(bench, n, c, (h, w), gen, dtype)
+        mask = random_cell_mask(n, h // 2, w // 2, 0.5, gen).to(bench.device)
+        feat = MixedFeature.from_dense(x, CellMask(mask, 'sparse'))
+        src, index = conv_source(feat, r)
+        R = index.numel() // 9
+        default = tk.default_config(R, c, c, dtype, args.smoke)
+        ref = tk.gather_linear(src, index, wt, b, interpret=args.smoke)
+        results = []
+        for cfg in [default] + [c_ for c_ in tune_configs(args)
+                                if c_ != default]:
+            try:
+                got = tk.gather_linear(src, index, wt, b, config=cfg,
+                                       interpret=args.smoke)
+                ok = rel_err(got, ref) <= 2 * TOL[dtype]
+                ms = bench.time(lambda: tk.gather_linear(
+                    src, index, wt, b, config=cfg, interpret=args.smoke))
+            except Exception as err:  # e.g. out of shared memory
+                results.append((cfg, None, type(err).__name__))
+                continue
+            results.append((cfg, ms, 'ok' if ok else 'WRONG'))
+            bench.failed |= not ok
+        best = min((ms for _, ms, v in results if v == 'ok'), default=None)
+        for cfg, ms, verdict in results:
+            rows.append((f'{name} C={c} r={r}', n, R,
+                         '{}x{}x{} g{} w{} s{}'.format(*cfg) +
+                         (' (default)' if cfg == default else ''),
+                         fmt(ms), verdict,
+                         '-' if ms is None or best is None
+                         else f'{ms / best:.2f}'))
+        if bench.device.type == 'cuda':
+            torch.cuda.empty_cache()
 
 
 def header(bench, args):
@@ -495,22 +683,34 @@ def main(argv=None):
     parts = [header(bench, args)]
 
     def emit(text):
+        """Print a part and rewrite --out with every part so far."""
         print(text, flush=True)
         parts.append(text)
+        with open(args.out, 'w') as f:
+            f.write('\n'.join(parts) + '\n')
 
-    print(parts[0], flush=True)
+    def took(start):
+        return f'\n\n({time.perf_counter() - start:.0f} s)'
+
+    emit(parts.pop())
+    start = time.perf_counter()
     checks = []
     stages = build_stages(bench, args, gen)
     with torch.no_grad():
         check_ops(bench, args, gen, checks)
         check_stages(bench, args, stages, gen, checks)
+    train_rows = []
+    if 'train' in args.parts:  # its checks join the table before timing
+        train_start = time.perf_counter()
+        train_part(bench, args, gen, checks, train_rows)
+        train_took = took(train_start)
     emit('\n## correctness (on the device, before timing)\n\n'
          'error = max(abs(got - ref) / (1 + abs(ref))) unless said; float32 '
          'with TF32 off.\n\n'
          + md_table(('check', 'dtype', 'error', 'tolerance', 'result'),
-                    checks))
+                    checks) + took(start))
     if 'op' in args.parts:
-        rows = []
+        rows, start = [], time.perf_counter()
         with torch.no_grad():
             time_ops(bench, args, gen, rows)
         emit('\n## op: selective 3x3 conv vs dense cuDNN conv\n\n'
@@ -521,20 +721,41 @@ def main(argv=None):
              'FLOPs = rho + (1 - rho) / 4 of dense.\n\n' + md_table(
                  ('shape', 'batch', 'dtype', 'density', 'path', 'rows',
                   'dense ms', 'op ms', 'kernel ms', 'reference ms',
-                  'index ms', 'op / dense', 'FLOPs / dense'), rows))
+                  'index ms', 'op / dense', 'FLOPs / dense'), rows)
+             + took(start))
     if 'stages' in args.parts:
-        rows = []
+        rows, start = [], time.perf_counter()
         time_stages(bench, args, stages, gen, rows)
-        emit('\n## stages 3-4: dense OS8 vs selective\n\n'
-             'dense = cuDNN, channels-last, BatchNorm folded; selective = '
+        emit('\n## stages 3-4: dense OS8 and OS16 vs selective\n\n'
+             'dense = cuDNN, channels-last, BatchNorm folded (OS16: the '
+             'OS16 network, stride-2 stage-3 entrance); selective = '
              '`run_layers` sparse (mask layout, index tables and the '
              'stage-4 densify included) with the Triton backend and with '
-             'the PyTorch reference; FLOPs = (1 - s) + s / 4.\n\n'
-             + md_table(('stages', 'batch', 'dtype', 's', 'dense ms',
-                         'triton ms', 'reference ms', 'triton / dense',
-                         'FLOPs / dense'), rows))
-    with open(args.out, 'w') as f:
-        f.write('\n'.join(parts) + '\n')
+             'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8.\n\n'
+             + md_table(('stages', 'batch', 'dtype', 's', 'OS8 ms',
+                         'OS16 ms', 'triton ms', 'reference ms',
+                         'triton / OS8', 'triton / OS16', 'FLOPs / OS8'),
+                        rows) + took(start))
+    if 'train' in args.parts:
+        h, w = (8, 16) if args.smoke else args.train_size
+        emit(f'\n## train step: stages 3-4, {8 * h}x{8 * w} crops\n\n'
+             'forward + backward, train-mode BatchNorm, batch '
+             f'{args.train_batch}; selective = dense emulation (how the '
+             'models train: both resolutions computed, then blended); AMP = '
+             f'{str(bench.amp_dtype)[6:]} autocast with loss scaling; peak = '
+             'max memory allocated during the timed steps.\n\n'
+             + md_table(('stages', 'batch', 'precision', 'ms', 'peak MiB'),
+                        train_rows) + train_took)
+    if 'tune' in args.parts:
+        rows, start = [], time.perf_counter()
+        with torch.no_grad():
+            tune_part(bench, args, gen, rows)
+        emit('\n## tune: Triton gather kernel tile configurations\n\n'
+             'density 0.5; tiles BLOCK_M x BLOCK_N x BLOCK_K, group, warps, '
+             'pipeline stages; / best = time over the fastest correct '
+             'configuration.\n\n'
+             + md_table(('shape', 'batch', 'rows', 'config', 'kernel ms',
+                         'result', '/ best'), rows) + took(start))
     print(f'\nwritten to {args.out}')
     if bench.failed:
         sys.exit('correctness check FAILED (see the table)')
