@@ -551,6 +551,33 @@ def test_benchmark_gpu_writes_the_parts_it_ran(tmp_path):
     assert 'train step' not in text  # its checks run with the part only
 
 
+@needs_triton
+def test_gpu_check_script(tmp_path):
+    """tools/analysis_tools/gpu_check.sh, the one command of a lent GPU:
+    environment, the CUDA tests (skipped here), then the benchmark (here
+    --smoke), each into OUT; the benchmark's exit status is the script's."""
+    out = tmp_path / 'out'
+    res = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'analysis_tools', 'gpu_check.sh'),
+         str(out), '200', '--smoke', '--parts', 'op'],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHON=sys.executable))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f'torch {torch.__version__}' in (out / 'env.txt').read_text()
+    pytest_log = (out / 'pytest_cuda.txt').read_text()
+    assert 'pytest exit status: 0' in pytest_log
+    assert 'skipped' in pytest_log and 'failed' not in pytest_log
+    table = (out / 'benchmark_gpu.md').read_text()
+    assert '## correctness' in table and '## op:' in table
+    assert 'exit status: 0' in (out / 'benchmark_gpu.log').read_text()
+    res = subprocess.run(
+        ['bash', osp.join(ROOT, 'tools', 'analysis_tools', 'gpu_check.sh'),
+         str(out), '200', '--smoke', '--parts', 'nothing'],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHON=sys.executable))
+    assert res.returncode == 2  # argparse's, passed on
+
+
 # ------------------------------------------------------- CUDA (compiled)
 @pytest.fixture
 def no_tf32():
