@@ -353,6 +353,17 @@ def nan_filled(backend):
                                rows_linear=rows)
 
 
+def ops_case(seed):
+    """(generator, x, 3x3 and 1x1 weights, bias, mask) of the end-to-end op
+    tests: a 2 x 6 x 8 x 12 input, 7 output channels, density 0.5."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 6, 8, 12, generator=gen)
+    w3 = torch.randn(7, 6, 3, 3, generator=gen) / 7
+    w1 = torch.randn(7, 6, 1, 1, generator=gen) / 3
+    b = torch.randn(7, generator=gen)
+    return gen, x, w3, w1, b, random_cell_mask(2, 4, 6, 0.5, gen)
+
+
 @needs_triton
 @pytest.mark.parametrize('mode', ['stride', 'adaptive'])
 def test_selective_ops_with_the_triton_backend_equal_dense(mode):
@@ -360,12 +371,7 @@ def test_selective_ops_with_the_triton_backend_equal_dense(mode):
     sparse selective ops (3x3 convs of rates 2 and 12, 1x1, the stage
     entrance) equal the dense emulation on a random mask; each kernel is
     called, so the registry routes to it."""
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 6, 8, 12, generator=gen)
-    w3 = torch.randn(7, 6, 3, 3, generator=gen) / 7
-    w1 = torch.randn(7, 6, 1, 1, generator=gen) / 3
-    b = torch.randn(7, generator=gen)
-    mask = random_cell_mask(2, 4, 6, 0.5, gen)
+    gen, x, w3, w1, b, mask = ops_case(5)
     pool = SelectivePooling(mode, channels=6)
     if mode == 'adaptive':
         with torch.no_grad():
@@ -404,12 +410,7 @@ def test_triton_backend_under_autocast(dtype):
     """AMP inference: under ``torch.autocast`` float32 operands reach the
     Triton kernels cast to the autocast dtype (the kernels take one dtype),
     and the result equals the reference backend's under autocast."""
-    gen = torch.Generator().manual_seed(6)
-    x = torch.randn(2, 6, 8, 12, generator=gen)
-    w3 = torch.randn(7, 6, 3, 3, generator=gen) / 7
-    w1 = torch.randn(7, 6, 1, 1, generator=gen) / 3
-    b = torch.randn(7, generator=gen)
-    mask = random_cell_mask(2, 4, 6, 0.5, gen)
+    gen, x, w3, w1, b, mask = ops_case(6)
 
     def run():
         cells = CellMask(mask, 'sparse')

@@ -709,53 +709,55 @@ def main(argv=None):
          'with TF32 off.\n\n'
          + md_table(('check', 'dtype', 'error', 'tolerance', 'result'),
                     checks) + took(start))
-    if 'op' in args.parts:
+
+    def part(title, note, header, rows, seconds):
+        emit(f'\n## {title}\n\n{note}\n\n' + md_table(header, rows)
+             + seconds)
+
+    def timed(fn, *extra):
+        """(rows, seconds) of a timing part."""
         rows, start = [], time.perf_counter()
         with torch.no_grad():
-            time_ops(bench, args, gen, rows)
-        emit('\n## op: selective 3x3 conv vs dense cuDNN conv\n\n'
+            fn(bench, args, *extra, rows)
+        return rows, took(start)
+
+    if 'op' in args.parts:
+        part('op: selective 3x3 conv vs dense cuDNN conv',
              'density = fraction of full-resolution cells; op = '
              '`selective_conv2d` (Triton backend), kernel = the Triton '
              'gather kernel alone, reference = the op on the PyTorch '
              'backend, index = building the mask layout and index table; '
-             'FLOPs = rho + (1 - rho) / 4 of dense.\n\n' + md_table(
-                 ('shape', 'batch', 'dtype', 'density', 'path', 'rows',
-                  'dense ms', 'op ms', 'kernel ms', 'reference ms',
-                  'index ms', 'op / dense', 'FLOPs / dense'), rows)
-             + took(start))
+             'FLOPs = rho + (1 - rho) / 4 of dense.',
+             ('shape', 'batch', 'dtype', 'density', 'path', 'rows',
+              'dense ms', 'op ms', 'kernel ms', 'reference ms', 'index ms',
+              'op / dense', 'FLOPs / dense'), *timed(time_ops, gen))
     if 'stages' in args.parts:
-        rows, start = [], time.perf_counter()
-        time_stages(bench, args, stages, gen, rows)
-        emit('\n## stages 3-4: dense OS8 and OS16 vs selective\n\n'
+        part('stages 3-4: dense OS8 and OS16 vs selective',
              'dense = cuDNN, channels-last, BatchNorm folded (OS16: the '
              'OS16 network, stride-2 stage-3 entrance); selective = '
              '`run_layers` sparse (mask layout, index tables and the '
              'stage-4 densify included) with the Triton backend and with '
-             'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8.\n\n'
-             + md_table(('stages', 'batch', 'dtype', 's', 'OS8 ms',
-                         'OS16 ms', 'triton ms', 'reference ms',
-                         'triton / OS8', 'triton / OS16', 'FLOPs / OS8'),
-                        rows) + took(start))
+             'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8.',
+             ('stages', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
+              'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
+              'FLOPs / OS8'), *timed(time_stages, stages, gen))
     if 'train' in args.parts:
         h, w = (8, 16) if args.smoke else args.train_size
-        emit(f'\n## train step: stages 3-4, {8 * h}x{8 * w} crops\n\n'
+        part(f'train step: stages 3-4, {8 * h}x{8 * w} crops',
              'forward + backward, train-mode BatchNorm, batch '
              f'{args.train_batch}; selective = dense emulation (how the '
              'models train: both resolutions computed, then blended); AMP = '
              f'{str(bench.amp_dtype)[6:]} autocast with loss scaling; peak = '
-             'max memory allocated during the timed steps.\n\n'
-             + md_table(('stages', 'batch', 'precision', 'ms', 'peak MiB'),
-                        train_rows) + train_took)
+             'max memory allocated during the timed steps.',
+             ('stages', 'batch', 'precision', 'ms', 'peak MiB'), train_rows,
+             train_took)
     if 'tune' in args.parts:
-        rows, start = [], time.perf_counter()
-        with torch.no_grad():
-            tune_part(bench, args, gen, rows)
-        emit('\n## tune: Triton gather kernel tile configurations\n\n'
+        part('tune: Triton gather kernel tile configurations',
              'density 0.5; tiles BLOCK_M x BLOCK_N x BLOCK_K, group, warps, '
              'pipeline stages; / best = time over the fastest correct '
-             'configuration.\n\n'
-             + md_table(('shape', 'batch', 'rows', 'config', 'kernel ms',
-                         'result', '/ best'), rows) + took(start))
+             'configuration.',
+             ('shape', 'batch', 'rows', 'config', 'kernel ms', 'result',
+              '/ best'), *timed(tune_part, gen))
     print(f'\nwritten to {args.out}')
     if bench.failed:
         sys.exit('correctness check FAILED (see the table)')
