@@ -156,3 +156,23 @@ def test_non_finite_logits_are_an_error():
     feat[0, 0, 3, 3] = float('nan')
     with pytest.raises(FloatingPointError, match='NaN or Inf logits'):
         head(feat)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize('head_type', [CADMaskHead, DepthwiseMaskHead])
+def test_logits_are_float32_under_autocast(head_type, dtype):
+    """AMP: the layers run in the autocast dtype, the logits (the decision
+    and training's Gumbel noise) in float32; the straight-through gradient
+    reaches the float32 weights. float64 models stay float64."""
+    head = head_type(in_channels=16, channels=(8, 8)).train()
+    feat = torch.randn(2, 16, 8, 12)
+    with torch.autocast('cpu', dtype=dtype):
+        logits = head(feat)
+        mask = head.sample(logits)
+    assert logits.dtype == mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    (mask * torch.randn_like(mask)).sum().backward()
+    grads = [p.grad for p in head.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all()
+                         for g in grads)
+    assert head.double()(feat.double()).dtype == torch.float64

@@ -95,7 +95,12 @@ class BaseMaskHead(BaseModule):
             nn.init.zeros_(last.bias)
 
     def forward(self, feat: Tensor) -> Tensor:
-        """(N, C, h, w) stage-2 map -> (N, 2, h/2, w/2) logits."""
+        """(N, C, h, w) stage-2 map -> (N, 2, h/2, w/2) logits, float32
+        when the layers compute in float16 / bfloat16 (AMP): the decision
+        compares P(down-sample) with a calibrated threshold near 0.5, and
+        training's Gumbel noise drawn in float16 is infinite for an
+        exponential sample that rounds to 0 (3 in 1e8 draws; a Cityscapes
+        schedule draws ~1e9), which makes the mask NaN."""
         if feat.dim() != 4 or feat.shape[1] != self.in_channels:
             raise ValueError(f'{type(self).__name__} expects (N, '
                              f'{self.in_channels}, h, w) features, got '
@@ -104,6 +109,8 @@ class BaseMaskHead(BaseModule):
             raise ValueError('the mask head needs an even OS8 map, got '
                              f'{feat.shape[2]}x{feat.shape[3]}')
         logits = self.layers(feat)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         if not bool(torch.isfinite(logits.detach()).all()):
             raise FloatingPointError(
                 f'{type(self).__name__} produced NaN or Inf logits: the '
