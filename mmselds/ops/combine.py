@@ -9,6 +9,7 @@
 * :func:`mixed_broadcast`: one vector per image as a mixed feature.
 """
 import functools
+import math
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -212,7 +213,8 @@ def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
     counts as its 4 pixels, as in the dense network's global pooling.
 
     Sparse execution sums the rows weighted 4 (low cells) or 1 (pixels) per
-    image; no densified map is formed.
+    image; no densified map is formed. float16 / bfloat16 rows are summed
+    with float32 accumulation.
     """
     if not isinstance(feat, MixedFeature):
         raise ValueError('mixed_global_avg_pool takes a MixedFeature, got '
@@ -223,6 +225,8 @@ def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
     H, W = cells.feature_size
     if cells.num_low == 0:  # the rows are the NHWC map
         pooled = feat.data.view(cells.n, H * W, -1).mean(1)
+    elif feat.dtype in (torch.float16, torch.bfloat16):
+        pooled = _mean_rows_16bit(feat.data, cells, H * W)
     else:  # per-image sums of the low rows (x4) and of the pixel rows
         S, data = cells.num_low, feat.data
         images = row_images(cells)
@@ -230,6 +234,21 @@ def mixed_global_avg_pool(feat: MixedFeature) -> Tensor:
             0, images[:S], data[:S])
         pooled = low.mul_(4).index_add_(0, images[S:], data[S:]) / (H * W)
     return pooled[:, :, None, None]
+
+
+def _mean_rows_16bit(data: Tensor, cells: CellMask, count: int) -> Tensor:
+    """(N, C) per-image means of 16-bit sparse rows (low rows weigh 4) as
+    one matmul, which accumulates in float32 as ``torch.mean`` does; the
+    weights are scaled by a power of two (exact) so that the sums stay in
+    float16's range. ``index_add_`` would sum in float16: ~1e4 rows of
+    unit values overflow (65504) or stop growing."""
+    scale = 2.0 ** -math.ceil(math.log2(count))
+    R = data.shape[0]
+    weights = data.new_full((R, ), scale)
+    weights[:cells.num_low] = 4 * scale
+    mat = data.new_zeros(cells.n, R)
+    mat[row_images(cells), torch.arange(R, device=data.device)] = weights
+    return (mat @ data) * (1 / (count * scale))
 
 
 def mixed_broadcast(vec: Tensor, cells: CellMask,

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from mmselds.ops import (CellMask, MixedFeature, dense_layers, mixed_cat,
-                         random_cell_mask, run_layers, selective_conv2d,
-                         selective_entrance_conv2d)
+                         mixed_global_avg_pool, random_cell_mask, run_layers,
+                         selective_conv2d, selective_entrance_conv2d)
 from mmselds.ops.amp import amp_dtype, autocast_dtype
 
 AMP_DTYPES = (torch.bfloat16, torch.float16)
@@ -200,3 +200,21 @@ def test_dense_and_sparse_inference_of_blocks_under_autocast(dtype):
         assert g_.dtype == dtype and torch.isfinite(g_).all()
         torch.testing.assert_close(g_.float(), e, atol=TOL[dtype],
                                    rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize('dtype', AMP_DTYPES, ids=str)
+@pytest.mark.parametrize('density', [0.5, 0.0, 1.0])
+def test_global_avg_pool_of_16bit_rows_sums_in_float32(dtype, density):
+    """The ASPP image-pool branch on float16 / bfloat16 sparse rows (AMP
+    inference): per-image sums of 128 x 128 values in [2, 6] exceed
+    float16's range (65504); the mean is still the float64 mean of the
+    same values to the dtype's rounding."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.rand(2, 5, 128, 128, generator=g) * 4 + 2).to(dtype)
+    mask = random_cell_mask(2, 64, 64, 1 - density, g)
+    feat = MixedFeature.from_dense(x, CellMask(mask, 'sparse'))
+    got = mixed_global_avg_pool(feat)
+    want = feat.densify().double().mean(dim=(2, 3), keepdim=True)
+    assert got.dtype == dtype and got.shape == (2, 5, 1, 1)
+    eps = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]  # 1 ulp
+    torch.testing.assert_close(got.double(), want, atol=0, rtol=eps)
