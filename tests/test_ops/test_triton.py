@@ -526,9 +526,10 @@ def test_benchmark_gpu_smoke(tmp_path):
         assert text.count(part) == 1, part
     assert 'FAIL' not in text and 'WRONG' not in text
     # 3 checks per op shape, the stages at s = 0, 0.5, 1 (vs dense OS8,
-    # emulation, OS16), AMP gradients of the dense and selective stages
+    # emulation, OS16) and s = 0.5 under autocast, AMP gradients of the
+    # dense and selective stages
     checks = text[text.index('## correctness'):text.index('## op:')]
-    assert checks.count('| ok |') == 2 * 3 + 3 + 2
+    assert checks.count('| ok |') == 2 * 3 + 4 + 2
     assert 'sparse vs dense OS16' in text
     stage_rows = [r for r in text.splitlines()
                   if r.startswith('| R101 stages 3-4 |')]

@@ -391,7 +391,7 @@ def folded_blocks(stages, os16=False):
 def check_stages(bench, args, stages, gen, rows):
     """Selective stages 3-4 (sparse, Triton) == dense OS8 at s = 0, the
     dense emulation at s = 0.5 and dense OS16 at s = 1 (each low cell
-    replicated), float32, TF32 off."""
+    replicated), float32, TF32 off; and under autocast (AMP inference)."""
     h, w = args.size
     c_in = stage_configs(args)[0][0]
     x = torch.randn(1, c_in, h, w, generator=gen).to(bench.device)
@@ -419,6 +419,24 @@ def check_stages(bench, args, stages, gen, rows):
             rows.append((f'stages 3-4 s={s}: sparse vs {what} '
                          '(max err / max abs ref)', 'fp32', f'{err:.2e}', tol,
                          bench.verdict(err, tol)))
+        # AMP inference: float32 weights under autocast reach the kernels
+        # cast; the sparse stages' deviation from float32 is measured
+        # against the dense emulation's own under the same autocast
+        mask = random_cell_mask(1, h // 2, w // 2, 0.5, gen).to(bench.device)
+        ref = selective_forward(stages, x, mask, 'dense')
+        with torch.autocast(bench.device.type, dtype=bench.amp_dtype):
+            with bench.backend('triton'):
+                sparse = selective_forward(stages, x, mask, 'sparse')
+            dense = selective_forward(stages, x, mask, 'dense')
+        scale = ref.abs().max().item()
+        err, dense_err = ((out.float() - ref).abs().max().item() / scale
+                          for out in (sparse, dense))
+        tol = 3 * dense_err + 1e-3
+        rows.append(('stages 3-4 s=0.5 under autocast: sparse vs float32 '
+                     f'(dense emulation: {dense_err:.1e})',
+                     str(bench.amp_dtype)[6:], f'{err:.2e}',
+                     f'{tol:.1e} (3 x dense + 1e-3)',
+                     bench.verdict(err, tol)))
 
 
 def time_ops(bench, args, gen, rows):
