@@ -2,6 +2,7 @@
 generated images (tiny schedule)."""
 import glob
 import json
+import math
 import os.path as osp
 import sys
 
@@ -51,8 +52,12 @@ def test_demo_runs_end_to_end(tmp_path):
     if 0 < ratio < 1:
         assert head16 < head < head8
     assert '| model GMACs |' in out and '| forward ms / image |' in out
-    for r in results['results'].values():  # the network alone is faster
-        assert 0 < r['forward_ms'] < r['latency_ms']
+    # times are reported, not compared here (two medians taken at different
+    # moments on a shared machine: forward alone measured 21.2 ms against
+    # a 19.7 ms test_step in one CI run); benchmarks compare times
+    for r in results['results'].values():
+        assert 0 < r['forward_ms'] < math.inf and 0 < r['latency_ms'] < \
+            math.inf
     for name in ('selective', 'selective+head'):
         assert [p['threshold'] for p in results['sweeps'][name]] == \
             [0.3, 0.7]
