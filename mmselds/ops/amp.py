@@ -42,3 +42,9 @@ def cast(dtype: Optional[torch.dtype], *tensors):
         return tensors
     return tuple(t if t is None or t.dtype == dtype else t.to(dtype)
                  for t in tensors)
+
+
+def autocast_operands(x, *others):
+    """``(x, *others)`` cast as autocast casts the operands of a conv that
+    reads ``x`` (:func:`amp_dtype`); unchanged without autocast."""
+    return cast(amp_dtype(x), x, *others)

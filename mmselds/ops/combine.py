@@ -153,10 +153,9 @@ class _CatFeature(MixedFeature):
         return self._blocks if self._data is None else (self._data, )
 
     def to(self, dtype: torch.dtype) -> MixedFeature:
-        if self._data is not None:
+        if self._data is not None or all(b.dtype == dtype
+                                         for b in self._blocks):
             return super().to(dtype)
-        if all(b.dtype == dtype for b in self._blocks):
-            return self
         return _CatFeature([b.to(dtype) for b in self._blocks], self.cells,
                            self.pool)
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import kernels
-from .amp import amp_dtype, cast
+from .amp import amp_dtype, autocast_operands
 from .feature import MixedFeature, blend, to_rows
 # Re-exported for callers that import them from here (e.g. release_workspace
 # in mmselds.analysis.timing); they live in mmselds.ops.kernels.
@@ -61,15 +61,6 @@ def _check_conv_args(x: Union[Tensor, MixedFeature], weight: Tensor,
         raise ValueError(f'bias must have shape ({c_out},), '
                          f'got {tuple(bias.shape)}')
     return kh
-
-
-def _amp_cast(x, weight: Tensor, bias: Optional[Tensor],
-              residual: Optional[MixedFeature] = None):
-    """Operands of a conv cast as autocast casts them (no-op without
-    autocast), so that dense emulation, the sparse kernels and the fused
-    epilogue all compute in the autocast dtype, as the dense network does
-    under AMP; the casts are differentiable (float32 master weights)."""
-    return cast(amp_dtype(x), x, weight, bias, residual)
 
 
 def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
@@ -179,7 +170,10 @@ def selective_conv2d(feat: MixedFeature, weight: Tensor,
         raise ValueError('selective_conv2d takes a MixedFeature; build one '
                          'with MixedFeature.from_dense')
     k = _check_conv_args(feat, weight, bias, dilation)
-    feat, weight, bias, residual = _amp_cast(feat, weight, bias, residual)
+    # as autocast casts F.conv2d's operands: dense emulation, the sparse
+    # kernels and the fused epilogue all compute in the autocast dtype
+    feat, weight, bias, residual = autocast_operands(feat, weight, bias,
+                                                     residual)
     pool = feat.pool if pool is None else as_pooling(pool)
     epilogue = _epilogue(feat.cells, residual, relu)
     if k == 1:
@@ -237,7 +231,7 @@ def selective_entrance_conv2d(x: Tensor, cells: CellMask, weight: Tensor,
     cells.check_feature(x, 'input')
     if _check_conv_args(x, weight, bias, dilation) != 3:
         raise ValueError('the entrance conv takes a 3x3 kernel')
-    x, weight, bias, _ = _amp_cast(x, weight, bias)
+    x, weight, bias = autocast_operands(x, weight, bias)
     r, rl = dilation, low_res_dilation(dilation)
     epilogue = _epilogue(cells, None, relu)
     if cells.execution == 'dense':

@@ -137,7 +137,8 @@ class Bench:
         self.triton = triton_backend.build_backend(interpret=args.smoke)
         self.failed = False
         # the AMP dtype (float16 on the GPU; CPU autocast for --smoke)
-        self.amp_dtype = torch.bfloat16 if args.smoke else torch.float16
+        self.amp_name = 'bf16' if args.smoke else 'fp16'
+        self.amp_dtype = DTYPES[self.amp_name]
 
     @contextlib.contextmanager
     def backend(self, name):
@@ -434,7 +435,7 @@ def check_stages(bench, args, stages, gen, rows):
         tol = 3 * dense_err + 1e-3
         rows.append(('stages 3-4 s=0.5 under autocast: sparse vs float32 '
                      f'(dense emulation: {dense_err:.1e})',
-                     str(bench.amp_dtype)[6:], f'{err:.2e}',
+                     f'{bench.amp_name} AMP', f'{err:.2e}',
                      f'{tol:.1e} (3 x dense + 1e-3)',
                      bench.verdict(err, tol)))
 
@@ -577,8 +578,7 @@ def train_part(bench, args, gen, checks, rows):
     # for the dense stages in float16 on a CPU at 64 x 128 input, batch 2):
     # the dense network's own deviation is the yardstick of the selective
     # one's (a cast or gradient bug moves it by far more)
-    amp_name = {torch.float16: 'fp16', torch.bfloat16: 'bf16'}[
-        bench.amp_dtype] + ' AMP'
+    amp_name = f'{bench.amp_name} AMP'
     dense_dev = None
     for what, m in (('dense OS8', None), ('selective s=0.5', mask)):
         with tf32(False):
@@ -765,7 +765,7 @@ def main(argv=None):
              'forward + backward, train-mode BatchNorm, batch '
              f'{args.train_batch}; selective = dense emulation (how the '
              'models train: both resolutions computed, then blended); AMP = '
-             f'{str(bench.amp_dtype)[6:]} autocast with loss scaling; peak = '
+             f'{bench.amp_name} autocast with loss scaling; peak = '
              'max memory allocated during the timed steps.',
              ('stages', 'batch', 'precision', 'ms', 'peak MiB'), train_rows,
              train_took)

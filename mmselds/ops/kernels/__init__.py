@@ -29,7 +29,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Sequence, Union
 
 from torch import Tensor
 
-from ..amp import amp_dtype, cast
+from ..amp import autocast_operands
 from . import torch_ref, triton_backend
 
 
@@ -195,7 +195,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     CPU tensors without autograd, separate ops elsewhere
     (:func:`.torch_ref.conv2d`). Under ``torch.autocast`` it computes in
     the autocast dtype, as ``F.conv2d`` does."""
-    x, weight, bias, residual = cast(amp_dtype(x), x, weight, bias, residual)
+    x, weight, bias, residual = autocast_operands(x, weight, bias, residual)
     return torch_ref.conv2d(x, weight, bias, stride, padding, dilation,
                             groups, residual=residual, relu=relu)
 
