@@ -58,3 +58,43 @@ def test_dist_train_resume_and_test(demo_data, tmp_path):
     assert 'mIoU' in out and 'ds_ratio' in out
     assert len(glob.glob(str(pred / '*.png'))) == 4
     assert len(glob.glob(str(show / '**' / '*.png'), recursive=True)) == 4
+
+
+def _init_single_process_group(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store',
+                            rank=0, world_size=1)
+    return dist
+
+
+def test_run_cli_destroys_process_group(tmp_path):
+    """A tool run that ends normally closes its process group (left to the
+    interpreter's exit, Gloo's threads aborted a rank of dist_train.sh with
+    SIGABRT after training had finished, about 1 run in 10)."""
+    from mmselds.utils.launch import run_cli
+    dist = _init_single_process_group(tmp_path)
+    try:
+        assert run_cli(lambda: 'done') == 'done'
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_run_cli_keeps_process_group_after_error(tmp_path):
+    """After an error the other ranks may be inside a collective: the group
+    is left alone (and the error still ends the tool with one line)."""
+    from mmselds.utils.checkpoint import InvalidCheckpointError
+    from mmselds.utils.launch import run_cli
+
+    def fails():
+        raise InvalidCheckpointError('not a checkpoint: x.pth')
+
+    dist = _init_single_process_group(tmp_path)
+    try:
+        with pytest.raises(SystemExit, match='error: not a checkpoint'):
+            run_cli(fails)
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -112,10 +112,23 @@ def run_cli(main: Callable[[], object]):
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
                                           InvalidCheckpointError)
     try:
-        return main()
+        result = main()
     except (InvalidCheckpointError, CheckpointMismatchError,
             NoImagesError) as err:
         sys.exit(f'error: {err}')
+    close_process_group()
+    return result
+
+
+def close_process_group() -> None:
+    """Destroy the default process group of a distributed run that ended
+    normally. Left to the interpreter's exit, Gloo's worker threads can
+    still hold tensors while Python is torn down, and a rank then dies with
+    ``terminate called without an active exception`` (SIGABRT) after the
+    run has finished, which fails ``dist_train.sh``. Not called after an
+    error: the other ranks may still be inside a collective."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def stream_training(name: str, cmd: list) -> None:
