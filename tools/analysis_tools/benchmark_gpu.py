@@ -77,8 +77,8 @@ except ModuleNotFoundError as err:  # a checkout (GPU machines): no install
         osp.abspath(__file__)))))
     from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
                              random_cell_mask, run_layers, selective_conv2d)
-from mmselds.ops.functional import low_res_dilation  # noqa: E402
-from mmselds.ops.kernels import torch_ref, triton_backend  # noqa: E402
+from mmselds.ops.functional import low_res_dilation
+from mmselds.ops.kernels import torch_ref, triton_backend
 
 DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16,
           'fp32': torch.float32}

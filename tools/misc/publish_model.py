@@ -28,9 +28,9 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run from any directory without installing
 
-import mmselds  # noqa: E402
-from mmselds.utils.checkpoint import (  # noqa: E402
-    InvalidCheckpointError, read_checkpoint, state_dict_of)
+import mmselds
+from mmselds.utils.checkpoint import (InvalidCheckpointError, read_checkpoint,
+                                      state_dict_of)
 
 CALIBRATION = ('trained_ratio', 'calibrated_threshold')
 PREFIX = 'backbone.mask_head.'

@@ -31,10 +31,10 @@ from mmengine.config import DictAction
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)  # run from any directory without installing
 
-import mmselds  # noqa: E402
-from mmselds.utils.checkpoint import (  # noqa: E402
-    ALLOWED_MISSING, compare_state_dicts, read_checkpoint, state_dict_of)
-from mmselds.utils.model_io import build_segmentor  # noqa: E402
+import mmselds
+from mmselds.utils.checkpoint import (ALLOWED_MISSING, compare_state_dicts,
+                                      read_checkpoint, state_dict_of)
+from mmselds.utils.model_io import build_segmentor
 
 # first-level names of mmseg's ResNetV1c (deep stem, layers)
 BACKBONE_ROOTS = ('stem.', 'conv1.', 'bn1.', 'norm1.', 'layer')
