@@ -1,6 +1,7 @@
 """Config preparation shared by ``tools/train.py`` and ``tools/test.py``,
 the error handling of every tool's command line, and the training runs
 the demo and the ablation start."""
+import atexit
 import copy
 import hashlib
 import json
@@ -121,14 +122,31 @@ def run_cli(main: Callable[[], object]):
 
 
 def close_process_group() -> None:
-    """Destroy the default process group of a distributed run that ended
-    normally. Left to the interpreter's exit, Gloo's worker threads can
-    still hold tensors while Python is torn down, and a rank then dies with
-    ``terminate called without an active exception`` (SIGABRT) after the
-    run has finished, which fails ``dist_train.sh``. Not called after an
-    error: the other ranks may still be inside a collective."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """End a distributed run that finished normally: destroy its default
+    process group and, for the Gloo backend (CPU data parallel), end the
+    process once the exit handlers have run.
+
+    Measured with ``dist_train.sh`` on the demo config (2 CPU processes,
+    torch 2.13): 1 run in 10 to 20 had a rank abort with ``terminate called
+    without an active exception`` (SIGABRT, exit status -6) after the run
+    had finished and its checkpoints were written - during interpreter
+    teardown (no Python frame left), with the process group destroyed,
+    because DistributedDataParallel leaves references to the process group
+    that outlive the model, so Gloo's objects are destroyed with the
+    interpreter. So a Gloo rank runs its ``atexit`` handlers (log files
+    flushed, data-loader workers stopped) while Python is still whole and
+    then leaves with ``os._exit(0)``, skipping that teardown. NCCL runs only
+    destroy the group. Not called after an error: the other ranks may still
+    be inside a collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gloo = dist.get_backend() == dist.Backend.GLOO
+    dist.destroy_process_group()
+    if gloo:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def stream_training(name: str, cmd: list) -> None:
