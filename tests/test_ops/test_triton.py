@@ -285,18 +285,36 @@ COMPILE_CASES = {
 }
 
 
+# the GPUs the kernels are compiled for here, with the shared memory one
+# block may use (CUDA's opt-in maximum): A40 (the clusters the method was
+# developed on) and H100 / H200
+GPU_TARGETS = {'sm86-A40': (86, 99 * 1024), 'sm90-H100': (90, 227 * 1024)}
+
+
+def buffers(ttgir, rows, cols):
+    """The buffer counts of the (rows, cols) tiles kept in shared memory."""
+    import re
+    return {int(n) for n in re.findall(
+        rf'memdesc<(\d+)x{rows}x{cols}x(?:f16|bf16|f32)', ttgir)}
+
+
 @needs_triton
+@pytest.mark.parametrize('target', sorted(GPU_TARGETS))
 @pytest.mark.parametrize('case', sorted(COMPILE_CASES))
-def test_kernel_compiles_for_hopper(case):
+def test_kernel_compiles_for_gpus(case, target):
     """The compiled path, which the interpreter does not run: the kernel
-    compiles to a cubin for sm_90 (H100 / H200) with the tile sizes of
-    default_config and the specialisations of a launch on contiguous rows
-    and channels-last weights (strides of 1, 16-divisible pointers and
-    strides), with no GPU; Triton pipelines its loads (async copies)."""
+    compiles to a cubin for sm_86 (A40) and sm_90 (H100 / H200) with the
+    tile sizes of default_config and the specialisations of a launch on
+    contiguous rows and channels-last weights (strides of 1, 16-divisible
+    pointers and strides), with no GPU; it fits the shared memory of a
+    block on that GPU, and Triton pipelines the tile loads with two or
+    more buffers a tile (async copies; one buffer would make each tile's
+    loads wait for the previous product)."""
     import inspect
 
     import triton
     dtype, gather, c_in, c_out, rows, epilogue, tf32 = COMPILE_CASES[case]
+    arch, shared_limit = GPU_TARGETS[target]
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -304,7 +322,7 @@ def test_kernel_compiles_for_hopper(case):
         names = list(inspect.signature(tk()._selective_gemm).parameters)
         cfg = tk().default_config(rows, c_in, c_out, {
             'fp16': torch.float16, 'bf16': torch.bfloat16,
-            'fp32': torch.float32}[dtype])
+            'fp32': torch.float32}[dtype], gather=gather)
         ones = {'stride_sk', 'stride_wk', 'stride_on', 'stride_rn'}
         consts = dict(
             C_IN=c_in, K_BLOCKS=-(-c_in // cfg.block_k),
@@ -326,15 +344,21 @@ def test_kernel_compiles_for_hopper(case):
                  and (even or n.endswith('_ptr'))}
         src = ASTSource(fn, sig, {(names.index(k), ): v
                                   for k, v in consts.items()}, attrs)
-        target = GPUTarget('cuda', 90, 32)
+        target = GPUTarget('cuda', arch, 32)
     except (ImportError, TypeError, AttributeError) as err:
         pytest.skip(f'this Triton compiles differently: {err!r}')
     kernel = triton.compile(src, target=target, options=dict(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=True))
     assert kernel.asm.get('cubin')
+    assert 0 < kernel.metadata.shared <= shared_limit
     if even:
-        assert 'async_copy' in kernel.asm['ttgir']
+        ttgir = kernel.asm['ttgir']
+        assert 'async_copy' in ttgir
+        source_tiles = buffers(ttgir, cfg.block_m, cfg.block_k)
+        weight_tiles = buffers(ttgir, cfg.block_k, cfg.block_n)
+        assert source_tiles and min(source_tiles) >= 2, source_tiles
+        assert weight_tiles and min(weight_tiles) >= 2, weight_tiles
 
 
 def nan_filled(backend):
