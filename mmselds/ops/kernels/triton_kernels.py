@@ -68,8 +68,8 @@ def _selective_gemm(src_ptr, index_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
     rk = tl.arange(0, BLOCK_K)
     row_ok = rm < R
     col_ok = rn < C_out
-    # rows / columns past the end read row / column 0 (R, C_out >= 1) and
-    # are never stored
+    # in the loop, rows / columns past the end read row / column 0
+    # (R, C_out >= 1; no masks on the operand loads) and are never stored
     rm_in = tl.where(row_ok, rm, 0).to(tl.int64)
     rn_in = tl.where(col_ok, rn, 0).to(tl.int64)
 
@@ -104,16 +104,24 @@ def _selective_gemm(src_ptr, index_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
+    # the epilogue addresses the tile's own rows and columns, unclamped
+    # (masked lanes touch no memory): the columns keep their contiguity, so
+    # the bias, residual and output rows move in 16-byte vectors (clamped
+    # columns compiled to one 2-byte access an element, and to register
+    # spills on sm_90)
+    ro = rm.to(tl.int64)
+    co = rn.to(tl.int64)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn_in).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + co, mask=col_ok,
+                       other=0.0).to(tl.float32)[None, :]
     out_mask = row_ok[:, None] & col_ok[None, :]
     if HAS_RES:
-        res = tl.load(res_ptr + rm_in[:, None] * stride_rm
-                      + rn_in[None, :] * stride_rn, mask=out_mask, other=0.0)
+        res = tl.load(res_ptr + ro[:, None] * stride_rm
+                      + co[None, :] * stride_rn, mask=out_mask, other=0.0)
         acc += res.to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    tl.store(out_ptr + rm_in[:, None] * stride_om + rn_in[None, :] * stride_on,
+    tl.store(out_ptr + ro[:, None] * stride_om + co[None, :] * stride_on,
              acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
