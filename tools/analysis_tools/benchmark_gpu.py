@@ -295,20 +295,21 @@ def dense_forward(folded, x):
 
 
 def selective_forward(stages, x, mask, execution):
-    """Stages 3-4 under ``mask``: the stage-3 entrance takes the dense
+    """Stages 3-4 under ``mask``, as the backbone runs them
+    (``SeldsResNetV1c._block``): the stage-3 entrance takes the dense
     stage-2 map (``stride`` pooling: low cells get the OS16 network's
-    stride-2 conv and shortcut), every later layer the mixed feature;
+    stride-2 conv and shortcut), every later layer the mixed feature, and
+    each block's shortcut add and ReLU are the epilogue of its last conv;
     returns the densified stage-4 output."""
     cells = CellMask(mask, execution)
     feat = x
     for stage in stages:
         for blk in stage:
-            out = run_layers(feat, [blk.main], cells=cells)
-            if isinstance(feat, torch.Tensor):  # the entrance
-                feat = MixedFeature.from_dense(feat, cells, 'stride')
-            short = run_layers(feat, [blk.downsample]) \
-                if blk.downsample is not None else feat
-            feat = out.add_relu_(short)
+            inp = MixedFeature.from_dense(feat, cells, 'stride') \
+                if isinstance(feat, torch.Tensor) else feat
+            short = run_layers(inp, [blk.downsample]) \
+                if blk.downsample is not None else inp
+            feat = run_layers(feat, [blk.main], cells=cells, shortcut=short)
     return feat.densify()
 
 
