@@ -6,6 +6,7 @@ import pytest
 import torch
 from mmcv.cnn import ConvModule
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmselds.ops import (CellMask, MixedFeature, SelectivePooling,
@@ -221,3 +222,65 @@ def test_folded_dense_stages_equal_the_backbone_modules():
         for a, b in zip(plain, folded):  # float32 round-off of the folds
             torch.testing.assert_close(b, a, rtol=1e-4,
                                        atol=1e-4 * a.abs().max().item())
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls whose result the host reads (on a GPU each waits
+    for every queued kernel): ``.item()``, ``bool()``, ``nonzero`` ...,
+    boolean-mask indexing."""
+    NAMES = {'item', 'tolist', '__bool__', '__int__', '__float__',
+             '__index__', 'nonzero', 'argwhere', 'unique',
+             'unique_consecutive', 'masked_select', 'bincount',
+             'repeat_interleave', 'numpy', 'cpu'}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, '__name__', '')
+        if name == '__getitem__':
+            keys = args[1] if isinstance(args[1], tuple) else (args[1], )
+            if any(isinstance(k, torch.Tensor) and k.dtype == torch.bool
+                   for k in keys):
+                self.calls.append('boolean index')
+        elif name in self.NAMES:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def residual_blocks(depth, c=8):
+    """``depth`` bottleneck-like blocks (1x1, 3x3 of dilation 2, 1x1),
+    eval BatchNorm."""
+    blocks = []
+    for i in range(depth):
+        blk = nn.Sequential(conv_module(c, 4, 1), conv_module(4, 4, 3, 2),
+                            conv_module(4, c, 1, act=None))
+        randomize_(blk, i)
+        blocks.append(blk.eval())
+    return blocks
+
+
+def test_sparse_inference_reads_the_host_a_fixed_number_of_times():
+    """GPU readiness, checked on the CPU: sparse inference reads results
+    on the host (mask check, index tables) a fixed number of times a pass,
+    not once a layer: 1 and 5 residual blocks (the stride-pooled input,
+    the shortcut epilogue and the densified output included) make the
+    same reads."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 8, 12, generator=g)
+    mask = ref.random_mask(2, 4, 6, 0.5, g)
+
+    def reads(depth):
+        blocks = residual_blocks(depth)
+        with torch.no_grad(), HostReads() as probe:
+            cells = CellMask(mask, 'sparse')
+            feat = MixedFeature.from_dense(x, cells, 'stride')
+            for blk in blocks:
+                feat = run_layers(feat, [blk], shortcut=feat)
+            feat.densify()
+        return sorted(probe.calls)
+
+    one, five = reads(1), reads(5)
+    assert one, 'the probe saw no host read (the mask check reads one)'
+    assert five == one
