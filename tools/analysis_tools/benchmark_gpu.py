@@ -475,11 +475,16 @@ def time_ops(bench, args, gen, rows):
                             t_ref = bench.time(op)
                     flops = rho + (1 - rho) / 4
                     path = 'uniform' if rho in (0, 1) else 'gather'
+                    # achieved rates: 2 x multiply-adds / time
+                    per_row = 2 * 9 * c * c / 1e9  # GFLOP a row (ms -> T)
                     rows.append((
                         f'{name} C={c} r={r}', n, dname, rho, path,
                         cells.num_rows, fmt(dense), fmt(t_op),
                         fmt(t_kernel), fmt(t_ref), fmt(index_ms),
-                        f'{t_op / dense:.2f}', f'{flops:.3f}'))
+                        f'{t_op / dense:.2f}', f'{flops:.3f}',
+                        f'{per_row * n * h * w / dense:.3g}',
+                        '-' if not index.numel() else
+                        f'{per_row * index.numel() / 9 / t_kernel:.3g}'))
                 kernels.release_workspace()  # the reference's im2col
                 if bench.device.type == 'cuda':
                     torch.cuda.empty_cache()
@@ -749,10 +754,12 @@ def main(argv=None):
              '`selective_conv2d` (Triton backend), kernel = the Triton '
              'gather kernel alone, reference = the op on the PyTorch '
              'backend, index = building the mask layout and index table; '
-             'FLOPs = rho + (1 - rho) / 4 of dense.',
+             'FLOPs = rho + (1 - rho) / 4 of dense; TFLOP/s = 2 x '
+             'multiply-adds / time of the dense conv and of the kernel.',
              ('shape', 'batch', 'dtype', 'density', 'path', 'rows',
               'dense ms', 'op ms', 'kernel ms', 'reference ms', 'index ms',
-              'op / dense', 'FLOPs / dense'), *timed(time_ops, gen))
+              'op / dense', 'FLOPs / dense', 'dense TFLOP/s',
+              'kernel TFLOP/s'), *timed(time_ops, gen))
     if 'stages' in args.parts:
         part('stages 3-4: dense OS8 and OS16 vs selective',
              'dense = cuDNN, channels-last, BatchNorm folded (OS16: the '
