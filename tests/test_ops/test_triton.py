@@ -282,6 +282,8 @@ COMPILE_CASES = {
     'fp16-3x3-r101-stage3-epilogue': ('fp16', True, 256, 256, 32768, True,
                                       False),
     'fp32-1x1-tf32': ('fp32', False, 1024, 256, 4096, False, True),
+    'fp32-3x3-tf32-r101-stage4-epilogue': ('fp32', True, 512, 512, 16384,
+                                           True, True),
     'bf16-3x3-odd-channels': ('bf16', True, 17, 5, 100, False, False),
 }
 
