@@ -224,6 +224,45 @@ def run_layers(x: Union[MixedFeature, Tensor], layers: Iterable[nn.Module],
     return out if shortcut is None else out.add_relu_(shortcut)
 
 
+def run_residual_block(x: Union[MixedFeature, Tensor],
+                       main: Iterable[nn.Module],
+                       downsample: Optional[nn.Module] = None,
+                       cells: Optional[CellMask] = None,
+                       entrance_pool: PoolSpec = 'stride',
+                       pool_for: Optional[PoolFor] = None) -> MixedFeature:
+    """A residual block, ``relu(main(x) + shortcut(x))``, on a mixed
+    feature, its add and ReLU in the epilogue of ``main``'s last conv.
+
+    Args:
+        x (MixedFeature | Tensor): the input; a dense (N, C, H, W) tensor is
+            the full-resolution map at the stage entrance, pooled with
+            ``entrance_pool`` under ``cells`` (with ``stride`` pooling
+            ``main`` runs on the dense map up to its 3x3 conv, whose low
+            cells are the OS16 network's stride-2 conv; see
+            :func:`run_layers`).
+        main (Iterable[nn.Module]): the residual branch.
+        downsample (nn.Module, optional): the shortcut's layers (None: the
+            identity).
+        cells (CellMask, optional): the selection; required for a dense
+            ``x``.
+        entrance_pool: the pooling of a dense ``x``.
+        pool_for (callable, optional): as in :func:`run_layers`.
+    Returns:
+        MixedFeature: the block's output.
+    """
+    if isinstance(x, Tensor):
+        if cells is None:
+            raise ValueError('run_residual_block on a dense map (the stage '
+                             'entrance) needs cells')
+        inp = MixedFeature.from_dense(x, cells, entrance_pool)
+        if not (isinstance(entrance_pool, str) and entrance_pool == 'stride'):
+            x = inp
+    else:
+        inp = x
+    shortcut = inp if downsample is None else run_layers(inp, [downsample])
+    return run_layers(x, main, pool_for, cells, shortcut=shortcut)
+
+
 def dense_layers(x: Tensor, layers: Iterable[nn.Module],
                  shortcut: Optional[Tensor] = None) -> Tensor:
     """Apply plain layers to a dense (N, C, H, W) map, each conv followed by

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mmselds.ops import (CellMask, MixedFeature, SelectivePooling,
                          clear_sparse_weights, dense_layers, flatten_layers,
                          fold_batch_norm, layers_macs, run_layers,
-                         sparse_weights)
+                         run_residual_block, sparse_weights)
 from tests import reference as ref
 from tests.helpers import count_pooled_values
 from tests.test_models.utils import randomize_, selds_backbone
@@ -264,9 +264,9 @@ def residual_blocks(depth, c=8):
 def test_sparse_inference_reads_the_host_a_fixed_number_of_times():
     """GPU readiness, checked on the CPU: sparse inference reads results
     on the host (mask check, index tables) a fixed number of times a pass,
-    not once a layer: 1 and 5 residual blocks (the stride-pooled input,
-    the shortcut epilogue and the densified output included) make the
-    same reads."""
+    not once a layer: 2 and 5 residual blocks (the stride entrance, a
+    block after it, the shortcut epilogue and the densified output
+    included; a table is built once per dilation) make the same reads."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 8, 12, generator=g)
     mask = ref.random_mask(2, 4, 6, 0.5, g)
@@ -275,12 +275,19 @@ def test_sparse_inference_reads_the_host_a_fixed_number_of_times():
         blocks = residual_blocks(depth)
         with torch.no_grad(), HostReads() as probe:
             cells = CellMask(mask, 'sparse')
-            feat = MixedFeature.from_dense(x, cells, 'stride')
+            feat = x
             for blk in blocks:
-                feat = run_layers(feat, [blk], shortcut=feat)
+                feat = run_residual_block(feat, [blk], cells=cells)
             feat.densify()
         return sorted(probe.calls)
 
-    one, five = reads(1), reads(5)
-    assert one, 'the probe saw no host read (the mask check reads one)'
-    assert five == one
+    two, five = reads(2), reads(5)
+    assert two, 'the probe saw no host read (the mask check reads one)'
+    assert five == two
+
+
+def test_residual_block_on_a_dense_map_needs_cells():
+    blk = residual_blocks(1)[0]
+    with pytest.raises(ValueError, match='run_residual_block on a dense '
+                       r'map \(the stage entrance\) needs cells'):
+        run_residual_block(torch.randn(1, 8, 8, 12), [blk])

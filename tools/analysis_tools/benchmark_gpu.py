@@ -25,9 +25,10 @@ if mmselds is not installed, from the checkout this file lies in.
    modules with random weights and eval BatchNorm; dense OS8 and dense OS16
    (cuDNN, channels-last, BatchNorm folded; OS16: the stage-3 entrance with
    stride 2, dilations halved) against the selective stages
-   (``mmselds.ops.run_layers``, BatchNorm folded, ``stride`` pooling,
-   stage-3 entrance as in the OS16 network) at down-sampling ratios s = 0,
-   0.5, 0.8, 1, with the Triton backend and with the reference. A selective
+   (``mmselds.ops.run_residual_block``, BatchNorm folded, ``stride``
+   pooling, stage-3 entrance as in the OS16 network) at down-sampling
+   ratios s = 0, 0.5, 0.8, 1, with the Triton backend and with the
+   reference. A selective
    forward includes building the mask layout and index tables and
    densifying the stage-4 output.
 4. **Train**: one training step (forward and backward, train-mode
@@ -69,14 +70,16 @@ from torch import nn
 
 try:
     from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
-                             random_cell_mask, run_layers, selective_conv2d)
+                             random_cell_mask, run_residual_block,
+                             selective_conv2d)
 except ModuleNotFoundError as err:  # a checkout (GPU machines): no install
     if err.name != 'mmselds':
         raise
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
         osp.abspath(__file__)))))
     from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
-                             random_cell_mask, run_layers, selective_conv2d)
+                             random_cell_mask, run_residual_block,
+                             selective_conv2d)
 from mmselds.ops.functional import low_res_dilation
 from mmselds.ops.kernels import torch_ref, triton_backend
 
@@ -295,21 +298,17 @@ def dense_forward(folded, x):
 
 
 def selective_forward(stages, x, mask, execution):
-    """Stages 3-4 under ``mask``, as the backbone runs them
-    (``SeldsResNetV1c._block``): the stage-3 entrance takes the dense
-    stage-2 map (``stride`` pooling: low cells get the OS16 network's
-    stride-2 conv and shortcut), every later layer the mixed feature, and
-    each block's shortcut add and ReLU are the epilogue of its last conv;
-    returns the densified stage-4 output."""
+    """Stages 3-4 under ``mask``, block by block through
+    ``run_residual_block`` as the backbone runs them: the stage-3 entrance
+    takes the dense stage-2 map (``stride`` pooling: low cells get the OS16
+    network's stride-2 conv and shortcut), every later layer the mixed
+    feature, and each block's shortcut add and ReLU are the epilogue of its
+    last conv; returns the densified stage-4 output."""
     cells = CellMask(mask, execution)
     feat = x
     for stage in stages:
         for blk in stage:
-            inp = MixedFeature.from_dense(feat, cells, 'stride') \
-                if isinstance(feat, torch.Tensor) else feat
-            short = run_layers(inp, [blk.downsample]) \
-                if blk.downsample is not None else inp
-            feat = run_layers(feat, [blk.main], cells=cells, shortcut=short)
+            feat = run_residual_block(feat, [blk.main], blk.downsample, cells)
     return feat.densify()
 
 
@@ -764,8 +763,8 @@ def main(argv=None):
         part('stages 3-4: dense OS8 and OS16 vs selective',
              'dense = cuDNN, channels-last, BatchNorm folded (OS16: the '
              'OS16 network, stride-2 stage-3 entrance); selective = '
-             '`run_layers` sparse (mask layout, index tables and the '
-             'stage-4 densify included) with the Triton backend and with '
+             '`run_residual_block` sparse (mask layout, index tables and '
+             'the stage-4 densify included) with the Triton backend and with '
              'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8.',
              ('stages', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
               'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
                          dense_layers, layers_macs, pooling_macs_per_value,
-                         release_workspace, run_layers)
+                         release_workspace, run_residual_block)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -240,19 +240,12 @@ class SelDSResNetV1c(ResNetV1c):
                cells: CellMask) -> MixedFeature:
         """One residual block on a mixed feature, or, at the stage-3
         entrance, on the dense stage-2 map ``x``."""
-        entrance = isinstance(x, Tensor)
-        stride_entrance = entrance and self.pool_mode == 'stride'
-        if entrance:
-            pool = 'stride' if stride_entrance else self.pooling[ENTRANCE]
-            inp = MixedFeature.from_dense(x, cells, pool)
-        else:
-            inp = x
         # In stride mode the entrance block runs on the dense map up to its
         # 3x3 conv, whose low cells are the OS16 stride-2 conv.
-        identity = inp if block.downsample is None else run_layers(
-            inp, block.downsample)
-        return run_layers(x if stride_entrance else inp, main_layers(block),
-                          self.pooling_for, cells, shortcut=identity)
+        entrance_pool = 'stride' if self.pool_mode == 'stride' \
+            else self.pooling[ENTRANCE]
+        return run_residual_block(x, main_layers(block), block.downsample,
+                                  cells, entrance_pool, self.pooling_for)
 
     def _run_block(self, block, x, cells) -> MixedFeature:
         data = x if isinstance(x, Tensor) else x.data

@@ -158,12 +158,12 @@ def default_config(rows: int, c_in: int, c_out: int, dtype: torch.dtype,
 
     ``gather``: the kernel reads its rows through an index table. Triton's
     pipeliner splits the ``num_stages - 1`` stages of load latency between
-    the index load and the tile loads it feeds, so the gather kernel gets 5
-    stages where the plain matmul gets 3: its source and weight tiles are
-    then double-buffered on sm_80 / sm_86 (A100, A40: 66 KiB of shared
-    memory) as well as on sm_90, where with 3 they had one buffer on
-    sm_8x and each tile's loads waited for the previous product (seen in
-    the compiled IR with Triton 3.6 and 3.9; checked by the tests)."""
+    the index load and the tile loads it feeds, so with 3 stages the
+    gather kernel's source and weight tiles had one shared-memory buffer
+    on sm_80 / sm_86 (A100, A40) and each tile's loads waited for the
+    previous product. It gets 5 stages (the plain matmul 3): two buffers
+    on sm_8x (66 KiB of shared memory), three on sm_90 (seen in the
+    compiled IR with Triton 3.6 and 3.9; checked by the tests)."""
     if interpret:  # few, small programs: the interpreter runs them in numpy
         return Config(_pow2(rows, 16, 64), _pow2(c_out, 16, 64),
                       _pow2(c_in, 16, 64), num_stages=1)
