@@ -311,7 +311,8 @@ def test_kernel_compiles_for_gpus(case, target):
     pointers and strides), with no GPU; it fits the shared memory of a
     block on that GPU, Triton pipelines the tile loads with two or more
     buffers a tile (async copies; one buffer would make each tile's loads
-    wait for the previous product), and the epilogue stores the output
+    wait for the previous product), the products run on the tensor cores
+    (asynchronous wgmma on sm_90), and the epilogue stores the output
     rows and loads the residual in vectors, not one 16-bit element at a
     time."""
     import inspect
@@ -358,6 +359,13 @@ def test_kernel_compiles_for_gpus(case, target):
         enable_fp_fusion=True))
     assert kernel.asm.get('cubin')
     assert 0 < kernel.metadata.shared <= shared_limit
+    # the products run on the tensor cores: mma.sync on sm_86, wgmma on
+    # sm_90 (not mma.sync at a fraction of Hopper's rate)
+    ptx = kernel.asm['ptx']
+    if arch >= 90:
+        assert 'wgmma.mma_async' in ptx and 'mma.sync' not in ptx
+    else:
+        assert 'mma.sync.aligned' in ptx
     if even:
         ttgir = kernel.asm['ttgir']
         assert 'async_copy' in ttgir
@@ -370,6 +378,10 @@ def test_kernel_compiles_for_gpus(case, target):
         loads = re.findall(r'ld\.global[.a-z0-9]*', kernel.asm['ptx'])
         assert stores and all('.v' in op for op in stores), set(stores)
         assert all('.b16' not in op for op in loads), set(loads)
+        if arch >= 90:  # asynchronous: a product overlaps the next one
+            # (the kernel waits for all but the newest wgmma group)
+            assert re.search(r'wgmma\.wait_group\.sync\.aligned\s+1\b',
+                             ptx)
 
 
 def nan_filled(backend):
