@@ -277,6 +277,31 @@ def test_unsupported_device_and_dtype_are_clear_errors():
         rtol=0, atol=0)
 
 
+@needs_triton
+def test_kernel_info_says_what_was_launched():
+    """kernel_info runs the kernel once and returns its configuration (the
+    default one of gather / plain matmul unless one is given); the
+    interpreter compiles nothing, so it reports no registers."""
+    src, weight, bias, index = conv_case(2, 5, 7, 2, 'half', torch.float32,
+                                         seed=3)
+    R = index.numel() // 9
+    info = tk().kernel_info(src, index, weight, bias, interpret=True)
+    assert info.config == tk().default_config(R, 5, 7, torch.float32, True,
+                                              gather=True)
+    assert (info.registers, info.spills, info.shared) == (None, None, None)
+    cfg = tk().Config(16, 16, 16, num_stages=1)
+    assert tk().kernel_info(src, index, weight, interpret=True,
+                            config=cfg).config == cfg
+    w1 = weight[:, :, 0, 0]
+    assert tk().kernel_info(src, None, w1, interpret=True).config == \
+        tk().default_config(len(src), 5, 7, torch.float32, True)
+    assert tk().kernel_info(src[:0], None, w1, interpret=True).config is None
+    with pytest.raises(ValueError, match=r'weight must be \(C_out, 5\)'):
+        tk().kernel_info(src, None, weight, interpret=True)
+    with pytest.raises(ValueError, match='index must be flat'):
+        tk().kernel_info(src, index[:-1], weight, interpret=True)
+
+
 COMPILE_CASES = {
     # name: (dtype, 3x3 gather?, C_in, C_out, rows, epilogue, tf32)
     'fp16-3x3-r101-stage3-epilogue': ('fp16', True, 256, 256, 32768, True,
@@ -359,6 +384,9 @@ def test_kernel_compiles_for_gpus(case, target):
         enable_fp_fusion=True))
     assert kernel.asm.get('cubin')
     assert 0 < kernel.metadata.shared <= shared_limit
+    # what kernel_info reports of it (registers: once loaded on a GPU)
+    assert tk()._info(cfg, kernel) == (cfg, None, None,
+                                       kernel.metadata.shared)
     # the products run on the tensor cores: mma.sync on sm_86, wgmma on
     # sm_90 (not mma.sync at a fraction of Hopper's rate)
     ptx = kernel.asm['ptx']
@@ -583,6 +611,8 @@ def test_benchmark_gpu_smoke(tmp_path):
     assert [r.split(' | ')[3] for r in stage_rows] == \
         ['0.0', '0.5', '0.8', '1.0']
     assert text.count('(default)') == 2  # one tuned kernel per shape
+    # the tune table's resources of a compiled kernel (none here)
+    assert '| / best | regs | spill B | smem KiB |' in text
 
 
 @needs_triton
@@ -659,6 +689,16 @@ def test_cuda_matches_reference(mask_kind, dilation, dtype, no_tf32):
     got = tk().rows_linear(src, w1, bias)
     expect = torch_ref.rows_linear(src.double(), w1.double(), bias.double())
     check(got.cpu(), expect.cpu(), dtype)
+
+
+@needs_cuda
+def test_cuda_kernel_info_reports_the_compiled_kernel():
+    src, weight, bias, index = (t.cuda() for t in conv_case(
+        1, 64, 64, 2, 'half', torch.float16, seed=0, h=16, w=16))
+    info = tk().kernel_info(src, index, weight, bias)
+    assert info.registers and info.registers <= 255
+    assert info.spills is not None and info.spills >= 0
+    assert info.shared and info.shared > 0
 
 
 @needs_cuda

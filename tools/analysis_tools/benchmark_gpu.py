@@ -655,19 +655,27 @@ def tune_part(bench, args, gen, rows):
                 ok = rel_err(got, ref) <= 2 * TOL[dtype]
                 ms = bench.time(lambda: tk.gather_linear(
                     src, index, wt, b, config=cfg, interpret=args.smoke))
+                info = tk.kernel_info(src, index, wt, b, config=cfg,
+                                      interpret=args.smoke)
             except Exception as err:  # e.g. out of shared memory
-                results.append((cfg, None, type(err).__name__))
+                results.append((cfg, None, type(err).__name__, None))
                 continue
-            results.append((cfg, ms, 'ok' if ok else 'WRONG'))
+            results.append((cfg, ms, 'ok' if ok else 'WRONG', info))
             bench.failed |= not ok
-        best = min((ms for _, ms, v in results if v == 'ok'), default=None)
-        for cfg, ms, verdict in results:
+        best = min((ms for _, ms, v, _ in results if v == 'ok'),
+                   default=None)
+        for cfg, ms, verdict, info in results:
+            regs, spills, shared = (None, ) * 3 if info is None else \
+                info[1:]
             rows.append((f'{name} C={c} r={r}', n, R,
                          '{}x{}x{} g{} w{} s{}'.format(*cfg) +
                          (' (default)' if cfg == default else ''),
                          fmt(ms), verdict,
                          '-' if ms is None or best is None
-                         else f'{ms / best:.2f}'))
+                         else f'{ms / best:.2f}',
+                         '-' if regs is None else regs,
+                         '-' if spills is None else 4 * spills,
+                         '-' if shared is None else f'{shared / 1024:.1f}'))
         if bench.device.type == 'cuda':
             torch.cuda.empty_cache()
 
@@ -783,9 +791,12 @@ def main(argv=None):
         part('tune: Triton gather kernel tile configurations',
              'density 0.5; tiles BLOCK_M x BLOCK_N x BLOCK_K, group, warps, '
              'pipeline stages; / best = time over the fastest correct '
-             'configuration.',
+             'configuration; regs = registers a thread, spill = bytes of '
+             'local memory a thread (register spills), smem = shared '
+             'memory a program (compiled kernels only).',
              ('shape', 'batch', 'rows', 'config', 'kernel ms', 'result',
-              '/ best'), *timed(tune_part, gen))
+              '/ best', 'regs', 'spill B', 'smem KiB'),
+             *timed(tune_part, gen))
     print(f'\nwritten to {args.out}')
     if bench.failed:
         sys.exit('correctness check FAILED (see the table)')

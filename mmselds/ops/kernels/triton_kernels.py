@@ -207,17 +207,40 @@ def _check_source(src: Tensor, interpret: bool) -> None:
             f'{src.device}; they support {names}')
 
 
+class KernelInfo(NamedTuple):
+    """The launch of one kernel call: its tile configuration and what the
+    compiled kernel uses per program (None where nothing was compiled: the
+    interpreter, an empty product, or a Triton that does not report it)."""
+    config: Optional[Config]
+    registers: Optional[int] = None  # per thread
+    # local memory per thread (register spills), in 4-byte words: what
+    # Triton's n_spills says (CUDA's local size in bytes / 4)
+    spills: Optional[int] = None
+    shared: Optional[int] = None  # bytes of shared memory per program
+
+
+def _info(config: Optional[Config], compiled) -> KernelInfo:
+    if compiled is None:
+        return KernelInfo(config)
+    # n_regs / n_spills exist once the kernel was loaded (by its launch)
+    meta = getattr(compiled, 'metadata', None)
+    return KernelInfo(config, getattr(compiled, 'n_regs', None),
+                      getattr(compiled, 'n_spills', None),
+                      getattr(meta, 'shared', None))
+
+
 def _launch(src: Tensor, index: Optional[Tensor], weight: Tensor, ksize: int,
             w_strides, bias: Optional[Tensor], residual: Optional[Tensor],
             relu: bool, out: Tensor, interpret: bool,
-            config: Optional[Config]) -> Tensor:
+            config: Optional[Config]) -> KernelInfo:
+    """Write ``out``; return what was launched."""
     R, c_out = out.shape
     c_in = src.shape[1]
     if R == 0 or c_out == 0:
-        return out
+        return KernelInfo(None)
     if c_in == 0:  # an empty sum
         out.copy_(_epilogue(out.new_zeros(out.shape), bias, residual, relu))
-        return out
+        return KernelInfo(None)
     if config is None:
         config = default_config(R, c_in, c_out, src.dtype, interpret,
                                 gather=index is not None)
@@ -230,7 +253,7 @@ def _launch(src: Tensor, index: Optional[Tensor], weight: Tensor, ksize: int,
     device = contextlib.nullcontext() if interpret else \
         torch.cuda.device(src.device)  # launch on the tensors' GPU
     with device:
-        _kernel(interpret)[grid](
+        compiled = _kernel(interpret)[grid](
             src, index if index is not None else dummy, weight,
             bias if bias is not None else dummy, res, out,
             R, c_out, src.shape[0],
@@ -251,7 +274,7 @@ def _launch(src: Tensor, index: Optional[Tensor], weight: Tensor, ksize: int,
             BLOCK_K=config.block_k, GROUP_M=config.group_m,
             num_warps=config.num_warps, num_stages=config.num_stages,
             enable_fp_fusion=True)  # Triton's default, stated (3.9 warns)
-    return out
+    return _info(config, None if interpret else compiled)
 
 
 def _epilogue(y: Tensor, bias, residual, relu) -> Tensor:
@@ -289,6 +312,24 @@ def _prepare(src: Tensor, index: Optional[Tensor], weight: Tensor,
                              f'got {index.dtype} on {index.device}')
 
 
+def _forward(src, index, weight, bias, residual, relu, out, interpret,
+             config) -> KernelInfo:
+    """Write ``out`` with the kernel (checked operands, no autograd)."""
+    w = weight
+    if index is None:  # rows_linear: weight (C_out, K)
+        if w.stride(1) != 1 and w.shape[1] > 1:
+            w = w.contiguous()
+        k, w_strides = 1, (w.stride(0), w.stride(1), 0, 0)
+    else:
+        if w.stride(1) != 1 and w.shape[1] > 1:
+            # tiles read C_in-contiguous weights (the channels-last
+            # layout sparse inference keeps its folded weights in)
+            w = w.contiguous(memory_format=torch.channels_last)
+        k, w_strides = w.shape[-1], w.stride()
+    return _launch(src, index, w, k, w_strides, bias, residual, relu, out,
+                   interpret, config)
+
+
 class _GatherLinear(torch.autograd.Function):
     """Forward: the kernel; backward: plain torch (scatter-add and im2col
     matmul), for the gradients sparse execution keeps (DESIGN I3)."""
@@ -296,19 +337,9 @@ class _GatherLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, index, weight, bias, residual, relu, out,
                 interpret, config):
-        w = weight
-        if index is None:  # rows_linear: weight (C_out, K)
-            if w.stride(1) != 1 and w.shape[1] > 1:
-                w = w.contiguous()
-            k, w_strides = 1, (w.stride(0), w.stride(1), 0, 0)
-        else:
-            if w.stride(1) != 1 and w.shape[1] > 1:
-                # tiles read C_in-contiguous weights (the channels-last
-                # layout sparse inference keeps its folded weights in)
-                w = w.contiguous(memory_format=torch.channels_last)
-            k, w_strides = w.shape[-1], w.stride()
-        result = _launch(src, index, w, k, w_strides, bias, residual,
-                         relu, out, interpret, config)
+        _forward(src, index, weight, bias, residual, relu, out, interpret,
+                 config)
+        result = out
         ctx.relu = relu
         ctx.save_for_backward(src, index, weight,
                               result if relu else None)
@@ -398,6 +429,21 @@ def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
     Returns:
         Tensor: (R, C_out), the dtype of ``src``.
     """
+    R = _output_rows(src, index, weight)
+    _prepare(src, index, weight, bias, residual, out, R, interpret)
+    return _run(src, index, weight, bias, residual, relu, out, interpret,
+                config, R)
+
+
+def _output_rows(src: Tensor, index: Optional[Tensor],
+                 weight: Tensor) -> int:
+    """R, the output rows of :func:`gather_linear` (``index`` given) or
+    :func:`rows_linear`, after checking the weight and index shapes."""
+    if index is None:
+        if weight.dim() != 2 or weight.shape[1] != src.shape[-1]:
+            raise ValueError(f'weight must be (C_out, {src.shape[-1]}), '
+                             f'got {tuple(weight.shape)}')
+        return src.shape[0]
     if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
         raise ValueError('weight must be a (C_out, C_in, k, k) tensor, got '
                          f'{tuple(weight.shape)}')
@@ -408,10 +454,7 @@ def gather_linear(src: Tensor, index: Tensor, weight: Tensor,
     if index.dim() != 1 or index.numel() % taps:
         raise ValueError(f'index must be flat (R * {taps},), got '
                          f'{tuple(index.shape)}')
-    R = index.numel() // taps
-    _prepare(src, index, weight, bias, residual, out, R, interpret)
-    return _run(src, index, weight, bias, residual, relu, out, interpret,
-                config, R)
+    return index.numel() // taps
 
 
 def rows_linear(rows: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -427,10 +470,24 @@ def rows_linear(rows: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         bias, residual, relu, out, interpret, config: as in
             :func:`gather_linear`.
     """
-    if weight.dim() != 2 or weight.shape[1] != rows.shape[-1]:
-        raise ValueError(f'weight must be (C_out, {rows.shape[-1]}), got '
-                         f'{tuple(weight.shape)}')
-    _prepare(rows, None, weight, bias, residual, out, rows.shape[0],
-             interpret)
+    R = _output_rows(rows, None, weight)
+    _prepare(rows, None, weight, bias, residual, out, R, interpret)
     return _run(rows, None, weight, bias, residual, relu, out, interpret,
-                config, rows.shape[0])
+                config, R)
+
+
+def kernel_info(src: Tensor, index: Optional[Tensor], weight: Tensor,
+                bias: Optional[Tensor] = None, *,
+                residual: Optional[Tensor] = None, relu: bool = False,
+                interpret: bool = False,
+                config: Optional[Config] = None) -> KernelInfo:
+    """Run :func:`gather_linear` (``index`` given) or :func:`rows_linear`
+    (``index`` None, ``weight`` (C_out, K)) once and say what was launched:
+    the tile configuration and, for a compiled kernel, its registers and
+    spills per thread and shared memory per program (for benchmarks: a
+    configuration that spills or leaves one program per SM shows here)."""
+    R = _output_rows(src, index, weight)
+    _prepare(src, index, weight, bias, residual, None, R, interpret)
+    with torch.no_grad():
+        return _forward(src, index, weight, bias, residual, relu,
+                        src.new_empty(R, weight.shape[0]), interpret, config)
