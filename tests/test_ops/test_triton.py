@@ -14,6 +14,7 @@ import os.path as osp
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -325,26 +326,16 @@ def buffers(ttgir, rows, cols):
         rf'memdesc<(\d+)x{rows}x{cols}x(?:f16|bf16|f32)', ttgir)}
 
 
-@needs_triton
-@pytest.mark.parametrize('target', sorted(GPU_TARGETS))
-@pytest.mark.parametrize('case', sorted(COMPILE_CASES))
-def test_kernel_compiles_for_gpus(case, target):
-    """The compiled path, which the interpreter does not run: the kernel
-    compiles to a cubin for sm_86 (A40) and sm_90 (H100 / H200) with the
-    tile sizes of default_config and the specialisations of a launch on
-    contiguous rows and channels-last weights (strides of 1, 16-divisible
-    pointers and strides), with no GPU; it fits the shared memory of a
-    block on that GPU, Triton pipelines the tile loads with two or more
-    buffers a tile (async copies; one buffer would make each tile's loads
-    wait for the previous product), the products run on the tensor cores
-    (asynchronous wgmma on sm_90), and the epilogue stores the output
-    rows and loads the residual in vectors, not one 16-bit element at a
-    time."""
+def compile_case(case, arch):
+    """(kernel, config, even channels) of COMPILE_CASES[case] compiled for
+    sm_<arch> with no GPU, as a launch would: the tile sizes of
+    default_config and the specialisations of a launch on contiguous rows
+    and channels-last weights (strides of 1, 16-divisible pointers and
+    strides)."""
     import inspect
 
     import triton
     dtype, gather, c_in, c_out, rows, epilogue, tf32 = COMPILE_CASES[case]
-    arch, shared_limit = GPU_TARGETS[target]
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
@@ -382,6 +373,23 @@ def test_kernel_compiles_for_gpus(case, target):
     kernel = triton.compile(src, target=target, options=dict(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         enable_fp_fusion=True))
+    return kernel, cfg, even
+
+
+@needs_triton
+@pytest.mark.parametrize('target', sorted(GPU_TARGETS))
+@pytest.mark.parametrize('case', sorted(COMPILE_CASES))
+def test_kernel_compiles_for_gpus(case, target):
+    """The compiled path, which the interpreter does not run: the kernel
+    compiles to a cubin for sm_86 (A40) and sm_90 (H100 / H200) with no
+    GPU (see compile_case); it fits the shared memory of a block on that
+    GPU, Triton pipelines the tile loads with two or more buffers a tile
+    (async copies; one buffer would make each tile's loads wait for the
+    previous product), the products run on the tensor cores (asynchronous
+    wgmma on sm_90), and the epilogue stores the output rows and loads the
+    residual in vectors, not one 16-bit element at a time."""
+    arch, shared_limit = GPU_TARGETS[target]
+    kernel, cfg, even = compile_case(case, arch)
     assert kernel.asm.get('cubin')
     assert 0 < kernel.metadata.shared <= shared_limit
     # what kernel_info reports of it (registers: once loaded on a GPU)
@@ -410,6 +418,22 @@ def test_kernel_compiles_for_gpus(case, target):
             # (the kernel waits for all but the newest wgmma group)
             assert re.search(r'wgmma\.wait_group\.sync\.aligned\s+1\b',
                              ptx)
+
+
+@needs_triton
+@pytest.mark.parametrize('arch', [75, 80])
+def test_tensor_core_capability_is_where_triton_uses_them(arch):
+    """Why the backend leaves GPUs below TENSOR_CORE_CAPABILITY (8.0) to
+    the reference: there Triton compiles the kernel's products to FMA
+    loops (sm_75, T4), from it to tensor-core mma (sm_80, A100). Should a
+    Triton release change this, the threshold must follow."""
+    kernel, _, _ = compile_case('fp16-3x3-r101-stage3-epilogue', arch)
+    ptx = kernel.asm['ptx']
+    has_mma = 'mma.sync' in ptx or 'wgmma' in ptx
+    assert has_mma == ((arch // 10, arch % 10)
+                       >= triton_backend.TENSOR_CORE_CAPABILITY)
+    if not has_mma:
+        assert 'fma.rn.f32' in ptx
 
 
 def nan_filled(backend):
@@ -547,6 +571,75 @@ def test_cuda_backend_only_with_cuda_and_triton(monkeypatch):
     monkeypatch.setenv('MMSELDS_TRITON', '1')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert triton_backend.cuda_backend_if_available() is None
+
+
+class _OnGPU:
+    """Stands for a float16 tensor on cuda:0 (no GPU needed)."""
+    device = torch.device('cuda', 0)
+    dtype = torch.float16
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch.cuda answering for one GPU of the compute capability put in
+    the returned dict; the per-GPU decisions cleared before and after."""
+    gpu = {'capability': (7, 5), 'name': 'Tesla T4'}
+    monkeypatch.setattr(torch.cuda, 'get_device_capability',
+                        lambda index=None: gpu['capability'])
+    monkeypatch.setattr(torch.cuda, 'get_device_name',
+                        lambda index=None: gpu['name'])
+    triton_backend._capable.cache_clear()
+    yield gpu
+    triton_backend._capable.cache_clear()
+
+
+def test_gpus_below_tensor_core_capability_take_the_reference(fake_gpu):
+    """On a GPU where Triton's matmul has no tensor cores (below 8.0) the
+    backend runs the reference's kernels and says so once per GPU;
+    min_capability=None keeps Triton; 8.0 and newer run Triton; float64
+    always runs the reference."""
+    use = triton_backend._use_triton
+    with pytest.warns(UserWarning, match=r'Tesla T4 \(cuda:0\) has compute '
+                      r'capability 7\.5; the Triton kernels need 8\.0.*'
+                      'reference kernels'):
+        assert not use(_OnGPU(), False, (8, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # once per GPU
+        assert not use(_OnGPU(), False, (8, 0))
+        assert use(_OnGPU(), False, None)
+        assert use(_OnGPU(), True, (8, 0))  # the interpreter: CPU tensors
+        fake_gpu.update(capability=(8, 6), name='NVIDIA A40')
+        triton_backend._capable.cache_clear()
+        assert use(_OnGPU(), False, (8, 0))
+        fake_gpu['capability'] = (9, 0)
+        triton_backend._capable.cache_clear()
+        assert use(_OnGPU(), False, (8, 0))
+        assert not use(torch.zeros(1, dtype=torch.float64), False, None)
+    assert triton_backend.TENSOR_CORE_CAPABILITY == (8, 0)
+
+
+def test_backend_routes_to_the_reference_where_triton_is_not_used(
+        monkeypatch):
+    """What a compiled backend does with tensors _use_triton refuses: the
+    reference's kernels, epilogue included (here CPU tensors, which the
+    compiled kernels would reject)."""
+    backend = triton_backend.build_backend()
+    src, weight, bias, index = conv_case(2, 5, 7, 2, 'half', torch.float32,
+                                         seed=1)
+    w1 = weight[:, :, 1, 1]
+    res = torch.randn(index.numel() // 9, 7)
+    if HAS_TRITON:
+        with pytest.raises(NotImplementedError, match='CUDA tensors'):
+            backend.gather_linear(src, index, weight, bias)
+    monkeypatch.setattr(triton_backend, '_use_triton', lambda *a: False)
+    got = backend.gather_linear((src[:, :2], src[:, 2:]), index, weight,
+                                bias, residual=res, relu=True)
+    want = torch_ref.gather_linear(src, index, weight, bias, residual=res,
+                                   relu=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got = backend.rows_linear(src, w1, bias, relu=True)
+    torch.testing.assert_close(
+        got, torch_ref.rows_linear(src, w1, bias, relu=True), rtol=0, atol=0)
 
 
 SCRIPT = r'''

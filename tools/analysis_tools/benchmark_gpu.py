@@ -137,7 +137,10 @@ class Bench:
         self.device = torch.device('cpu' if args.smoke else 'cuda')
         self.warmup = 0 if args.smoke else args.warmup
         self.repeat = 1 if args.smoke else args.repeat
-        self.triton = triton_backend.build_backend(interpret=args.smoke)
+        # Triton on any GPU, also below the tensor-core capability where
+        # the library's backend would take the reference's kernels
+        self.triton = triton_backend.build_backend(interpret=args.smoke,
+                                                   min_capability=None)
         self.failed = False
         # the AMP dtype (float16 on the GPU; CPU autocast for --smoke)
         self.amp_name = 'bf16' if args.smoke else 'fp16'
@@ -683,7 +686,8 @@ def tune_part(bench, args, gen, rows):
 def header(bench, args):
     import triton
     if bench.device.type == 'cuda':
-        dev = torch.cuda.get_device_name()
+        dev = '{} (compute capability {}.{})'.format(
+            torch.cuda.get_device_name(), *torch.cuda.get_device_capability())
     else:
         dev = 'CPU, Triton interpreter (smoke: times mean nothing)'
     return '\n'.join([

@@ -14,9 +14,10 @@ Three tiers (as in torchsparse):
 Registered: :mod:`.torch_ref`, the pure-PyTorch kernels, for ``'cpu'``
 (its oneDNN/BLAS matmul and im2col workspace are tuned there), and for
 ``'cuda'`` the Triton backend (:mod:`.triton_backend`: implicit-GEMM
-kernels for float16, bfloat16 and float32, the reference's kernels for
-float64) where CUDA and Triton are both available and ``MMSELDS_TRITON``
-is not ``0``, else the reference. Any other device type, and a dtype a
+kernels for float16, bfloat16 and float32 on GPUs of compute capability
+8.0 and newer, the reference's kernels for float64 and, with a warning,
+on older GPUs) where CUDA and Triton are both available and
+``MMSELDS_TRITON`` is not ``0``, else the reference. Any other device type, and a dtype a
 backend does not declare, raises ``NotImplementedError`` naming both: no
 call ever falls back silently to another backend.
 
