@@ -716,11 +716,23 @@ def test_benchmark_gpu_writes_the_parts_it_ran(tmp_path):
         import benchmark_gpu
     finally:
         sys.path.pop(0)
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.allow_tf32)
     benchmark_gpu.main(['--smoke', '--parts', 'op', '--out', str(out)])
     text = out.read_text()
     assert '## correctness' in text and '## op:' in text
     assert '## stages' not in text and '## train' not in text
     assert 'train step' not in text  # its checks run with the part only
+    # the dense baseline autotunes cuDNN as mmseg's configs do; torch's
+    # settings are put back after the run
+    assert 'cudnn.benchmark, as mmseg configs set it): True' in text
+    assert (cudnn.benchmark, cudnn.allow_tf32) == before
+    benchmark_gpu.main(['--smoke', '--parts', 'op', '--no-tf32',
+                        '--no-cudnn-benchmark', '--out', str(out)])
+    text = out.read_text()
+    assert 'cudnn.benchmark, as mmseg configs set it): False' in text
+    assert 'TF32: cuDNN convs and Triton kernels False' in text
+    assert (cudnn.benchmark, cudnn.allow_tf32) == before
 
 
 @needs_triton

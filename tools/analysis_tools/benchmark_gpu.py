@@ -45,7 +45,11 @@ Times are medians of CUDA-event timings after warm-up, batch 1 and 8,
 float16 and float32 (TF32 as torch is set: cuDNN convs and the Triton
 kernels follow ``torch.backends.cudnn.allow_tf32``, on by default; the
 reference's matmuls follow ``torch.backends.cuda.matmul.allow_tf32``;
-``--no-tf32`` turns both off). The table is printed and written to
+``--no-tf32`` turns both off) and cuDNN's autotuner on
+(``torch.backends.cudnn.benchmark``, as mmseg's ``default_runtime`` sets
+``env_cfg.cudnn_benchmark``: the dense baseline a user runs; the warm-up
+runs absorb the tuning; ``--no-cudnn-benchmark`` leaves it off). The
+table is printed and written to
 ``--out``, rewritten after each part (a run cut short keeps the parts it
 finished).
 
@@ -122,6 +126,9 @@ def parse_args(argv=None):
     p.add_argument('--no-tf32', action='store_true',
                    help='float32 without TF32 (cuDNN, matmul, Triton)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--no-cudnn-benchmark', action='store_true',
+                   help="do not autotune cuDNN's algorithms (mmseg's "
+                   'configs do: env_cfg.cudnn_benchmark=True)')
     p.add_argument('--smoke', action='store_true',
                    help='tiny shapes on the CPU, kernels in the Triton '
                    'interpreter (a test of the script)')
@@ -698,6 +705,8 @@ def header(bench, args):
         f'- TF32: cuDNN convs and Triton kernels '
         f'{torch.backends.cudnn.allow_tf32}, reference matmuls '
         f'{torch.backends.cuda.matmul.allow_tf32}',
+        '- cuDNN autotuner (cudnn.benchmark, as mmseg configs set it): '
+        f'{torch.backends.cudnn.benchmark}',
         f'- OS8 map {args.size[0]}x{args.size[1]}; median of {bench.repeat} '
         f'runs after {bench.warmup} warm-up runs; times in ms',
         f'- command: {" ".join(sys.argv)}'])
@@ -713,9 +722,26 @@ def main(argv=None):
         sys.exit('benchmark_gpu needs a CUDA device (or --smoke)')
     if not triton_backend.triton_installed():
         sys.exit('benchmark_gpu needs triton')
+    with torch_settings(args):
+        run_parts(args)
+
+
+@contextlib.contextmanager
+def torch_settings(args):
+    """TF32 and cuDNN's autotuner as the arguments say, put back after."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
     if args.no_tf32:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+    cudnn.benchmark = not args.no_cudnn_benchmark
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = old
+
+
+def run_parts(args):
+    """Every part the arguments ask for; the tables to ``args.out``."""
     bench = Bench(args)
     gen = torch.Generator().manual_seed(args.seed)
     parts = [header(bench, args)]
