@@ -668,15 +668,14 @@ def tune_part(bench, args, gen, rows):
                 info = tk.kernel_info(src, index, wt, b, config=cfg,
                                       interpret=args.smoke)
             except Exception as err:  # e.g. out of shared memory
-                results.append((cfg, None, type(err).__name__, None))
+                results.append((cfg, None, type(err).__name__,
+                                tk.KernelInfo(cfg)))
                 continue
             results.append((cfg, ms, 'ok' if ok else 'WRONG', info))
             bench.failed |= not ok
         best = min((ms for _, ms, v, _ in results if v == 'ok'),
                    default=None)
-        for cfg, ms, verdict, info in results:
-            regs, spills, shared = (None, ) * 3 if info is None else \
-                info[1:]
+        for cfg, ms, verdict, (_, regs, spills, shared) in results:
             rows.append((f'{name} C={c} r={r}', n, R,
                          '{}x{}x{} g{} w{} s{}'.format(*cfg) +
                          (' (default)' if cfg == default else ''),

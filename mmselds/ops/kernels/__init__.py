@@ -17,9 +17,10 @@ Registered: :mod:`.torch_ref`, the pure-PyTorch kernels, for ``'cpu'``
 kernels for float16, bfloat16 and float32 on GPUs of compute capability
 8.0 and newer, the reference's kernels for float64 and, with a warning,
 on older GPUs) where CUDA and Triton are both available and
-``MMSELDS_TRITON`` is not ``0``, else the reference. Any other device type, and a dtype a
-backend does not declare, raises ``NotImplementedError`` naming both: no
-call ever falls back silently to another backend.
+``MMSELDS_TRITON`` is not ``0``, else the reference. Any other device
+type, and a dtype a backend does not declare, raises
+``NotImplementedError`` naming both: no call ever falls back silently to
+another backend.
 
 A new backend builds a :class:`Backend` and calls
 ``register_backend(device_type, backend, replace=True)``; it must match

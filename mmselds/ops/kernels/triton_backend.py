@@ -122,11 +122,13 @@ def _rows_linear(rows, weight, bias=None, *, interpret, min_capability,
 
 def _gather_linear(src, index, weight, bias=None, *, interpret,
                    min_capability, **kwargs):
-    if not isinstance(src, torch.Tensor):  # channel blocks: one source
-        src = src[0] if len(src) == 1 else torch.cat(tuple(src), 1)
-    if not _use_triton(src, interpret, min_capability):
+    blocks = not isinstance(src, torch.Tensor)
+    if not _use_triton(src[0] if blocks else src, interpret,
+                       min_capability):  # the reference takes the blocks
         return torch_ref.gather_linear(src, index, weight, bias,
                                        **_reference_epilogue(kwargs))
+    if blocks:  # channel blocks: one source for the kernel
+        src = src[0] if len(src) == 1 else torch.cat(tuple(src), 1)
     return _kernels().gather_linear(src, index, weight, bias,
                                     interpret=interpret, **kwargs)
 

@@ -339,11 +339,9 @@ class _GatherLinear(torch.autograd.Function):
                 interpret, config):
         _forward(src, index, weight, bias, residual, relu, out, interpret,
                  config)
-        result = out
         ctx.relu = relu
-        ctx.save_for_backward(src, index, weight,
-                              result if relu else None)
-        return result
+        ctx.save_for_backward(src, index, weight, out if relu else None)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
