@@ -1,9 +1,11 @@
 from .checks import (NoImagesError, check_dataloader_images,
                      check_dataset_images)
+from .cityscapes import CityscapesConversionError, convert_cityscapes
 from .synthetic_cityscapes import (generate, generate_with_progress,
                                    is_generated, render_scene)
 
 __all__ = [
-    'NoImagesError', 'check_dataloader_images', 'check_dataset_images',
-    'generate', 'generate_with_progress', 'is_generated', 'render_scene'
+    'CityscapesConversionError', 'NoImagesError', 'check_dataloader_images',
+    'check_dataset_images', 'convert_cityscapes', 'generate',
+    'generate_with_progress', 'is_generated', 'render_scene'
 ]

@@ -1,0 +1,141 @@
+"""The real-Cityscapes converter on a generated stand-in: polygon files in
+the download's layout -> label images that mmseg's CityscapesDataset loads
+(the path a user with the real data takes), and its named errors."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from mmselds.datasets import CityscapesConversionError, convert_cityscapes
+from tests.helpers import ROOT
+
+SCRIPT = 'tools/dataset_converters/cityscapes.py'
+H, W = 32, 64
+# (train id, label, polygon): road fills the lower half; a car box and a
+# 'cargroup' box (cityscapesscripts maps '<label>group' to the label) on
+# top; a license plate (id -1: never drawn) inside the car
+OBJECTS = [
+    ('road', [[0, 16], [63, 16], [63, 31], [0, 31]]),
+    ('car', [[8, 10], [23, 10], [23, 25], [8, 25]]),
+    ('cargroup', [[40, 2], [47, 2], [47, 9], [40, 9]]),
+    ('license plate', [[12, 20], [15, 20], [15, 22], [12, 22]]),
+]
+STEMS = {'train': ['aachen/aachen_000000_000019',
+                   'bremen/bremen_000001_000019'],
+         'val': ['frankfurt/frankfurt_000000_000294'],
+         'test': ['berlin/berlin_000000_000019']}
+
+
+def _stand_in(root, objects=OBJECTS, images=True):
+    for split, stems in STEMS.items():
+        for stem in stems:
+            poly = osp.join(root, 'gtFine', split,
+                            stem + '_gtFine_polygons.json')
+            os.makedirs(osp.dirname(poly), exist_ok=True)
+            with open(poly, 'w') as f:
+                json.dump(dict(imgHeight=H, imgWidth=W, objects=[
+                    dict(label=label, polygon=polygon)
+                    for label, polygon in objects]), f)
+            if images:
+                img = osp.join(root, 'leftImg8bit', split,
+                               stem + '_leftImg8bit.png')
+                os.makedirs(osp.dirname(img), exist_ok=True)
+                cv2.imwrite(img, np.full((H, W, 3), 128, np.uint8))
+    return str(root)
+
+
+def _expected():
+    """Train ids drawn by hand: road 0, car 13 (the cargroup too),
+    unlabeled 255; the license plate is not drawn (the car shows)."""
+    y = np.full((H, W), 255, np.uint8)
+    y[16:32, :] = 0
+    y[10:26, 8:24] = 13
+    y[2:10, 40:48] = 13
+    return y
+
+
+def test_converts_and_loads_through_cityscapes_dataset(tmp_path):
+    pytest.importorskip('cityscapesscripts')
+    from mmengine.registry import init_default_scope
+    from mmseg.datasets import CityscapesDataset
+    root = _stand_in(tmp_path / 'cityscapes')
+    run = subprocess.run([sys.executable, SCRIPT, root], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert 'train 2, val 1, test 1' in run.stdout
+    for split, stems in STEMS.items():
+        assert open(osp.join(root, f'{split}.txt')).read().split() == \
+            sorted(stems)
+        for stem in stems:
+            label = cv2.imread(osp.join(
+                root, 'gtFine', split, stem + '_gtFine_labelTrainIds.png'),
+                cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(label, _expected())
+
+    init_default_scope('mmseg')
+    dataset = CityscapesDataset(
+        data_root=root, data_prefix=dict(img_path='leftImg8bit/train',
+                                         seg_map_path='gtFine/train'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='LoadAnnotations'),
+                  dict(type='PackSegInputs')])
+    assert len(dataset) == 2
+    seg = dataset[0]['data_samples'].gt_sem_seg.data[0].numpy()
+    np.testing.assert_array_equal(seg, _expected())
+
+
+def test_split_lists_go_to_out_dir_with_workers(tmp_path):
+    pytest.importorskip('cityscapesscripts')
+    root = _stand_in(tmp_path / 'cityscapes')
+    counts = convert_cityscapes(root, out_dir=str(tmp_path / 'splits'),
+                                nproc=2)
+    assert counts == dict(train=2, val=1, test=1)
+    assert sorted(os.listdir(tmp_path / 'splits')) == [
+        'test.txt', 'train.txt', 'val.txt']
+    assert not osp.exists(osp.join(root, 'train.txt'))
+    label = cv2.imread(osp.join(root, 'gtFine', 'val', STEMS['val'][0] +
+                                '_gtFine_labelTrainIds.png'),
+                       cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(label, _expected())
+
+
+@pytest.mark.parametrize('case', ['no_gt_dir', 'no_polygons',
+                                  'unknown_label', 'missing_image'])
+def test_named_errors(tmp_path, case):
+    pytest.importorskip('cityscapesscripts')
+    root = tmp_path / 'cityscapes'
+    if case == 'no_gt_dir':
+        root.mkdir()
+        expect = 'no annotation folder'
+    elif case == 'no_polygons':
+        (root / 'gtFine' / 'train').mkdir(parents=True)
+        expect = 'no *_gtFine_polygons.json files'
+    elif case == 'unknown_label':
+        _stand_in(root, objects=[('roadd', [[0, 0], [5, 0], [5, 5]])])
+        expect = "label 'roadd' is not a Cityscapes label"
+    else:
+        _stand_in(root, images=False)
+        expect = 'annotated images are missing'
+    run = subprocess.run([sys.executable, SCRIPT, str(root)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert expect in run.stderr, run.stderr
+    assert 'Traceback' not in run.stderr, run.stderr
+    if case == 'unknown_label':  # the file is named
+        assert '_gtFine_polygons.json' in run.stderr, run.stderr
+    if case == 'missing_image':  # and nothing was written
+        assert not list((root / 'gtFine').rglob('*_labelTrainIds.png'))
+
+
+def test_missing_cityscapesscripts_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules,
+                        'cityscapesscripts.preparation.json2labelImg', None)
+    with pytest.raises(CityscapesConversionError,
+                       match='pip install cityscapesscripts'):
+        convert_cityscapes(_stand_in(tmp_path / 'cityscapes'),
+                           progress=False)
