@@ -16,6 +16,6 @@ model = dict(
         # (s - t)^2 settles where its pull 2 w (t - s) meets the
         # segmentation loss's push towards full resolution, about 0.2 per
         # unit of s here (the target-free weight that balances Prop. 2):
-        # with w = 1 (configs/selds' weight) training ended 0.11-0.13 below
+        # with w = 1 (configs/selds' weight) training ended 0.09-0.12 below
         # t = 0.85 (docs/ablation.md); w = 5 leaves about 0.02
         loss_weight=5.0))

@@ -137,7 +137,7 @@ def test_execution_auto_and_attribute():
     assert model.eval().effective_execution() == 'sparse'
     model.execution = 'dense'
     assert model.effective_execution() == 'dense'
-    with pytest.raises(ValueError, match='unknown execution'):
+    with pytest.raises(ValueError, match='unknown execution mode'):
         model.execution = 'fast'
 
 

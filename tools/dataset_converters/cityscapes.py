@@ -23,8 +23,8 @@ def parse_args(argv=None):
     p.add_argument('--gt-dir', default='gtFine',
                    help='annotation folder under the root')
     p.add_argument('-o', '--out-dir',
-                   help='where train.txt / val.txt / test.txt go '
-                   '(default: the root)')
+                   help='where train.txt / val.txt / test.txt go; None: '
+                   'the root')
     p.add_argument('--nproc', default=1, type=int,
                    help='worker processes')
     return p.parse_args(argv)

@@ -42,10 +42,11 @@ def parse_args():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('config', help='the config the checkpoint was trained with')
     p.add_argument('checkpoint', help='checkpoint file')
-    p.add_argument('--out', required=True, help='the calibrated checkpoint')
+    p.add_argument('--out', required=True, default=argparse.SUPPRESS,
+                   help='the calibrated checkpoint (required)')
     p.add_argument('--ratio', type=float,
-                   help='down-sampling ratio to calibrate to, in [0, 1] '
-                   '(default: the ratio training reached)')
+                   help='down-sampling ratio to calibrate to, in [0, 1]; '
+                   'None: the ratio training reached')
     p.add_argument('--num-images', type=int, default=100,
                    help='training images to calibrate on (0: all)')
     p.add_argument('--clear', action='store_true',

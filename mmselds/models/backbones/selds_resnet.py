@@ -137,8 +137,8 @@ class SelDSResNetV1c(ResNetV1c):
     @execution.setter
     def execution(self, value: str) -> None:
         if value not in EXECUTIONS:
-            raise ValueError(f'unknown execution {value!r}; expected one of '
-                             f'{EXECUTIONS}')
+            raise ValueError(f'unknown execution mode {value!r}; expected '
+                             f'one of {EXECUTIONS}')
         self._execution = value
 
     def train(self, mode: bool = True) -> 'SelDSResNetV1c':
