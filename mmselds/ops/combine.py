@@ -68,7 +68,9 @@ class SelectiveOutputs(tuple):
         for i in range(len(self)):
             item = tuple.__getitem__(self, i)
             if isinstance(item, MixedFeature):
-                self._dense[i] = item.data._version  # to check at reading
+                # to check at reading (inference tensors: no counter)
+                self._dense[i] = None if item.data.is_inference() else \
+                    item.data._version
             elif not isinstance(item, Tensor):
                 raise ValueError('outputs must be tensors or MixedFeatures, '
                                  f'got {type(item).__name__} at {i}')
@@ -81,7 +83,7 @@ class SelectiveOutputs(tuple):
         kept = self._dense[i]
         if isinstance(kept, Tensor):
             return kept
-        if item.data._version != kept:
+        if kept is not None and item.data._version != kept:
             raise RuntimeError(
                 f'output {i} was changed in place after the backbone '
                 'returned it and before it was densified')

@@ -74,9 +74,13 @@ def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     on the same feature with the same pooling: the ASPP head's parallel
     branches build it once instead of once each."""
     data = feat.data
-    keep = not (torch.is_grad_enabled() and data.requires_grad)
+    # (inference tensors have no version counter: nothing is kept)
+    keep = not (torch.is_grad_enabled() and data.requires_grad) and not (
+        data.is_inference() or (pool.mode == 'adaptive'
+                                and pool.logits.is_inference()))
     key = (pool.mode, data.data_ptr(), data._version) + (
-        (id(pool), pool.logits._version) if pool.mode == 'adaptive' else ())
+        (id(pool), pool.logits._version) if pool.mode == 'adaptive'
+        else ()) if keep else None
     kept = feat.__dict__.get('_source')
     if keep and kept is not None and kept[0] == key:
         return kept[1]

@@ -37,6 +37,13 @@ from .pooling import PoolSpec, SelectivePooling
 
 PoolFor = Callable[[nn.Conv2d], Optional[PoolSpec]]
 DROPOUTS = (nn.Dropout, nn.Dropout2d)
+# element-wise activations (per value, or per channel: PReLU), which act on
+# the rows of sparse execution as on the dense map
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU,
+               nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
+               nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus)
+# mmcv's element-wise activations (mmcv.cnn.bricks; not imported here)
+MMCV_ACTIVATIONS = ('Swish', 'HSwish', 'HSigmoid', 'Clamp')
 # layers that are not a ConvModule, recognised without probing attributes
 PLAIN_LAYERS = (nn.Conv2d, _BatchNorm, nn.ReLU, nn.Identity) + DROPOUTS
 
@@ -91,8 +98,16 @@ def flatten_layers(layers: Iterable[nn.Module]) -> List[nn.Module]:
             out += flatten_layers([m.conv] + ([norm] if norm is not None else
                                               []) +
                                   ([m.activate] if m.with_activation else []))
-        else:  # another element-wise activation
+        elif isinstance(m, ACTIVATIONS) or (
+                type(m).__name__ in MMCV_ACTIVATIONS
+                and type(m).__module__.startswith('mmcv.')):
             out.append(m)
+        else:
+            raise NotImplementedError(
+                f'selective layers take convs, BatchNorm, dropout and '
+                f'element-wise activations; {type(m).__name__} is none of '
+                'them (its result on the sparse rows would differ from the '
+                'dense map)')
     return out
 
 
@@ -100,9 +115,33 @@ def _is_3x3(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
 
 
-def _key(tensors) -> tuple:
+def _key(tensors) -> Optional[tuple]:
+    """Storage, version, dtype and device of ``tensors``; None when one is
+    an inference tensor (no version counter: nothing is kept)."""
+    if any(t is not None and t.is_inference() for t in tensors):
+        return None
     return tuple((t.data_ptr(), t._version, t.dtype, t.device)
                  if t is not None else None for t in tensors)
+
+
+def _check_finite(weight: Tensor, bias: Optional[Tensor], conv: nn.Conv2d,
+                  norm: Optional[_BatchNorm]) -> None:
+    """Sparse inference fuses ReLU into oneDNN's conv, which maps NaN to 0:
+    a non-finite weight or statistic would give finite, wrong outputs
+    (the dense network gives NaN), so it is named here instead."""
+    finite = torch.isfinite(weight).all()
+    if bias is not None:
+        finite &= torch.isfinite(bias).all()
+    if bool(finite):  # one host read a fold
+        return
+    what = f'{type(conv).__name__}{tuple(conv.weight.shape)}'
+    if norm is not None:
+        what += f' with its folded {type(norm).__name__}'
+    raise FloatingPointError(
+        f'{what} has NaN or Inf in its weights' +
+        (' or BatchNorm statistics' if norm is not None else '') +
+        ' (a diverged or corrupt checkpoint?); selective inference refuses '
+        'to run it')
 
 
 def sparse_weights(conv: nn.Conv2d, norm: Optional[_BatchNorm] = None
@@ -114,9 +153,16 @@ def sparse_weights(conv: nn.Conv2d, norm: Optional[_BatchNorm] = None
 
     Without autograd (inference) the result is kept on the conv and reused
     while the parameters and statistics involved are unchanged (same
-    storage, same version: an optimiser step, ``load_state_dict`` or
-    ``.to()`` makes a new one); this keeps one folded copy of the weights
+    storage, same version: an autograd optimiser step, ``load_state_dict``
+    or ``.to()`` makes a new one); this keeps one folded copy of the weights
     of each selective conv, and :func:`clear_sparse_weights` drops them.
+    Changes that keep the version (fused optimisers, BatchNorm statistics
+    of training forwards, writes through ``.data``) are not seen here: the
+    selective backbone and head drop their copies on every ``train()`` /
+    ``eval()``, as mmengine's loops switch modes around validation; after
+    editing weights through ``.data`` in eval mode, call
+    :func:`clear_sparse_weights`. A non-finite folded weight raises
+    ``FloatingPointError``.
     """
     tensors = [conv.weight, conv.bias]
     if norm is not None:
@@ -124,7 +170,9 @@ def sparse_weights(conv: nn.Conv2d, norm: Optional[_BatchNorm] = None
                     norm.running_var]
     cache = torch.is_grad_enabled() is False or not any(
         t is not None and t.requires_grad for t in tensors)
-    key = (_key(tensors), None if norm is None else norm.eps)
+    versions = _key(tensors)
+    cache = cache and versions is not None
+    key = (versions, None if norm is None else norm.eps)
     hit = conv.__dict__.get('_sparse_weights')
     if cache and hit is not None and hit[0] == key:
         return hit[1], hit[2]
@@ -132,6 +180,7 @@ def sparse_weights(conv: nn.Conv2d, norm: Optional[_BatchNorm] = None
     if norm is not None:
         weight, bias = fold_batch_norm(weight, bias, norm)
     weight = weight.contiguous(memory_format=torch.channels_last)
+    _check_finite(weight, bias, conv, norm)
     if cache:
         conv.__dict__['_sparse_weights'] = (key, weight, bias)
     return weight, bias

@@ -176,6 +176,12 @@ class TestBadConfig:
         cfg.update(kwargs)
         return MODELS.build(cfg)
 
+    @pytest.mark.parametrize('arg', ['mask_head', 'pooling'])
+    @pytest.mark.parametrize('value', ['avg', None])
+    def test_sub_configs_must_be_dicts(self, arg, value):
+        with pytest.raises(TypeError, match=f'{arg} must be a config dict'):
+            self.build(**{arg: value})
+
     def test_unknown_mask_head(self):
         with pytest.raises(KeyError, match='NoSuchHead'):
             self.build(mask_head=dict(type='NoSuchHead'))

@@ -8,8 +8,9 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
-                         dense_layers, layers_macs, pooling_macs_per_value,
-                         release_workspace, run_residual_block)
+                         clear_sparse_weights, dense_layers, layers_macs,
+                         pooling_macs_per_value, release_workspace,
+                         run_residual_block)
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -109,6 +110,14 @@ class SelDSResNetV1c(ResNetV1c):
         self._check_layout()
         self.execution = execution
         width = self.base_channels * 2 * self.block.expansion
+        for name, cfg in (('mask_head', mask_head), ('pooling', pooling)):
+            if not isinstance(cfg, dict):
+                raise TypeError(
+                    f'{name} must be a config dict (e.g. ' + (
+                        "dict(type='DepthwiseMaskHead')" if name ==
+                        'mask_head' else
+                        "dict(type='SelectivePooling', mode='avg')") +
+                    f'), got {cfg!r}')
         mask_head = dict(mask_head)
         mask_head.setdefault('in_channels', width)
         if mask_head['in_channels'] != width:
@@ -143,8 +152,12 @@ class SelDSResNetV1c(ResNetV1c):
 
     def train(self, mode: bool = True) -> 'SelDSResNetV1c':
         """As ``ResNet.train`` (frozen stages, ``norm_eval``), returning the
-        module like ``nn.Module.train`` (mmseg's returns None)."""
+        module like ``nn.Module.train`` (mmseg's returns None). Drops the
+        folded weights sparse inference keeps (:func:`clear_sparse_weights`):
+        training may change weights without a new tensor version (fused
+        optimisers, BatchNorm statistics), so an ``eval()`` refolds them."""
         super().train(mode)
+        clear_sparse_weights(self)
         return self
 
     def effective_execution(self) -> str:
@@ -234,6 +247,11 @@ class SelDSResNetV1c(ResNetV1c):
             raise ValueError(
                 f'ds_mask must have shape (N, 1, H/16, W/16) = {expected} for '
                 f'an input of {size[0]}x{size[1]}, got {got}')
+        if not bool(((ds_mask >= 0) & (ds_mask <= 1)).all()):
+            raise ValueError(
+                'ds_mask must hold values in [0, 1] (1 = down-sample; dense '
+                'execution blends by it, sparse execution needs 0 or 1), got '
+                'NaN or values outside [0, 1]')
         return ds_mask.to(device=feat.device, dtype=feat.dtype)
 
     def _block(self, block: nn.Module, x: Union[Tensor, MixedFeature],
@@ -275,6 +293,14 @@ class SelDSResNetV1c(ResNetV1c):
             straight-through gradient in training), for the segmentor.
         """
         size = x.shape[2:]
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            got = tuple(x.shape) if isinstance(x, Tensor) else \
+                type(x).__name__
+            raise ValueError(f'the backbone takes (N, C, H, W) image '
+                             f'tensors, got {got}')
+        if x.shape[0] == 0:
+            raise ValueError(f'an empty batch ({tuple(x.shape)}): selective '
+                             'down-sampling needs at least one image')
         if self.effective_execution() == 'sparse':
             # inference: the stem and stages 1-2 run mmseg's own modules;
             # oneDNN's convs are faster on channels-last input (R101,

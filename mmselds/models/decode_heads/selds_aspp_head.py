@@ -5,8 +5,9 @@ from mmseg.models.decode_heads.aspp_head import ASPPHead
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from mmselds.ops import (MixedFeature, layers_macs, mixed_broadcast, mixed_cat,
-                         mixed_global_avg_pool, release_workspace, run_layers)
+from mmselds.ops import (MixedFeature, clear_sparse_weights, layers_macs,
+                         mixed_broadcast, mixed_cat, mixed_global_avg_pool,
+                         release_workspace, run_layers)
 
 HEAD_POOL = 'stride'
 
@@ -58,6 +59,13 @@ class SelDSASPPHead(ASPPHead):
                     f'{tuple(self.dilations)}')
 
     # ----------------------------------------------------------- selection
+    def train(self, mode: bool = True) -> 'SelDSASPPHead':
+        """As ``nn.Module.train``; drops the folded weights sparse inference
+        keeps, as the selective backbone's ``train`` does."""
+        super().train(mode)
+        clear_sparse_weights(self)
+        return self
+
     def _mixed_input(self, inputs: Union[List[Tensor], tuple]
                      ) -> Union[MixedFeature, None]:
         mixed = getattr(inputs, 'mixed', None)

@@ -4,6 +4,7 @@ Shape shorthand: N batch, C stage-2 channels, h x w the OS8 map (even), the
 cell grid is (h/2) x (w/2). Logit 1 is "down-sample".
 """
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -52,8 +53,9 @@ class BaseMaskHead(BaseModule):
                  ratio_momentum: float = 0.2,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg)
-        if tau <= 0:
-            raise ValueError(f'tau must be positive, got {tau}')
+        if isinstance(tau, bool) or not isinstance(tau, numbers.Real) \
+                or not math.isfinite(tau) or tau <= 0:
+            raise ValueError(f'tau must be a positive number, got {tau!r}')
         if not 0 < ratio_momentum <= 1:
             raise ValueError('ratio_momentum must be in (0, 1], got '
                              f'{ratio_momentum}')
@@ -74,7 +76,7 @@ class BaseMaskHead(BaseModule):
     @threshold.setter
     def threshold(self, value: Optional[float]) -> None:
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float))\
+            if isinstance(value, bool) or not isinstance(value, numbers.Real)\
                     or not 0.0 <= value <= 1.0:
                 raise ValueError('threshold must be None or a number in '
                                  f'[0, 1], got {value!r}')
@@ -155,7 +157,15 @@ class BaseMaskHead(BaseModule):
         if self.threshold is not None:
             return self.threshold
         calibrated = float(self.calibrated_threshold)
-        return None if math.isnan(calibrated) else calibrated
+        if math.isnan(calibrated):
+            return None
+        if not 0.0 <= calibrated <= 1.0:
+            raise ValueError(
+                f'the checkpoint\'s calibrated threshold (buffer '
+                f'calibrated_threshold of {type(self).__name__}) is '
+                f'{calibrated:g}, not a probability in [0, 1]: recalibrate '
+                'it (tools/misc/calibrate_mask.py) or clear it (--clear)')
+        return calibrated
 
     def decision_rule(self) -> str:
         """A one-line description of the evaluation-time decision."""

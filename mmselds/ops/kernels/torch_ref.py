@@ -263,13 +263,15 @@ def _zero_reads(index: Tensor, M: int) -> Optional[Tensor]:
     or None. Kept on the index tensor while it is unchanged: an index table
     is built once per mask and serves every conv of a pass, so the scan
     runs once per table, not once per conv."""
-    key = (M, index._version)
+    keep = not index.is_inference()  # (no version counter to check)
+    key = (M, index._version) if keep else None
     kept = index.__dict__.get('_mmselds_zero_reads')
-    if kept is not None and kept[0] == key:
+    if keep and kept is not None and kept[0] == key:
         return kept[1]
     pad = (index == M).nonzero().view(-1)
     pad = pad if pad.numel() else None
-    index.__dict__['_mmselds_zero_reads'] = (key, pad)
+    if keep:
+        index.__dict__['_mmselds_zero_reads'] = (key, pad)
     return pad
 
 
