@@ -10,6 +10,7 @@ import cv2
 import pytest
 
 from tests.helpers import DEMO, ROOT, SELDS_DEMO
+from tests.test_checkpoint_tools import tool
 from tests.test_tools import run
 
 OS8_DEMO = f'{DEMO}/deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py'
@@ -160,3 +161,92 @@ def test_get_flops_own_masks_use_the_images_size(demo_data, tmp_path):
         own['backbone'] / refs['OS8']['backbone'], abs=1e-3)
     assert printed > 0.3
     assert 'at 128x256 (mmseg ResNetV1c)' in out
+
+
+# ------------------------------------------------- impossible arguments
+
+BAD_ARGUMENTS = [
+    # (tool, arguments, the error argparse prints)
+    ('get_flops.py', [SELDS_DEMO, '--shape', '128', '256', '--ds-ratio',
+                      '1.5', '-0.5'],
+     'argument --ds-ratio: must be a down-sampling ratio in [0, 1], got '
+     '1.5'),
+    ('get_flops.py', [SELDS_DEMO, '--shape', '128', '256', '--ds-ratio',
+                      '0.5', 'nan'],
+     'argument --ds-ratio: must be a down-sampling ratio in [0, 1], got '
+     'nan'),
+    ('get_flops.py', [SELDS_DEMO, '--shape', '0', '256'],
+     'argument --shape: must be >= 1, got 0'),
+    ('get_flops.py', [SELDS_DEMO, '--shape', '100', '200'],
+     'argument --shape: an input of 100x200 gives an OS8 map of 13x25; '
+     'selective down-sampling needs it even (2x2 cells)'),
+    ('mask_head_flops.py', ['--shape', '100', '200'],
+     'argument --shape: an input of 100x200 gives an OS8 map of 13x25'),
+    ('benchmark_ops.py', ['--batch-size', '0'],
+     'argument --batch-size: must be >= 1, got 0'),
+    ('mask_head_flops.py', ['--ds-ratio', '1.5', '-1'],
+     'argument --ds-ratio: must be a down-sampling ratio in [0, 1], got '
+     '1.5'),
+    ('mask_head_flops.py', ['--ds-ratio', '0.5', '-1'],
+     'argument --ds-ratio: must be a down-sampling ratio in [0, 1], got -1'),
+    ('benchmark_ops.py', ['--densities', '1.5'],
+     'argument --densities: must be a density (fraction of full-resolution '
+     'cells) in [0, 1], got 1.5'),
+    ('benchmark_ops.py', ['--channels', '4', '--shape', '7', '16'],
+     'argument --shape: the map height and width must be even (2x2 cells), '
+     'got 7x16'),
+]
+
+
+@pytest.mark.parametrize('script, argv, message', BAD_ARGUMENTS)
+def test_analysis_tools_reject_impossible_arguments(
+        script, argv, message, monkeypatch, capsys):
+    """Before: negative multiply-adds (get_flops --ds-ratio 1.5 -0.5),
+    counts for an input the model refuses (--shape 100 200), rows for
+    impossible ratios (mask_head_flops), an error naming 1 - density
+    (benchmark_ops --densities 1.5)."""
+    module = tool(f'tools/analysis_tools/{script}')
+    monkeypatch.setattr(sys, 'argv', [script, *argv])
+    with pytest.raises(SystemExit) as info:
+        module.main()
+    assert info.value.code == 2  # argparse's usage error
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f'{script}: error: {message}'), err
+
+
+@pytest.mark.parametrize('resnet', ['ResNetV1c', 'ResNetV1d'])
+def test_check_input_size_is_the_backbones_geometry(resnet):
+    """``check_input_size`` (the backbone's forward, get_flops --shape,
+    mask_head_flops --shape) returns the OS8 map the stem and stages 1-2
+    produce and refuses exactly the sizes whose map is odd (not "a
+    multiple of 16": 60x44 gives an 8x6 map and runs)."""
+    import torch
+    from mmseg.models import backbones
+
+    from mmselds.models.backbones import check_input_size
+    from mmselds.models.backbones.selds_resnet import dense_stages
+    ref = getattr(backbones, resnet)(  # V1d: average-pool shortcuts
+        depth=18, base_channels=4, stem_channels=4, strides=(1, 2, 1, 1),
+        dilations=(1, 1, 2, 4))
+    ref.eval()  # (mmseg's ResNet.train returns None)
+    for size in ((104, 208), (100, 200), (112, 224), (60, 44), (17, 31),
+                 (65, 64), (1, 9)):
+        with torch.no_grad():
+            h, w = dense_stages(ref, torch.zeros((1, 3) + size))[-1].shape[2:]
+        if h % 2 or w % 2:
+            with pytest.raises(ValueError, match=f'OS8 map of {h}x{w}'):
+                check_input_size(size)
+        else:
+            assert check_input_size(size) == (h, w), size
+
+
+def test_get_flops_bad_shape_exits_2_without_a_traceback():
+    proc = subprocess.run([sys.executable, 'tools/analysis_tools/'
+                           'get_flops.py', SELDS_DEMO, '--shape', '100',
+                           '200'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'get_flops.py: error: argument --shape: an input of 100x200')
+    assert 'GMACs' not in proc.stdout

@@ -294,13 +294,16 @@ def test_mmseg2selds_converts_a_deeplabv3_checkpoint(tmp_path, capsys):
 def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys):
     from mmseg.models.backbones import ResNetV1c
     backbone = randomize_(ResNetV1c(depth=18, **OS8, **NARROW), seed=4)
-    torch.save(backbone.state_dict(), tmp_path / 'resnet18_v1c.pth')
+    # with the ImageNet classifier of a classification checkpoint: dropped
+    torch.save(dict(backbone.state_dict(), **{
+        'fc.weight': torch.zeros(10, 64), 'fc.bias': torch.zeros(10)}),
+        tmp_path / 'resnet18_v1c.pth')
     done = tool('tools/model_converters/mmseg2selds.py').main(
         [str(tmp_path / 'resnet18_v1c.pth'), SELDS_DEMO,
          str(tmp_path / 'selds.pth')])
     assert 'a bare backbone, names mapped to backbone.*' in \
         capsys.readouterr().out
-    assert done['bare']
+    assert done['bare'] and done['dropped'] == ['fc.weight', 'fc.bias']
     assert any(k.startswith('decode_head.') for k in done['initialised'])
     state = torch.load(tmp_path / 'selds.pth', weights_only=False)[
         'state_dict']
@@ -322,6 +325,113 @@ def test_mmseg2selds_refuses_a_shape_mismatch(tmp_path):
     assert (f'{first}: checkpoint {tuple(src[first].shape)}, model '
             f'{tuple(own[first].shape)}') in str(info.value)
     assert not (tmp_path / 'out.pth').exists()
+
+
+def edited_deeplabv3(tmp_path, case):
+    """An mmseg DeepLabV3 checkpoint that does not fit the R18 selective
+    demo config, and the state dict saved in it: ``r34`` (96 extra
+    tensors), ``no-layer4`` (30 backbone tensors missing), ``typo``
+    (``bacbone.*``: 132 missing, 132 extra)."""
+    path = tmp_path / f'{case}.pth'
+    if case == 'r34':
+        return path, mmseg_deeplabv3(path, **{'model.backbone.depth': 34})
+    state = mmseg_deeplabv3(path)
+    if case == 'no-layer4':
+        state = {k: v for k, v in state.items()
+                 if not k.startswith('backbone.layer4.')}
+    else:
+        state = {k.replace('backbone.', 'bacbone.', 1): v
+                 for k, v in state.items()}
+    torch.save(dict(meta={}, state_dict=state), path)
+    return path, state
+
+
+# (case, what the error line says: counts and first keys, what it does not)
+UNFIT = [
+    ('r34', ['96 unexpected keys (in the checkpoint, not in the model): '
+             'backbone.layer1.2.conv1.weight, '], ['missing', 'mismatch']),
+    ('no-layer4', ['30 missing keys (in the model, not in the checkpoint): '
+                   'backbone.layer4.0.conv1.weight, '],
+     ['unexpected', 'mismatch']),
+    ('typo', ['132 unexpected keys (in the checkpoint, not in the model): '
+              'bacbone.stem.0.weight, ', '132 missing keys (in the model, '
+              'not in the checkpoint): backbone.stem.0.weight, '],
+     ['mismatch']),
+]
+
+
+@pytest.mark.parametrize('case, present, absent', UNFIT)
+def test_mmseg2selds_refuses_a_checkpoint_that_does_not_fit(
+        tmp_path, case, present, absent):
+    """Before: exit 0, the missing tensors left at random initialisation
+    and the extra ones dropped, only listed on stdout."""
+    src, _ = edited_deeplabv3(tmp_path, case)
+    dst = tmp_path / 'out.pth'
+    with pytest.raises(SystemExit) as info:
+        tool('tools/model_converters/mmseg2selds.py').main(
+            [str(src), SELDS_DEMO, str(dst)])
+    message = str(info.value.code)  # printed to stderr, exit status 1
+    assert message.startswith(f'error: {src} does not fit {SELDS_DEMO}: ')
+    assert '\n' not in message
+    for text in present:
+        assert text in message, message
+    for text in absent:
+        assert text not in message, message
+    # the mask head and pooling are not reported: new in the model
+    assert 'mask_head' not in message and 'pooling' not in message
+    assert '--no-strict-load' in message
+    assert not dst.exists()
+
+
+def test_mmseg2selds_exits_1_without_a_traceback(tmp_path):
+    src, _ = edited_deeplabv3(tmp_path, 'no-layer4')
+    rc, out = run([sys.executable, 'tools/model_converters/mmseg2selds.py',
+                   src, SELDS_DEMO, tmp_path / 'out.pth'])
+    assert rc == 1, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith(
+        f'error: {src} does not fit'), out[-3000:]
+    assert 'Traceback' not in out
+    assert not (tmp_path / 'out.pth').exists()
+
+
+@pytest.mark.parametrize('case', ['r34', 'no-layer4', 'shape'])
+def test_mmseg2selds_no_strict_load_converts_what_fits(tmp_path, capsys,
+                                                       case):
+    if case == 'shape':
+        src = tmp_path / 'wide.pth'
+        state = mmseg_deeplabv3(src, **{'model.decode_head.channels': 48})
+    else:
+        src, state = edited_deeplabv3(tmp_path, case)
+    dst = tmp_path / 'out.pth'
+    done = tool('tools/model_converters/mmseg2selds.py').main(
+        [str(src), SELDS_DEMO, str(dst), '--no-strict-load'])
+    captured = capsys.readouterr()
+    warning = captured.err.strip().splitlines()[-1]
+    assert warning.startswith(f'warning: {src} does not fit {SELDS_DEMO}: ')
+    assert 'converted what fits' in warning
+    selds, _ = build_segmentor(SELDS_DEMO)
+    own = selds.state_dict()
+    if case == 'r34':
+        assert len(done['dropped']) == 96 and '96 unexpected keys' in warning
+        assert all(k.startswith('backbone.layer') for k in done['dropped'])
+    if case == 'no-layer4':
+        layer4 = [k for k in own if k.startswith('backbone.layer4.')]
+        assert len(layer4) == 30 and set(layer4) <= set(done['initialised'])
+        assert '30 missing keys' in warning
+    if case == 'shape':
+        assert 'shape mismatches' in warning
+        mismatched = [k for k in own if k in state
+                      and state[k].shape != own[k].shape]
+        assert mismatched and set(mismatched) <= set(done['initialised'])
+    for key in done['initialised'] + done['dropped']:
+        assert f'  {key}\n' in captured.out
+    ckpt = torch.load(dst, map_location='cpu', weights_only=False)
+    selds.load_state_dict(ckpt['state_dict'], strict=True)
+    assert set(ckpt['meta']['initialised']) == set(done['initialised'])
+    assert done['copied'] and set(done['copied']).isdisjoint(
+        done['initialised'])
+    for key in done['copied']:
+        assert torch.equal(ckpt['state_dict'][key], state[key]), key
 
 
 # ---------------------------------------------------- model zoo files

@@ -17,7 +17,6 @@ Example::
     python tools/analysis_tools/benchmark_ops.py --channels 256 --shape 64 128
 """
 import argparse
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -25,18 +24,24 @@ import torch.nn.functional as F
 from mmselds.analysis.timing import median, time_call, time_interleaved
 from mmselds.ops import (CellMask, MixedFeature, random_cell_mask,
                          selective_conv2d)
+from mmselds.utils.arguments import fraction, positive_int
+
+DENSITY = fraction('a density (fraction of full-resolution cells)')
 
 
-def parse_args():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--channels', type=int, default=256, help='C in and out')
-    p.add_argument('--shape', type=int, nargs=2, default=(64, 128),
-                   metavar=('H', 'W'), help='OS8 map size (R101 stage 3 of a '
-                   '512x1024 input: 64 128)')
-    p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--dilation', type=int, default=2)
-    p.add_argument('--densities', type=float, nargs='+',
-                   default=(1.0, 0.75, 0.5, 0.25, 0.0))
+    p.add_argument('--channels', type=positive_int, default=256,
+                   help='C in and out')
+    p.add_argument('--shape', type=positive_int, nargs=2,
+                   default=(64, 128),
+                   metavar=('H', 'W'), help='OS8 map size, even (2x2 cells; '
+                   'R101 stage 3 of a 512x1024 input: 64 128)')
+    p.add_argument('--batch-size', type=positive_int, default=1)
+    p.add_argument('--dilation', type=positive_int, default=2)
+    p.add_argument('--densities', type=DENSITY, nargs='+',
+                   default=(1.0, 0.75, 0.5, 0.25, 0.0),
+                   help='high-resolution densities rho, each in [0, 1]')
     p.add_argument('--no-extremes', action='store_true',
                    help='skip the one-cell cases next to rho = 1 and 0')
     p.add_argument('--repeat', type=int, default=9,
@@ -46,18 +51,28 @@ def parse_args():
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)
-    return p.parse_args()
+    return p
 
 
-def main():
-    args = parse_args()
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.repeat < 5:
-        sys.exit('--repeat must be >= 5')
+        parser.error(f'argument --repeat: must be >= 5, got {args.repeat}')
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     N, C, (H, W), r = args.batch_size, args.channels, args.shape, args.dilation
+    try:  # the cell mask's own check: an even map (2x2 cells)
+        CellMask(torch.zeros(N, 1, H // 2, W // 2), 'dense').check_feature(
+            torch.zeros(()).expand(N, C, H, W), 'the map')
+    except ValueError as error:
+        parser.error(f'argument --shape: {error}')
     x = torch.randn(N, C, H, W, generator=gen).to(device)
     weight = torch.randn(C, C, 3, 3, generator=gen).to(device) / (3 * C**0.5)
 

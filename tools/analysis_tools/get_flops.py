@@ -24,6 +24,8 @@ from mmengine.utils import ProgressBar
 import mmselds  # noqa: F401
 from mmselds.analysis import is_selective, model_macs, reference_macs
 from mmselds.datasets import NoImagesError
+from mmselds.models.backbones import check_input_size
+from mmselds.utils.arguments import fraction, positive_int
 from mmselds.utils.evaluation import build_test_loader
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
@@ -37,11 +39,11 @@ PARTS = [('stem_stages12', 'stem + stages 1-2'),
          ('auxiliary_head', 'auxiliary head (training only, not in total)')]
 
 
-def parse_args():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description='Per-image multiply-adds of a selective segmentor')
     p.add_argument('config')
-    p.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    p.add_argument('--shape', type=positive_int, nargs=2, metavar=('H', 'W'),
                    help='input size of the forced-ratio columns and the '
                    'dense references (default: with --data-root the '
                    'images\' own size, else 1024 2048)')
@@ -49,13 +51,18 @@ def parse_args():
                    'with --data-root)')
     p.add_argument('--data-root', help='average over the first '
                    '--num-images test images through the model\'s own mask')
-    p.add_argument('--num-images', type=int, default=20)
-    p.add_argument('--ds-ratio', type=float, nargs='+',
-                   help='forced down-sampling ratios (default: 0 0.25 0.5 '
-                   '0.75 1 without --data-root)')
+    p.add_argument('--num-images', type=positive_int, default=20)
+    p.add_argument('--ds-ratio', type=fraction('a down-sampling ratio'),
+                   nargs='+',
+                   help='forced down-sampling ratios, each in [0, 1] '
+                   '(default: 0 0.25 0.5 0.75 1 without --data-root)')
     p.add_argument('--out', help='write the counts to this JSON file')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return p.parse_args()
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def average(dicts):
@@ -104,10 +111,16 @@ def image_columns(model, cfg, data_root, num_images):
     return name, average(counts), average(refs), sizes
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
     model, cfg = build_segmentor(args.config, args.checkpoint,
                                  args.cfg_options)
+    if args.shape and is_selective(model):
+        try:  # the backbone's own check: an even OS8 map
+            check_input_size(args.shape)
+        except ValueError as error:
+            parser.error(f'argument --shape: {error}')
     columns, column_refs = {}, {}
     image_refs = sizes = None
     if args.data_root:

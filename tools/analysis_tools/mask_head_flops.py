@@ -26,6 +26,8 @@ from mmseg.registry import MODELS
 import mmselds  # noqa: F401
 from mmselds.analysis import selective_stage_macs
 from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
+from mmselds.models.backbones import check_input_size
+from mmselds.utils.arguments import fraction, positive_int
 
 # the repository root (this file is tools/analysis_tools/mask_head_flops.py)
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -37,18 +39,26 @@ LETTER = dict(cad=690e6, prop1=130e6, prop2=140e6)
 LETTER_SHAPE = (1024, 2048)
 
 
-def parse_args():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--shape', type=int, nargs=2, default=LETTER_SHAPE,
+    p.add_argument('--shape', type=positive_int, nargs=2,
+                   default=LETTER_SHAPE,
                    metavar=('H', 'W'), help='input size')
     p.add_argument('--config', default=CONFIG,
                    help='the config whose mask head (and adaptive pooling, '
                    'for the Prop. 2 rows) is counted')
-    p.add_argument('--ds-ratio', type=float, nargs='+',
-                   default=(0.25, 0.5, 0.75))
-    return p.parse_args()
+    p.add_argument('--ds-ratio', type=fraction('a down-sampling ratio'),
+                   nargs='+',
+                   default=(0.25, 0.5, 0.75),
+                   help='down-sampling ratios of the Prop. 2 rows, each in '
+                   '[0, 1]')
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def describe(head) -> str:
@@ -62,9 +72,13 @@ def describe(head) -> str:
     return f'{type(head).__name__}({head.in_channels}; {widths}; {norm})'
 
 
-def main():
-    args = parse_args()
-    h, w = args.shape[0] // 8, args.shape[1] // 8
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # the backbone's own check: an even OS8 map, which it returns
+        h, w = check_input_size(args.shape)
+    except ValueError as error:
+        parser.error(f'argument --shape: {error}')
     cfg = Config.fromfile(args.config)
     cfg.model.backbone.pop('init_cfg', None)
     backbone = MODELS.build(cfg.model.backbone)

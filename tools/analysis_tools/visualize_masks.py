@@ -30,20 +30,10 @@ import cv2
 from mmengine.config import DictAction
 from mmseg.apis import inference_model, init_model
 
+from mmselds.utils.arguments import fraction
 from mmselds.utils.checkpoint import load_model_checkpoint
 from mmselds.utils.launch import run_cli
 from mmselds.visualization import mask_panel, palette_image
-
-
-def unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'not a number: {text!r}')
-    if not 0.0 <= value <= 1.0:  # also rejects nan
-        raise argparse.ArgumentTypeError(
-            f'must be a probability in [0, 1], got {text}')
-    return value
 
 
 def parse_args(argv=None):
@@ -54,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument('checkpoint')
     p.add_argument('images', nargs='+', help='image files')
     p.add_argument('--out-dir', required=True)
-    p.add_argument('--threshold', type=unit_interval, default=None,
+    p.add_argument('--threshold', type=fraction('a probability'), default=None,
                    help='explicit test-time threshold on P(down-sample), in '
                    '[0, 1] (default None: the model\'s own decision, as '
                    'tools/test.py)')

@@ -1,3 +1,3 @@
-from .selds_resnet import SelDSResNetV1c
+from .selds_resnet import SelDSResNetV1c, check_input_size
 
-__all__ = ['SelDSResNetV1c']
+__all__ = ['SelDSResNetV1c', 'check_input_size']

@@ -70,6 +70,22 @@ def dense_stages(resnet: nn.Module, x: Tensor, folded: bool = False
     return outs
 
 
+def check_input_size(size) -> Tuple[int, int]:
+    """The (h, w) OS8 map of an (H, W) input to a selective backbone
+    (``ceil(H / 8)``: each stride-2 layer of ``ResNetV1c`` rounds up), or a
+    ``ValueError`` when it is not even (selective down-sampling works on
+    2x2 cells of it). Multiples of 16 always pass."""
+    H, W = (int(s) for s in size)
+    h, w = -(-H // 8), -(-W // 8)
+    if h % 2 or w % 2:
+        raise ValueError(
+            f'an input of {H}x{W} gives an OS8 map of {h}x{w}; selective '
+            'down-sampling needs it even (2x2 cells): pad inputs to a '
+            'multiple of 16 (SegDataPreProcessor size= for training, '
+            'test_cfg=dict(size_divisor=16) for testing)')
+    return h, w
+
+
 @MODELS.register_module()
 class SelDSResNetV1c(ResNetV1c):
     """ResNetV1c with mask-based selective down-sampling in stages 3-4.
@@ -301,6 +317,7 @@ class SelDSResNetV1c(ResNetV1c):
         if x.shape[0] == 0:
             raise ValueError(f'an empty batch ({tuple(x.shape)}): selective '
                              'down-sampling needs at least one image')
+        check_input_size(size)
         if self.effective_execution() == 'sparse':
             # inference: the stem and stages 1-2 run mmseg's own modules;
             # oneDNN's convs are faster on channels-last input (R101,
@@ -312,13 +329,6 @@ class SelDSResNetV1c(ResNetV1c):
             self.effective_execution() == 'sparse' and not self.training))
         outs = [out for i, out in enumerate(dense) if i in self.out_indices]
         x = dense[-1]
-        h, w = x.shape[2:]
-        if h % 2 or w % 2:
-            raise ValueError(
-                f'an input of {size[0]}x{size[1]} gives an OS8 map of {h}x{w}'
-                '; selective down-sampling needs it even (2x2 cells): pad '
-                'inputs to a multiple of 16 (SegDataPreProcessor size= for '
-                'training, test_cfg=dict(size_divisor=16) for testing)')
         logits = self.mask_head(x)
         mask = self.mask_head.sample(logits) if ds_mask is None else \
             self._check_mask(ds_mask, x, size)

@@ -1,0 +1,34 @@
+"""Argument types of the command-line tools (argparse only: the tools that
+run with torch alone use them too). A bad value exits with status 2 and a
+message naming the flag and the value, as argparse does."""
+import argparse
+from typing import Callable
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'not an integer: {text!r}')
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {text}')
+    return value
+
+
+def fraction(what: str) -> Callable[[str], float]:
+    """The type of a number in [0, 1] (NaN refused), called ``what`` in
+    the error, e.g. ``fraction('a down-sampling ratio')``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'not a number: {text!r}')
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f'must be {what} in [0, 1], got {text}')
+        return value
+
+    parse.__name__ = what  # argparse's fallback message names it
+    return parse
