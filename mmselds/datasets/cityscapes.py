@@ -48,6 +48,7 @@ def check_polygon_file(polygon_file: str) -> None:
     unless it is a readable annotation whose labels are all Cityscapes
     labels (as ``json2labelImg`` reads them: ``<label>group`` counts as
     ``<label>``; deleted objects are skipped)."""
+    _json2label()  # a named error without cityscapesscripts
     from cityscapesscripts.helpers.labels import name2label
     try:
         with open(polygon_file) as f:
@@ -73,16 +74,14 @@ def check_polygon_file(polygon_file: str) -> None:
                 '(cityscapesscripts.helpers.labels)')
 
 
-def convert_file(polygon_file: str) -> str:
-    """Draw ``polygon_file`` into its train-id label image; return the
-    image's path. A file :func:`check_polygon_file` rejects, or one
-    ``cityscapesscripts`` cannot draw, raises
+def _draw(polygon_file: str) -> str:
+    """Draw a polygon file :func:`check_polygon_file` accepted into its
+    train-id label image; return the image's path. One
+    ``cityscapesscripts`` cannot draw raises
     :class:`CityscapesConversionError` naming the file."""
-    json2labelImg = _json2label()
-    check_polygon_file(polygon_file)
     out = label_path(polygon_file)
     try:
-        json2labelImg(polygon_file, out, 'trainIds')
+        _json2label()(polygon_file, out, 'trainIds')
     except SystemExit:  # cityscapesscripts' printError
         raise CityscapesConversionError(
             f'cityscapesscripts could not convert {polygon_file} (its '
@@ -139,7 +138,8 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     if not files:
         raise CityscapesConversionError(
             f'no *{POLYGON_SUFFIX} files under {gt_root}')
-    by_split = {s: _polygon_files(osp.join(gt_root, s)) for s in SPLITS}
+    by_split = {s: [f for f in files if osp.relpath(f, gt_root).split(
+        os.sep)[0] == s] for s in SPLITS}
     missing = []
     for split in ('train', 'val'):  # test has no labels to train with
         for f in by_split[split]:
@@ -156,15 +156,14 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     for f in files:  # every file readable and its labels known: then draw
         check_polygon_file(f)
 
-    if progress or nproc > 1:
-        from mmengine.utils import track_parallel_progress, track_progress
-        if nproc > 1:
-            track_parallel_progress(convert_file, files, nproc)
-        else:
-            track_progress(convert_file, files)
+    from mmengine.utils import track_parallel_progress, track_progress
+    if nproc > 1:
+        track_parallel_progress(_draw, files, nproc)
+    elif progress:
+        track_progress(_draw, files)
     else:
         for f in files:
-            convert_file(f)
+            _draw(f)
 
     out_dir = out_dir or data_root
     os.makedirs(out_dir, exist_ok=True)

@@ -18,6 +18,7 @@ from torch import Tensor
 from .amp import autocast_dtype
 from .feature import MixedFeature
 from .mask import CellMask
+from .versions import version
 
 
 class SelectiveOutputs(tuple):
@@ -68,9 +69,8 @@ class SelectiveOutputs(tuple):
         for i in range(len(self)):
             item = tuple.__getitem__(self, i)
             if isinstance(item, MixedFeature):
-                # to check at reading (inference tensors: no counter)
-                self._dense[i] = None if item.data.is_inference() else \
-                    item.data._version
+                # to check at reading (None: an inference tensor)
+                self._dense[i] = version(item.data)
             elif not isinstance(item, Tensor):
                 raise ValueError('outputs must be tensors or MixedFeatures, '
                                  f'got {type(item).__name__} at {i}')
@@ -83,7 +83,7 @@ class SelectiveOutputs(tuple):
         kept = self._dense[i]
         if isinstance(kept, Tensor):
             return kept
-        if kept is not None and item.data._version != kept:
+        if kept is not None and version(item.data) != kept:
             raise RuntimeError(
                 f'output {i} was changed in place after the backbone '
                 'returned it and before it was densified')

@@ -22,6 +22,7 @@ from .feature import MixedFeature, blend, to_rows
 from .kernels import gather_linear, release_workspace, rows_linear  # noqa
 from .mask import CellMask
 from .pooling import PoolSpec, SelectivePooling, as_pooling
+from .versions import version
 
 
 def low_res_dilation(dilation: int) -> int:
@@ -74,13 +75,10 @@ def _source(feat: MixedFeature, pool: SelectivePooling) -> Tensor:
     on the same feature with the same pooling: the ASPP head's parallel
     branches build it once instead of once each."""
     data = feat.data
-    # (inference tensors have no version counter: nothing is kept)
-    keep = not (torch.is_grad_enabled() and data.requires_grad) and not (
-        data.is_inference() or (pool.mode == 'adaptive'
-                                and pool.logits.is_inference()))
-    key = (pool.mode, data.data_ptr(), data._version) + (
-        (id(pool), pool.logits._version) if pool.mode == 'adaptive'
-        else ()) if keep else None
+    key = (pool.mode, data.data_ptr(), version(data)) + (
+        (id(pool), version(pool.logits)) if pool.mode == 'adaptive' else ())
+    keep = not (torch.is_grad_enabled() and data.requires_grad) and \
+        None not in key  # (an inference tensor: nothing is kept)
     kept = feat.__dict__.get('_source')
     if keep and kept is not None and kept[0] == key:
         return kept[1]

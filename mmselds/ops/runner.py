@@ -34,6 +34,7 @@ from .functional import (fold_batch_norm, selective_apply, selective_conv2d,
                          selective_entrance_conv2d)
 from .mask import CellMask
 from .pooling import PoolSpec, SelectivePooling
+from .versions import version
 
 PoolFor = Callable[[nn.Conv2d], Optional[PoolSpec]]
 DROPOUTS = (nn.Dropout, nn.Dropout2d)
@@ -116,12 +117,11 @@ def _is_3x3(m: nn.Module) -> bool:
 
 
 def _key(tensors) -> Optional[tuple]:
-    """Storage, version, dtype and device of ``tensors``; None when one is
-    an inference tensor (no version counter: nothing is kept)."""
-    if any(t is not None and t.is_inference() for t in tensors):
-        return None
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                 if t is not None else None for t in tensors)
+    """Storage, version, dtype and device of ``tensors``; None when one
+    has no version (an inference tensor: nothing is kept)."""
+    key = tuple(None if t is None else (t.data_ptr(), version(t), t.dtype,
+                                        t.device) for t in tensors)
+    return None if any(k is not None and k[1] is None for k in key) else key
 
 
 def _check_finite(weight: Tensor, bias: Optional[Tensor], conv: nn.Conv2d,

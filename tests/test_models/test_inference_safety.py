@@ -137,7 +137,7 @@ def test_empty_batch_and_bad_inputs_are_named():
         model(torch.zeros(0, 3, 64, 64))
     torch.testing.assert_close(model.mask_head.trained_ratio, ratio,
                                equal_nan=True)
-    for bad in (torch.zeros(3, 64, 64), X.numpy()):
+    for bad in (torch.zeros(3, 64, 64), X.numpy(), X.tolist()):
         with pytest.raises(ValueError, match=r'\(N, C, H, W\) image'):
             model(bad)
 

@@ -126,14 +126,13 @@ class SelDSResNetV1c(ResNetV1c):
         self._check_layout()
         self.execution = execution
         width = self.base_channels * 2 * self.block.expansion
-        for name, cfg in (('mask_head', mask_head), ('pooling', pooling)):
+        for name, cfg, example in (
+                ('mask_head', mask_head, "dict(type='DepthwiseMaskHead')"),
+                ('pooling', pooling,
+                 "dict(type='SelectivePooling', mode='avg')")):
             if not isinstance(cfg, dict):
-                raise TypeError(
-                    f'{name} must be a config dict (e.g. ' + (
-                        "dict(type='DepthwiseMaskHead')" if name ==
-                        'mask_head' else
-                        "dict(type='SelectivePooling', mode='avg')") +
-                    f'), got {cfg!r}')
+                raise TypeError(f'{name} must be a config dict (e.g. '
+                                f'{example}), got {cfg!r}')
         mask_head = dict(mask_head)
         mask_head.setdefault('in_channels', width)
         if mask_head['in_channels'] != width:
@@ -308,12 +307,12 @@ class SelDSResNetV1c(ResNetV1c):
             head, and ``cells`` the selection (its ``mask`` carries the
             straight-through gradient in training), for the segmentor.
         """
-        size = x.shape[2:]
         if not isinstance(x, Tensor) or x.dim() != 4:
             got = tuple(x.shape) if isinstance(x, Tensor) else \
                 type(x).__name__
             raise ValueError(f'the backbone takes (N, C, H, W) image '
                              f'tensors, got {got}')
+        size = x.shape[2:]
         if x.shape[0] == 0:
             raise ValueError(f'an empty batch ({tuple(x.shape)}): selective '
                              'down-sampling needs at least one image')

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from ..versions import version
+
 # The dtypes these kernels support (sparse execution of the public ops).
 DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32,
                     torch.float64})
@@ -263,8 +265,8 @@ def _zero_reads(index: Tensor, M: int) -> Optional[Tensor]:
     or None. Kept on the index tensor while it is unchanged: an index table
     is built once per mask and serves every conv of a pass, so the scan
     runs once per table, not once per conv."""
-    keep = not index.is_inference()  # (no version counter to check)
-    key = (M, index._version) if keep else None
+    key = (M, version(index))
+    keep = key[1] is not None
     kept = index.__dict__.get('_mmselds_zero_reads')
     if keep and kept is not None and kept[0] == key:
         return kept[1]

@@ -1,0 +1,11 @@
+"""What a kept result is checked against: a tensor's in-place version."""
+from typing import Optional
+
+from torch import Tensor
+
+
+def version(t: Tensor) -> Optional[int]:
+    """``t``'s in-place version counter, or None for an inference tensor
+    (``torch.inference_mode`` gives it none): a result kept against the
+    version is then not kept."""
+    return None if t.is_inference() else t._version
