@@ -11,7 +11,7 @@ from .mask import (EXECUTION_MODES, CellMask, expected_ratio_mask,
 from .pooling import POOLING_MODES, SelectivePooling, as_pooling
 from .runner import (clear_sparse_weights, dense_layers, flatten_layers,
                      is_conv_module, layers_macs, pooling_macs_per_value,
-                     run_layers, run_residual_block, sparse_weights)
+                     run_aspp, run_layers, run_residual_block, sparse_weights)
 
 __all__ = [
     'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
@@ -22,7 +22,8 @@ __all__ = [
     'mixed_global_avg_pool', 'SelectiveOutputs',
     'fold_batch_norm', 'gather_linear', 'low_res_dilation',
     'pooling_macs_per_value', 'random_cell_mask', 'release_workspace',
-    'rows_linear', 'run_layers', 'run_residual_block', 'selective_apply',
+    'rows_linear', 'run_aspp', 'run_layers', 'run_residual_block',
+    'selective_apply',
     'selective_batch_norm', 'selective_conv2d', 'selective_entrance_conv2d',
     'upsample2'
 ]

@@ -16,7 +16,9 @@ In sparse execution an eval-mode BatchNorm right after a conv is folded
 into it (one pass over the rows less). The residual add
 (:meth:`MixedFeature.add_relu_`), the channel concatenation
 (:func:`~mmselds.ops.mixed_cat`) and the global average pooling
-(:func:`~mmselds.ops.mixed_global_avg_pool`) combine the results of runs.
+(:func:`~mmselds.ops.mixed_global_avg_pool`) combine the results of runs;
+:func:`run_aspp` combines them into an ASPP block (the selective head's, and
+the GPU benchmark's plain-torch head).
 
 Pooling: a 3x3 conv under a mixed mask pools the full-resolution cells its
 down-sampled cells read; ``pool_for(conv)`` gives that pooling (None keeps
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import kernels
+from .combine import mixed_broadcast, mixed_cat, mixed_global_avg_pool
 from .feature import MixedFeature
 from .functional import (fold_batch_norm, selective_apply, selective_conv2d,
                          selective_entrance_conv2d)
@@ -310,6 +313,45 @@ def run_residual_block(x: Union[MixedFeature, Tensor],
         inp = x
     shortcut = inp if downsample is None else run_layers(inp, [downsample])
     return run_layers(x, main, pool_for, cells, shortcut=shortcut)
+
+
+def run_aspp(x: MixedFeature, image_pool: Optional[nn.Module],
+             branches: Iterable[nn.Module], bottleneck: nn.Module
+             ) -> MixedFeature:
+    """Atrous spatial pyramid pooling on a mixed feature (DESIGN §7), as
+    mmseg's ``ASPPHead`` computes it before its classifier.
+
+    The image-pool branch averages the densified map over the image (a
+    down-sampled cell weighs as its 4 pixels; sparse execution sums rows
+    and never densifies), applies ``image_pool`` to the (N, C, 1, 1) means
+    as a plain module and broadcasts the result to every position; each of
+    ``branches`` runs through :func:`run_layers` (a 3x3 conv of rate r:
+    rate r at full-resolution cells, r/2 at down-sampled ones); the results
+    are concatenated along channels in that order (the image pool first)
+    and ``bottleneck`` runs on them. A down-sampled cell that reads a
+    full-resolution neighbour pools it with ``x``'s pooling.
+
+    Args:
+        x (MixedFeature): the input feature.
+        image_pool (nn.Module, optional): the layers after the global
+            average pooling (mmseg: ``image_pool[1]``, a 1x1 ConvModule);
+            None: no image-pool branch.
+        branches (Iterable[nn.Module]): the parallel conv blocks.
+        bottleneck (nn.Module): the layers on the concatenation.
+    Returns:
+        MixedFeature: the bottleneck's output, under ``x``'s cells.
+    """
+    if not isinstance(x, MixedFeature):
+        raise ValueError('run_aspp takes a MixedFeature, got '
+                         f'{type(x).__name__}')
+    outs = []
+    if image_pool is not None:
+        pooled = image_pool(mixed_global_avg_pool(x))  # (N, C', 1, 1)
+        outs.append(mixed_broadcast(pooled, x.cells, x.pool))
+    outs += [run_layers(x, [m]) for m in branches]
+    if not outs:
+        raise ValueError('run_aspp needs an image pool or a branch')
+    return run_layers(mixed_cat(outs), [bottleneck])
 
 
 def dense_layers(x: Tensor, layers: Iterable[nn.Module],

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmselds.ops import (CellMask, MixedFeature, SelectivePooling,
                          clear_sparse_weights, dense_layers, flatten_layers,
-                         fold_batch_norm, layers_macs, run_layers,
+                         fold_batch_norm, layers_macs, run_aspp, run_layers,
                          run_residual_block, sparse_weights)
 from tests import reference as ref
 from tests.helpers import count_pooled_values
@@ -105,6 +105,79 @@ def test_stride_entrance_on_a_dense_map():
         run_layers(x, [c1, c2])
     with pytest.raises(ValueError, match='needs a 3x3 conv'):
         run_layers(x, [c1], cells=cells)
+
+
+def aspp_modules(c_in=6, c=4, rates=(1, 2, 4, 6), seed=0):
+    """Plain-torch ASPP blocks (conv, BN, ReLU) as mmseg's ASPPHead has
+    them: image pool (1x1 after the pooling), branches, bottleneck."""
+    def block(k, rate=1, c_in=c_in):
+        return nn.Sequential(
+            nn.Conv2d(c_in, c, k, padding=0 if k == 1 else rate,
+                      dilation=rate, bias=False), nn.BatchNorm2d(c),
+            nn.ReLU())
+    pool = block(1)
+    branches = [block(1 if r == 1 else 3, r) for r in rates]
+    bottleneck = block(3, c_in=c * (len(rates) + 1))
+    for m in [pool, bottleneck] + branches:
+        randomize_(m, seed).eval()
+    return pool, branches, bottleneck
+
+
+def dense_aspp(x, pool, branches, bottleneck, halve=False):
+    """The dense ASPP (written out with F.conv2d); ``halve``: the OS16
+    network's, rates halved."""
+    def block(m, x):
+        conv, bn, act = m
+        k, d = conv.kernel_size[0], conv.dilation[0]
+        d = d // 2 if halve and d > 1 else d
+        return act(bn(nn.functional.conv2d(
+            x, conv.weight, conv.bias, padding=0 if k == 1 else d,
+            dilation=d)))
+    image = pool(x.mean((2, 3), keepdim=True)).expand(-1, -1, *x.shape[2:])
+    return block(bottleneck,
+                 torch.cat([image] + [block(b, x) for b in branches], 1))
+
+
+@pytest.mark.parametrize('execution', ['dense', 'sparse'])
+def test_aspp_at_the_two_resolutions(execution):
+    """All cells high: the dense ASPP; all low (``stride`` pooling): the
+    OS16 ASPP with rates halved on the strided map, each value covering its
+    cell (DESIGN §7)."""
+    x = torch.randn(2, 6, 16, 24)
+    mods = aspp_modules()
+    with torch.no_grad():
+        for low, expected in (
+                (0., dense_aspp(x, *mods)),
+                (1., dense_aspp(x[:, :, ::2, ::2], *mods, halve=True)
+                 .repeat_interleave(2, 2).repeat_interleave(2, 3))):
+            cells = CellMask(torch.full((2, 1, 8, 12), low), execution)
+            got = run_aspp(MixedFeature.from_dense(x, cells), *mods)
+            torch.testing.assert_close(got.densify(), expected, atol=1e-5,
+                                       rtol=1e-5)
+
+
+@pytest.mark.parametrize('density', [0.25, 0.5])
+def test_aspp_sparse_equals_dense_emulation(density):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 16, 24, generator=g)
+    mask = ref.random_mask(2, 8, 12, density, g)
+    mods = aspp_modules(seed=2)
+    with torch.no_grad():
+        dense, sparse = (run_aspp(MixedFeature.from_dense(
+            x, CellMask(mask, ex)), *mods).densify()
+            for ex in ('dense', 'sparse'))
+    assert dense.shape == (2, 4, 16, 24)
+    torch.testing.assert_close(sparse, dense, atol=1e-4, rtol=1e-4)
+
+
+def test_aspp_errors_are_named():
+    pool, branches, bottleneck = aspp_modules()
+    with pytest.raises(ValueError, match='takes a MixedFeature'):
+        run_aspp(torch.randn(1, 6, 8, 8), pool, branches, bottleneck)
+    feat = MixedFeature.from_dense(torch.randn(1, 6, 8, 8),
+                                   CellMask(torch.zeros(1, 1, 4, 4), 'dense'))
+    with pytest.raises(ValueError, match='an image pool or a branch'):
+        run_aspp(feat, None, [], bottleneck)
 
 
 @pytest.mark.parametrize('bad,match', [

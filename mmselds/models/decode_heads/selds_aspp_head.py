@@ -6,8 +6,7 @@ from mmseg.registry import MODELS
 from torch import Tensor
 
 from mmselds.ops import (MixedFeature, clear_sparse_weights, layers_macs,
-                         mixed_broadcast, mixed_cat, mixed_global_avg_pool,
-                         release_workspace, run_layers)
+                         release_workspace, run_aspp, run_layers)
 
 HEAD_POOL = 'stride'
 
@@ -95,11 +94,9 @@ class SelDSASPPHead(ASPPHead):
         return mixed
 
     def _forward_mixed(self, x: MixedFeature) -> MixedFeature:
-        pooled = mixed_global_avg_pool(x)  # (N, C, 1, 1)
-        image = self.image_pool[1](pooled)  # the 1x1 ConvModule, as mmseg
-        outs = [mixed_broadcast(image, x.cells, HEAD_POOL)]
-        outs += [run_layers(x, [m]) for m in self.aspp_modules]
-        return run_layers(mixed_cat(outs), [self.bottleneck])
+        # image_pool[1]: the 1x1 ConvModule after the pooling, as mmseg
+        return run_aspp(x, self.image_pool[1], self.aspp_modules,
+                        self.bottleneck)
 
     def _cls_seg_layers(self) -> list:
         return [m for m in (self.dropout, self.conv_seg) if m is not None]
