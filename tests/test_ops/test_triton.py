@@ -690,19 +690,22 @@ def test_benchmark_gpu_smoke(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     text = out.read_text()
     for part in ('## correctness', '## op:', '## stages 3-4: dense OS8 and '
-                 'OS16', '## train step', '## tune'):
+                 'OS16', '## ASPP head: dense OS8 and OS16', '## train step',
+                 '## tune'):
         assert text.count(part) == 1, part
     assert 'FAIL' not in text and 'WRONG' not in text
-    # 3 checks per op shape, the stages at s = 0, 0.5, 1 (vs dense OS8,
-    # emulation, OS16) and s = 0.5 under autocast, AMP gradients of the
-    # dense and selective stages
+    # 3 checks per op shape, the stages and the head at s = 0, 0.5, 1 (vs
+    # dense OS8, emulation, OS16) and s = 0.5 under autocast, stages + head
+    # at s = 0.5, AMP gradients of the dense and selective stages
     checks = text[text.index('## correctness'):text.index('## op:')]
-    assert checks.count('| ok |') == 2 * 3 + 4 + 2
-    assert 'sparse vs dense OS16' in text
-    stage_rows = [r for r in text.splitlines()
-                  if r.startswith('| R101 stages 3-4 |')]
-    assert [r.split(' | ')[3] for r in stage_rows] == \
-        ['0.0', '0.5', '0.8', '1.0']
+    assert checks.count('| ok |') == 2 * 3 + 4 + 5 + 2
+    assert 'stages 3-4 s=1.0: sparse vs dense OS16' in text
+    assert 'ASPP head s=1.0: sparse vs dense OS16' in text
+    assert 'stages 3-4 + ASPP head s=0.5: sparse vs dense emulation' in text
+    for what in ('R101 stages 3-4', 'ASPP head', 'stages 3-4 + ASPP head'):
+        rows = [r for r in text.splitlines() if r.startswith(f'| {what} |')]
+        assert [r.split(' | ')[3] for r in rows] == \
+            ['0.0', '0.5', '0.8', '1.0'], what
     assert text.count('(default)') == 2  # one tuned kernel per shape
     # the tune table's resources of a compiled kernel (none here)
     assert '| / best | regs | spill B | smem KiB |' in text
@@ -722,6 +725,7 @@ def test_benchmark_gpu_writes_the_parts_it_ran(tmp_path):
     text = out.read_text()
     assert '## correctness' in text and '## op:' in text
     assert '## stages' not in text and '## train' not in text
+    assert '## ASPP head' not in text
     assert 'train step' not in text  # its checks run with the part only
     # the dense baseline autotunes cuDNN as mmseg's configs do; torch's
     # settings are put back after the run

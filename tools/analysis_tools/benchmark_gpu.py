@@ -31,13 +31,21 @@ if mmselds is not installed, from the checkout this file lies in.
    reference. A selective
    forward includes building the mask layout and index tables and
    densifying the stage-4 output.
-4. **Train**: one training step (forward and backward, train-mode
+4. **Head**: DeepLabV3's ASPP head (2048 in, 512 channels, rates 1, 12,
+   24, 36, image pool, 3x3 bottleneck, 19 classes), alone on a stage-4
+   output and after stages 3-4 (the whole model but the stem, stages 1-2
+   and the mask head): the dense OS8 head and the OS16 one (rates halved)
+   against the selective head (``mmselds.ops.run_aspp``, as
+   ``SelDSASPPHead`` runs it), which reads the stages' mixed feature.
+   Checked first against the dense heads at s = 0 and 1 and the dense
+   emulation at s = 0.5.
+5. **Train**: one training step (forward and backward, train-mode
    BatchNorm) of the same stages on 512 x 1024 crops (a 64 x 128 OS8 map,
    batch 2): dense OS8 against the selective stages in dense emulation
    (how the models train) at s = 0.5, float32 and AMP (float16 autocast
    with a gradient scaler); checked first (AMP gradients finite and close
    in direction to float32's), then timed, with the peak memory.
-5. **Tune**: the Triton gather kernel alone at the stage-3 and stage-4
+6. **Tune**: the Triton gather kernel alone at the stage-3 and stage-4
    shapes (density 0.5, the largest batch, float16) under a few tile
    configurations against the default heuristic, for tuning it.
 
@@ -74,16 +82,16 @@ from torch import nn
 
 try:
     from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
-                             random_cell_mask, run_residual_block,
-                             selective_conv2d)
+                             random_cell_mask, run_aspp, run_layers,
+                             run_residual_block, selective_conv2d)
 except ModuleNotFoundError as err:  # a checkout (GPU machines): no install
     if err.name != 'mmselds':
         raise
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
         osp.abspath(__file__)))))
     from mmselds.ops import (CellMask, MixedFeature, fold_batch_norm, kernels,
-                             random_cell_mask, run_residual_block,
-                             selective_conv2d)
+                             random_cell_mask, run_aspp, run_layers,
+                             run_residual_block, selective_conv2d)
 from mmselds.ops.functional import low_res_dilation
 from mmselds.ops.kernels import torch_ref, triton_backend
 
@@ -114,8 +122,8 @@ def parse_args(argv=None):
                    help='timed runs per case (median)')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--parts', nargs='+',
-                   default=('op', 'stages', 'train', 'tune'),
-                   choices=('op', 'stages', 'train', 'tune'),
+                   default=('op', 'stages', 'head', 'train', 'tune'),
+                   choices=('op', 'stages', 'head', 'train', 'tune'),
                    help='what to time (the correctness checks always run)')
     p.add_argument('--train-size', type=int, nargs=2, default=(64, 128),
                    metavar=('H', 'W'),
@@ -258,20 +266,48 @@ class Bottleneck(nn.Module):
         ``os16`` the block of the OS16 network (dilations halved as
         ``low_res_dilation``; with ``entrance`` the stage's first block,
         whose 3x3 conv and shortcut have stride 2)."""
-        def fold(conv, norm, stride=1):
-            w, b = fold_batch_norm(conv.weight, conv.bias, norm)
-            k, d = conv.kernel_size[0], conv.dilation[0]
-            if os16 and k == 3:
-                d = low_res_dilation(d)
-            new = nn.Conv2d(conv.in_channels, conv.out_channels, k,
-                            stride=stride, padding=d if k == 3 else 0,
-                            dilation=d).to(w)
-            new.weight.data.copy_(w)
-            new.bias.data.copy_(b)
-            return new.to(memory_format=torch.channels_last)
         m, stride = self.main, 2 if os16 and entrance else 1
-        return (fold(m[0], m[1]), fold(m[3], m[4], stride), fold(m[6], m[7]),
-                fold(*self.downsample, stride) if self.downsample else None)
+        return (folded_conv(m[0], m[1]),
+                folded_conv(m[3], m[4], os16, stride),
+                folded_conv(m[6], m[7]),
+                folded_conv(*self.downsample, stride=stride)
+                if self.downsample else None)
+
+
+def folded_conv(conv, norm=None, os16=False, stride=1):
+    """``norm(conv(.))`` as one channels-last conv of a dense baseline; with
+    ``os16`` the OS16 network's (3x3 dilation halved as
+    ``low_res_dilation``)."""
+    w, b = (conv.weight, conv.bias) if norm is None else \
+        fold_batch_norm(conv.weight, conv.bias, norm)
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    if os16 and k == 3:
+        d = low_res_dilation(d)
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, k, stride=stride,
+                    padding=d if k == 3 else 0, dilation=d).to(w)
+    new.weight.data.copy_(w)
+    if b is None:
+        new.bias.data.zero_()
+    else:
+        new.bias.data.copy_(b)
+    return new.to(memory_format=torch.channels_last)
+
+
+def randomize(module, gen):
+    """Kaiming-normal conv weights, small biases; BatchNorm with random
+    statistics and affine parameters near 1 and 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            m.weight.data.normal_(0, (2 / fan_in)**0.5, generator=gen)
+            if m.bias is not None:
+                m.bias.data.normal_(0, 0.1, generator=gen)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+            m.weight.data.uniform_(0.5, 1, generator=gen)
+            m.bias.data.normal_(0, 0.1, generator=gen)
+    return module
 
 
 def make_stage(c_in, mid, c_out, blocks, dilation, gen):
@@ -282,16 +318,8 @@ def make_stage(c_in, mid, c_out, blocks, dilation, gen):
     layers = []
     for i in range(blocks):
         d = max(dilation // 2, 1) if i == 0 else dilation
-        blk = Bottleneck(c_in if i == 0 else c_out, mid, c_out, d, i == 0)
-        for m in blk.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-                m.weight.data.normal_(0, (2 / fan_in)**0.5, generator=gen)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-                m.weight.data.uniform_(0.5, 1, generator=gen)
-                m.bias.data.normal_(0, 0.1, generator=gen)
+        blk = randomize(Bottleneck(c_in if i == 0 else c_out, mid, c_out, d,
+                                   i == 0), gen)
         last = blk.main[7]
         last.weight.data.uniform_(0.05, 0.2, generator=gen)
         if blk.downsample is not None:
@@ -307,19 +335,77 @@ def dense_forward(folded, x):
     return x
 
 
-def selective_forward(stages, x, mask, execution):
+def selective_stages(stages, x, mask, execution):
     """Stages 3-4 under ``mask``, block by block through
     ``run_residual_block`` as the backbone runs them: the stage-3 entrance
     takes the dense stage-2 map (``stride`` pooling: low cells get the OS16
     network's stride-2 conv and shortcut), every later layer the mixed
     feature, and each block's shortcut add and ReLU are the epilogue of its
-    last conv; returns the densified stage-4 output."""
+    last conv; returns the stage-4 output, a ``MixedFeature``."""
     cells = CellMask(mask, execution)
     feat = x
     for stage in stages:
         for blk in stage:
             feat = run_residual_block(feat, [blk.main], blk.downsample, cells)
-    return feat.densify()
+    return feat
+
+
+def selective_forward(stages, x, mask, execution):
+    """The densified stage-4 output of :func:`selective_stages`."""
+    return selective_stages(stages, x, mask, execution).densify()
+
+
+# ------------------------------------------------------- the ASPP head
+class AsppHead(nn.Module):
+    """mmseg's ``ASPPHead`` of DeepLabV3 (eval; dropout is the identity):
+    image pool (global average, 1x1 conv), a 1x1 and three 3x3 atrous
+    branches, a 3x3 bottleneck on the concatenation (conv + BN + ReLU each)
+    and the 1x1 classifier."""
+
+    def __init__(self, c_in, c, dilations, num_classes, gen):
+        super().__init__()
+
+        def block(c_in, k, d=1):
+            return nn.Sequential(
+                nn.Conv2d(c_in, c, k, padding=0 if k == 1 else d,
+                          dilation=d, bias=False), nn.BatchNorm2d(c),
+                nn.ReLU())
+        self.image_pool = block(c_in, 1)
+        self.branches = nn.ModuleList(block(c_in, 1 if d == 1 else 3, d)
+                                      for d in dilations)
+        self.bottleneck = block(c * (len(dilations) + 1), 3)
+        self.conv_seg = nn.Conv2d(c, num_classes, 1)
+        randomize(self, gen)
+        self.eval()
+
+    def selective(self, feat):
+        """Logits (densified at OS8) of the head on a mixed feature, as
+        ``SelDSASPPHead`` runs it (``mmselds.ops.run_aspp``: the image pool
+        over the densified map, rate r at full-resolution cells and r/2 at
+        down-sampled ones, ``stride`` pooling)."""
+        out = run_aspp(feat.new(feat.data, 'stride'), self.image_pool,
+                       self.branches, self.bottleneck)
+        return run_layers(out, [self.conv_seg]).densify()
+
+    def dense_folded(self, os16=False):
+        """(image pool, branches, bottleneck, classifier) as folded
+        channels-last convs of the dense head; with ``os16`` the OS16
+        network's (rates halved)."""
+        return (folded_conv(*self.image_pool[:2]),
+                [folded_conv(*b[:2], os16) for b in self.branches],
+                folded_conv(*self.bottleneck[:2]), folded_conv(self.conv_seg))
+
+
+def dense_head(folded, x):
+    """The dense head's logits on ``x`` from ``AsppHead.dense_folded``."""
+    pool, branches, bottleneck, classifier = folded
+    n, _, h, w = x.shape
+    outs = [F.relu(pool(x.mean((2, 3), keepdim=True))).expand(-1, -1, h, w)]
+    outs += [F.relu(b(x)) for b in branches]
+    cat = torch.empty(n, sum(o.shape[1] for o in outs), h, w,
+                      dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    return classifier(F.relu(bottleneck(torch.cat(outs, 1, out=cat))))
 
 
 # ----------------------------------------------------------------- parts
@@ -450,6 +536,156 @@ def check_stages(bench, args, stages, gen, rows):
                      bench.verdict(err, tol)))
 
 
+def head_config(args):
+    """(in channels, channels, dilations, classes) of DeepLabV3's head."""
+    if args.smoke:
+        return (stage_configs(args)[-1][2], 16, (1, 2, 4, 6), 5)
+    return (2048, 512, (1, 12, 24, 36), 19)
+
+
+def build_head(bench, args, gen):
+    return AsppHead(*head_config(args), gen).to(bench.device)
+
+
+def head_input(bench, args, n, gen, dtype=torch.float32):
+    """A stage-4 output: (n, C, H, W), non-negative (after a ReLU), unit
+    scale, channels-last."""
+    h, w = args.size
+    x = torch.randn(n, head_config(args)[0], h, w, generator=gen).relu_()
+    return x.to(bench.device, dtype).contiguous(
+        memory_format=torch.channels_last)
+
+
+def check_head(bench, args, head, stages, gen, rows):
+    """The selective ASPP head (sparse, Triton) == the dense OS8 head at
+    s = 0, the dense emulation at s = 0.5 and the dense OS16 head (rates
+    halved, each low cell replicated) at s = 1, float32, TF32 off; stages
+    3-4 and the head together (the mixed feature passed on, never
+    densified) against the dense emulation; the head under autocast."""
+    h, w = args.size
+    x = head_input(bench, args, 1, gen)
+    c_in = stage_configs(args)[0][0]
+    x3 = torch.randn(1, c_in, h, w, generator=gen).to(bench.device)
+    x3 = x3.contiguous(memory_format=torch.channels_last)
+    tol = 1e-4
+
+    def head_on(feat_x, mask, execution):
+        cells = CellMask(mask, execution)
+        return head.selective(MixedFeature.from_dense(feat_x, cells))
+
+    def row(what, dtype, err, tol):
+        rows.append((what, dtype, f'{err:.2e}', tol, bench.verdict(err, tol)))
+
+    def err_of(got, ref):
+        return (got.float() - ref).abs().max().item() / ref.abs().max().item()
+    with tf32(False), torch.no_grad():
+        for s in (0.0, 0.5, 1.0):
+            mask = random_cell_mask(1, h // 2, w // 2, s,
+                                    gen).to(bench.device)
+            with bench.backend('triton'):
+                sparse = head_on(x, mask, 'sparse')
+            if s == 0:
+                ref, what = dense_head(head.dense_folded(), x), 'dense OS8'
+            elif s == 1:
+                ref = F.interpolate(dense_head(
+                    head.dense_folded(os16=True), x[:, :, ::2, ::2]),
+                    scale_factor=2, mode='nearest')
+                what = 'dense OS16 (rates halved)'
+            else:
+                ref, what = head_on(x, mask, 'dense'), 'dense emulation'
+            row(f'ASPP head s={s}: sparse vs {what} (max err / max abs '
+                'ref)', 'fp32', err_of(sparse, ref), tol)
+        mask = random_cell_mask(1, h // 2, w // 2, 0.5, gen).to(bench.device)
+        with bench.backend('triton'):
+            sparse = head.selective(selective_stages(stages, x3, mask,
+                                                     'sparse'))
+        ref = head.selective(selective_stages(stages, x3, mask, 'dense'))
+        row('stages 3-4 + ASPP head s=0.5: sparse vs dense emulation (max '
+            'err / max abs ref)', 'fp32', err_of(sparse, ref), tol)
+        # AMP inference, as the stages' check
+        ref = head_on(x, mask, 'dense')
+        with torch.autocast(bench.device.type, dtype=bench.amp_dtype):
+            with bench.backend('triton'):
+                sparse = head_on(x, mask, 'sparse')
+            dense = head_on(x, mask, 'dense')
+        err, dense_err = err_of(sparse, ref), err_of(dense, ref)
+        tol = 3 * dense_err + 1e-3
+        rows.append(('ASPP head s=0.5 under autocast: sparse vs float32 '
+                     f'(dense emulation: {dense_err:.1e})',
+                     f'{bench.amp_name} AMP', f'{err:.2e}',
+                     f'{tol:.1e} (3 x dense + 1e-3)',
+                     bench.verdict(err, tol)))
+
+
+def to_dtype(folded, dtype):
+    """The folded convs of a dense baseline (nested tuples and lists) in
+    ``dtype`` (in place)."""
+    if isinstance(folded, (tuple, list)):
+        return type(folded)(to_dtype(f, dtype) for f in folded)
+    return None if folded is None else folded.to(dtype)
+
+
+def time_head(bench, args, head, stages, gen, rows):
+    """The ASPP head alone (on a stage-4 output) and stages 3-4 with the
+    head, dense OS8 and OS16 against selective."""
+    h, w = args.size
+    c_in = stage_configs(args)[0][0]
+    heads = {os16: head.dense_folded(os16) for os16 in (False, True)}
+    blocks = {os16: folded_blocks(stages, os16) for os16 in (False, True)}
+    for n in args.batch_sizes:
+        for dname in args.dtypes:
+            dtype = DTYPES[dname]
+            sel_head, mods = head.to(dtype), [s.to(dtype) for s in stages]
+            dh = {k: to_dtype(v, dtype) for k, v in heads.items()}
+            ds = {k: to_dtype(v, dtype) for k, v in blocks.items()}
+            x4 = head_input(bench, args, n, gen, dtype)
+            x4_16 = x4[:, :, ::2, ::2].contiguous(
+                memory_format=torch.channels_last)
+            x3 = torch.randn(n, c_in, h, w, generator=gen).to(
+                bench.device, dtype).contiguous(
+                    memory_format=torch.channels_last)
+            cases = (
+                ('ASPP head',
+                 lambda: dense_head(dh[False], x4),
+                 lambda: dense_head(dh[True], x4_16),
+                 lambda mask, rows_: sel_head.selective(MixedFeature(
+                     rows_, CellMask(mask, 'sparse')))),
+                ('stages 3-4 + ASPP head',
+                 lambda: dense_head(dh[False], dense_forward(ds[False], x3)),
+                 lambda: dense_head(dh[True], dense_forward(ds[True], x3)),
+                 lambda mask, _: sel_head.selective(selective_stages(
+                     mods, x3, mask, 'sparse'))))
+            with torch.no_grad():
+                for what, os8, os16, selective in cases:
+                    t8, t16 = bench.time(os8), bench.time(os16)
+                    for s in args.ratios:
+                        mask = random_cell_mask(n, h // 2, w // 2, s,
+                                                gen).to(bench.device)
+                        # the head's input rows, as stage 4 leaves them
+                        rows_ = MixedFeature.from_dense(
+                            x4, CellMask(mask, 'sparse')).data
+
+                        def run():
+                            return selective(mask, rows_)
+                        with bench.backend('triton'):
+                            t_tri = bench.time(run)
+                        t_ref = None
+                        if not args.no_reference:
+                            with bench.backend('ref'):
+                                t_ref = bench.time(run)
+                        flops = (1 - s) + s / 4
+                        rows.append((what, n, dname, s, fmt(t8), fmt(t16),
+                                     fmt(t_tri), fmt(t_ref),
+                                     f'{t_tri / t8:.2f}',
+                                     f'{t_tri / t16:.2f}', f'{flops:.3f}'))
+            kernels.release_workspace()
+            if bench.device.type == 'cuda':
+                torch.cuda.empty_cache()
+    head.float()
+    for s in stages:
+        s.float()
+
+
 def time_ops(bench, args, gen, rows):
     from mmselds.ops.kernels import triton_kernels as tk
     h, w = args.size
@@ -507,9 +743,7 @@ def time_stages(bench, args, stages, gen, rows):
         for dname in args.dtypes:
             dtype = DTYPES[dname]
             mods = [s.to(dtype) for s in stages]
-            dense = {os16: [tuple(None if c is None else c.to(dtype)
-                                  for c in blk) for blk in blocks]
-                     for os16, blocks in folded.items()}
+            dense = {k: to_dtype(v, dtype) for k, v in folded.items()}
             x = torch.randn(n, c_in, h, w, generator=gen).to(
                 bench.device, dtype).contiguous(
                     memory_format=torch.channels_last)
@@ -759,9 +993,11 @@ def run_parts(args):
     start = time.perf_counter()
     checks = []
     stages = build_stages(bench, args, gen)
+    head = build_head(bench, args, gen)
     with torch.no_grad():
         check_ops(bench, args, gen, checks)
         check_stages(bench, args, stages, gen, checks)
+        check_head(bench, args, head, stages, gen, checks)
     train_rows = []
     if 'train' in args.parts:  # its checks join the table before timing
         train_start = time.perf_counter()
@@ -806,6 +1042,22 @@ def run_parts(args):
              ('stages', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
               'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
               'FLOPs / OS8'), *timed(time_stages, stages, gen))
+    if 'head' in args.parts:
+        c_in, c, rates, classes = head_config(args)
+        part('ASPP head: dense OS8 and OS16 vs selective',
+             f"DeepLabV3's ASPP head ({c_in} in, {c} channels, rates "
+             f'{", ".join(map(str, rates))}, image pool, 3x3 bottleneck, '
+             f'{classes} classes) on a stage-4 '
+             'output, and stages 3-4 with the head (the selective stages '
+             'pass their mixed feature on, as `SelDSASPPHead` reads it); '
+             'dense = cuDNN, channels-last, BatchNorm folded (OS16: rates '
+             'halved on the OS16 map); selective = `mmselds.ops.run_aspp` '
+             'sparse (mask layout, index tables and the logits densified '
+             'included; the head alone starts from the stage-4 rows); '
+             'FLOPs = (1 - s) + s / 4 of OS8 (the image pool left out).',
+             ('what', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
+              'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
+              'FLOPs / OS8'), *timed(time_head, head, stages, gen))
     if 'train' in args.parts:
         h, w = (8, 16) if args.smoke else args.train_size
         part(f'train step: stages 3-4, {8 * h}x{8 * w} crops',
