@@ -690,8 +690,8 @@ def test_benchmark_gpu_smoke(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     text = out.read_text()
     for part in ('## correctness', '## op:', '## stages 3-4: dense OS8 and '
-                 'OS16', '## ASPP head: dense OS8 and OS16', '## train step',
-                 '## tune'):
+                 'OS16', '## targets', '## ASPP head: dense OS8 and OS16',
+                 '## train step', '## tune'):
         assert text.count(part) == 1, part
     assert 'FAIL' not in text and 'WRONG' not in text
     # 3 checks per op shape, the stages and the head at s = 0, 0.5, 1 (vs
@@ -706,19 +706,57 @@ def test_benchmark_gpu_smoke(tmp_path):
         rows = [r for r in text.splitlines() if r.startswith(f'| {what} |')]
         assert [r.split(' | ')[3] for r in rows] == \
             ['0.0', '0.5', '0.8', '1.0'], what
+    # the targets from this run's timings (batch 1, fp32 in smoke)
+    targets = text[text.index('## targets'):text.index('## ASPP head')]
+    assert 'stages 3-4, batch 1, fp32, s = 0.5: OS8 / selective' in targets
+    assert 'not measured' not in targets
     assert text.count('(default)') == 2  # one tuned kernel per shape
     # the tune table's resources of a compiled kernel (none here)
     assert '| / best | regs | spill B | smem KiB |' in text
 
 
-@needs_triton
-def test_benchmark_gpu_writes_the_parts_it_ran(tmp_path):
-    out = tmp_path / 'table.md'
+def load_benchmark_gpu():
     sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis_tools'))
     try:
         import benchmark_gpu
     finally:
         sys.path.pop(0)
+    return benchmark_gpu
+
+
+def test_benchmark_gpu_targets():
+    """The targets table: each bound on its side, 'not measured' without
+    the timing (no GPU needed: the timings are given)."""
+    target_rows = load_benchmark_gpu().target_rows
+    # stages (OS8, OS16, selective ms): 1.5x faster at s = 0.5, 1.04x OS8
+    # at s = 0, 1.25x OS16 at s = 1 (missed)
+    results = {('stages', 8, 'fp16', 0.5): (150., 40., 100.),
+               ('stages', 8, 'fp16', 0.0): (100., 40., 104.),
+               ('stages', 8, 'fp16', 1.0): (100., 40., 50.),
+               # op (dense, op ms): density 0.5 costs 0.625 of the
+               # FLOPs: 0.70 met, 0.75 missed; density 0.25 (0.4375) met;
+               # other shapes, dtypes and densities are not targets
+               ('op', 'stage 3', 1, 'fp16', 0.5): (10., 7.),
+               ('op', 'stage 3', 8, 'fp16', 0.5): (10., 7.5),
+               ('op', 'stage 3', 8, 'fp16', 0.25): (10., 5.),
+               ('op', 'stage 3', 8, 'fp16', 0.0): (10., 9.),
+               ('op', 'stage 4', 8, 'fp16', 0.5): (10., 9.),
+               ('op', 'stage 3', 8, 'fp32', 0.5): (10., 9.)}
+    rows = target_rows(results)
+    assert [(r[1], r[3]) for r in rows] == [
+        ('1.50', 'met'), ('1.04', 'met'), ('1.25', 'MISSED'),
+        ('0.07', 'met'), ('0.06', 'met'), ('0.12', 'MISSED')]
+    assert 'batch 1, fp16, density 0.5' in rows[3][0]
+    assert 'batch 8, fp16, density 0.25' in rows[4][0]
+    empty = target_rows({})
+    assert [r[3] for r in empty] == ['not measured'] * 4
+    assert target_rows(results, batch=1)[0][3] == 'not measured'
+
+
+@needs_triton
+def test_benchmark_gpu_writes_the_parts_it_ran(tmp_path):
+    out = tmp_path / 'table.md'
+    benchmark_gpu = load_benchmark_gpu()
     cudnn = torch.backends.cudnn
     before = (cudnn.benchmark, cudnn.allow_tf32)
     benchmark_gpu.main(['--smoke', '--parts', 'op', '--out', str(out)])

@@ -157,6 +157,10 @@ class Bench:
         self.triton = triton_backend.build_backend(interpret=args.smoke,
                                                    min_capability=None)
         self.failed = False
+        # raw timings for the targets: ('op', shape, batch, dtype, density)
+        # -> (dense ms, op ms); ('stages', batch, dtype, s) -> (OS8 ms,
+        # OS16 ms, selective ms)
+        self.results = {}
         # the AMP dtype (float16 on the GPU; CPU autocast for --smoke)
         self.amp_name = 'bf16' if args.smoke else 'fp16'
         self.amp_dtype = DTYPES[self.amp_name]
@@ -719,6 +723,7 @@ def time_ops(bench, args, gen, rows):
                         with bench.backend('ref'):
                             t_ref = bench.time(op)
                     flops = rho + (1 - rho) / 4
+                    bench.results['op', name, n, dname, rho] = (dense, t_op)
                     path = 'uniform' if rho in (0, 1) else 'gather'
                     # achieved rates: 2 x multiply-adds / time
                     per_row = 2 * 9 * c * c / 1e9  # GFLOP a row (ms -> T)
@@ -763,6 +768,7 @@ def time_stages(bench, args, stages, gen, rows):
                         with bench.backend('ref'):
                             t_ref = bench.time(run)
                     flops = (1 - s) + s / 4
+                    bench.results['stages', n, dname, s] = (t8, t16, t_tri)
                     rows.append(('R101 stages 3-4', n, dname, s, fmt(t8),
                                  fmt(t16), fmt(t_tri), fmt(t_ref),
                                  f'{t_tri / t8:.2f}', f'{t_tri / t16:.2f}',
@@ -923,6 +929,45 @@ def tune_part(bench, args, gen, rows):
             torch.cuda.empty_cache()
 
 
+# --------------------------------------------------------------- targets
+def target_rows(results, batch=8, dtype='fp16'):
+    """The GPU targets (docs/gpu.md) against the timings of one run: stages
+    3-4 at ``batch`` and ``dtype`` at least 1.4x faster than dense OS8 at
+    s = 0.5, within 1.05x of it at s = 0 and within 1.2x of dense OS16 at
+    s = 1; the op at the stage-3 shape (C = 256) in ``dtype``, every batch,
+    density >= 0.25: op / dense <= FLOPs / dense + 0.10. Rows (target,
+    measured, bound, verdict); a target without its timing is 'not
+    measured'."""
+    rows = []
+
+    def add(what, value, bound, ok):
+        rows.append((what, '-' if value is None else f'{value:.2f}', bound,
+                     'not measured' if value is None else
+                     'met' if ok(value) else 'MISSED'))
+    where = f'stages 3-4, batch {batch}, {dtype}'
+    for s, what, bound, value, ok in (
+            (0.5, 'OS8 / selective', '>= 1.40',
+             lambda t8, t16, t: t8 / t, lambda v: v >= 1.4),
+            (0.0, 'selective / OS8', '<= 1.05',
+             lambda t8, t16, t: t / t8, lambda v: v <= 1.05),
+            (1.0, 'selective / OS16', '<= 1.20',
+             lambda t8, t16, t: t / t16, lambda v: v <= 1.2)):
+        times = results.get(('stages', batch, dtype, s))
+        add(f'{where}, s = {s}: {what}',
+            None if times is None else value(*times), bound, ok)
+    ops = sorted((k[2], k[4]) for k in results
+                 if k[0] == 'op' and k[1] == 'stage 3' and k[3] == dtype
+                 and k[4] >= 0.25)
+    for n, rho in ops or [(None, None)]:
+        flops = None if rho is None else rho + (1 - rho) / 4
+        times = results.get(('op', 'stage 3', n, dtype, rho))
+        add(f'op stage 3, batch {n or "any"}, {dtype}, density '
+            f'{rho if rho is not None else ">= 0.25"}: op / dense - FLOPs / '
+            'dense', None if times is None else
+            times[1] / times[0] - flops, '<= 0.10', lambda v: v <= 0.10)
+    return rows
+
+
 def header(bench, args):
     import triton
     if bench.device.type == 'cuda':
@@ -1042,6 +1087,14 @@ def run_parts(args):
              ('stages', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
               'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
               'FLOPs / OS8'), *timed(time_stages, stages, gen))
+    if {'op', 'stages'} & set(args.parts):
+        batch, dtype = (args.batch_sizes[0], 'fp32') if args.smoke \
+            else (8, 'fp16')
+        note = '; smoke: times mean nothing' if args.smoke else ''
+        table = md_table(('target', 'measured', 'bound', 'verdict'),
+                         target_rows(bench.results, batch, dtype))
+        emit('\n## targets (docs/gpu.md)\n\nFrom the op and stages tables '
+             f'above (batch {batch}, {dtype}{note}).\n\n{table}')
     if 'head' in args.parts:
         c_in, c, rates, classes = head_config(args)
         part('ASPP head: dense OS8 and OS16 vs selective',
