@@ -489,55 +489,62 @@ def folded_blocks(stages, os16=False):
             for i, stage in enumerate(stages) for j, blk in enumerate(stage)]
 
 
-def check_stages(bench, args, stages, gen, rows):
-    """Selective stages 3-4 (sparse, Triton) == dense OS8 at s = 0, the
-    dense emulation at s = 0.5 and dense OS16 at s = 1 (each low cell
-    replicated), float32, TF32 off; and under autocast (AMP inference)."""
+def max_rel_err(got, ref):
+    """max |got - ref| / max |ref| (float32 ``ref``)."""
+    return (got.float() - ref).abs().max().item() / ref.abs().max().item()
+
+
+def check_against_dense(bench, args, gen, what, selective, os8, os16, rows,
+                        tol=1e-4):
+    """``selective(mask, execution)`` (sparse on the Triton backend) ==
+    ``os8()`` (dense OS8) at s = 0, the dense emulation at s = 0.5 and
+    ``os16()`` (dense OS16, each low cell replicated) at s = 1, float32,
+    TF32 off; and at s = 0.5 under autocast (AMP inference: float32
+    weights reach the kernels cast) against float32, next to the dense
+    emulation's own deviation under the same autocast."""
     h, w = args.size
-    c_in = stage_configs(args)[0][0]
-    x = torch.randn(1, c_in, h, w, generator=gen).to(bench.device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    tol = 1e-4  # float32 round-off through 26 blocks
     with tf32(False), torch.no_grad():
         for s in (0.0, 0.5, 1.0):
             mask = random_cell_mask(1, h // 2, w // 2, s,
                                     gen).to(bench.device)
             with bench.backend('triton'):
-                sparse = selective_forward(stages, x, mask, 'sparse')
+                sparse = selective(mask, 'sparse')
             if s == 0:
-                ref = dense_forward(folded_blocks(stages), x)
-                what = 'dense OS8'
+                ref, name = os8(), 'dense OS8'
             elif s == 1:
-                ref = F.interpolate(dense_forward(
-                    folded_blocks(stages, os16=True), x), scale_factor=2,
-                    mode='nearest')
-                what = 'dense OS16'
+                ref = F.interpolate(os16(), scale_factor=2, mode='nearest')
+                name = 'dense OS16'
             else:
-                ref = selective_forward(stages, x, mask, 'dense')
-                what = 'dense emulation'
-            scale = ref.abs().max().item()
-            err = (sparse - ref).abs().max().item() / scale
-            rows.append((f'stages 3-4 s={s}: sparse vs {what} '
-                         '(max err / max abs ref)', 'fp32', f'{err:.2e}', tol,
+                ref, name = selective(mask, 'dense'), 'dense emulation'
+            err = max_rel_err(sparse, ref)
+            rows.append((f'{what} s={s}: sparse vs {name} (max err / max abs '
+                         'ref)', 'fp32', f'{err:.2e}', tol,
                          bench.verdict(err, tol)))
-        # AMP inference: float32 weights under autocast reach the kernels
-        # cast; the sparse stages' deviation from float32 is measured
-        # against the dense emulation's own under the same autocast
         mask = random_cell_mask(1, h // 2, w // 2, 0.5, gen).to(bench.device)
-        ref = selective_forward(stages, x, mask, 'dense')
+        ref = selective(mask, 'dense')
         with torch.autocast(bench.device.type, dtype=bench.amp_dtype):
             with bench.backend('triton'):
-                sparse = selective_forward(stages, x, mask, 'sparse')
-            dense = selective_forward(stages, x, mask, 'dense')
-        scale = ref.abs().max().item()
-        err, dense_err = ((out.float() - ref).abs().max().item() / scale
-                          for out in (sparse, dense))
+                sparse = selective(mask, 'sparse')
+            dense = selective(mask, 'dense')
+        err, dense_err = max_rel_err(sparse, ref), max_rel_err(dense, ref)
         tol = 3 * dense_err + 1e-3
-        rows.append(('stages 3-4 s=0.5 under autocast: sparse vs float32 '
+        rows.append((f'{what} s=0.5 under autocast: sparse vs float32 '
                      f'(dense emulation: {dense_err:.1e})',
                      f'{bench.amp_name} AMP', f'{err:.2e}',
                      f'{tol:.1e} (3 x dense + 1e-3)',
                      bench.verdict(err, tol)))
+
+
+def check_stages(bench, args, stages, gen, rows):
+    """Selective stages 3-4 against dense OS8, the dense emulation and
+    dense OS16 (:func:`check_against_dense`; float32 round-off through 26
+    blocks stays below 1e-4)."""
+    x = feature_map(bench, args, 1, stage_configs(args)[0][0], gen)
+    check_against_dense(
+        bench, args, gen, 'stages 3-4',
+        lambda mask, ex: selective_forward(stages, x, mask, ex),
+        lambda: dense_forward(folded_blocks(stages), x),
+        lambda: dense_forward(folded_blocks(stages, os16=True), x), rows)
 
 
 def head_config(args):
@@ -551,74 +558,50 @@ def build_head(bench, args, gen):
     return AsppHead(*head_config(args), gen).to(bench.device)
 
 
-def head_input(bench, args, n, gen, dtype=torch.float32):
-    """A stage-4 output: (n, C, H, W), non-negative (after a ReLU), unit
-    scale, channels-last."""
+def feature_map(bench, args, n, c, gen, dtype=torch.float32, relu=False):
+    """A random (n, c, H, W) OS8 map of unit scale, channels-last; with
+    ``relu`` non-negative, as a stage's output."""
     h, w = args.size
-    x = torch.randn(n, head_config(args)[0], h, w, generator=gen).relu_()
+    x = torch.randn(n, c, h, w, generator=gen)
+    x = x.relu_() if relu else x
     return x.to(bench.device, dtype).contiguous(
         memory_format=torch.channels_last)
 
 
+def head_input(bench, args, n, gen, dtype=torch.float32):
+    """A stage-4 output, the head's input."""
+    return feature_map(bench, args, n, head_config(args)[0], gen, dtype,
+                       relu=True)
+
+
 def check_head(bench, args, head, stages, gen, rows):
-    """The selective ASPP head (sparse, Triton) == the dense OS8 head at
-    s = 0, the dense emulation at s = 0.5 and the dense OS16 head (rates
-    halved, each low cell replicated) at s = 1, float32, TF32 off; stages
-    3-4 and the head together (the mixed feature passed on, never
-    densified) against the dense emulation; the head under autocast."""
+    """The selective ASPP head against the dense OS8 head, the dense
+    emulation and the dense OS16 head (rates halved;
+    :func:`check_against_dense`); stages 3-4 and the head together (the
+    mixed feature passed on, never densified) against the dense
+    emulation."""
     h, w = args.size
     x = head_input(bench, args, 1, gen)
-    c_in = stage_configs(args)[0][0]
-    x3 = torch.randn(1, c_in, h, w, generator=gen).to(bench.device)
-    x3 = x3.contiguous(memory_format=torch.channels_last)
-    tol = 1e-4
 
-    def head_on(feat_x, mask, execution):
+    def head_on(mask, execution):
         cells = CellMask(mask, execution)
-        return head.selective(MixedFeature.from_dense(feat_x, cells))
-
-    def row(what, dtype, err, tol):
-        rows.append((what, dtype, f'{err:.2e}', tol, bench.verdict(err, tol)))
-
-    def err_of(got, ref):
-        return (got.float() - ref).abs().max().item() / ref.abs().max().item()
+        return head.selective(MixedFeature.from_dense(x, cells))
+    check_against_dense(
+        bench, args, gen, 'ASPP head', head_on,
+        lambda: dense_head(head.dense_folded(), x),
+        lambda: dense_head(head.dense_folded(os16=True), x[:, :, ::2, ::2]),
+        rows)
+    x3 = feature_map(bench, args, 1, stage_configs(args)[0][0], gen)
+    mask = random_cell_mask(1, h // 2, w // 2, 0.5, gen).to(bench.device)
     with tf32(False), torch.no_grad():
-        for s in (0.0, 0.5, 1.0):
-            mask = random_cell_mask(1, h // 2, w // 2, s,
-                                    gen).to(bench.device)
-            with bench.backend('triton'):
-                sparse = head_on(x, mask, 'sparse')
-            if s == 0:
-                ref, what = dense_head(head.dense_folded(), x), 'dense OS8'
-            elif s == 1:
-                ref = F.interpolate(dense_head(
-                    head.dense_folded(os16=True), x[:, :, ::2, ::2]),
-                    scale_factor=2, mode='nearest')
-                what = 'dense OS16 (rates halved)'
-            else:
-                ref, what = head_on(x, mask, 'dense'), 'dense emulation'
-            row(f'ASPP head s={s}: sparse vs {what} (max err / max abs '
-                'ref)', 'fp32', err_of(sparse, ref), tol)
-        mask = random_cell_mask(1, h // 2, w // 2, 0.5, gen).to(bench.device)
         with bench.backend('triton'):
             sparse = head.selective(selective_stages(stages, x3, mask,
                                                      'sparse'))
         ref = head.selective(selective_stages(stages, x3, mask, 'dense'))
-        row('stages 3-4 + ASPP head s=0.5: sparse vs dense emulation (max '
-            'err / max abs ref)', 'fp32', err_of(sparse, ref), tol)
-        # AMP inference, as the stages' check
-        ref = head_on(x, mask, 'dense')
-        with torch.autocast(bench.device.type, dtype=bench.amp_dtype):
-            with bench.backend('triton'):
-                sparse = head_on(x, mask, 'sparse')
-            dense = head_on(x, mask, 'dense')
-        err, dense_err = err_of(sparse, ref), err_of(dense, ref)
-        tol = 3 * dense_err + 1e-3
-        rows.append(('ASPP head s=0.5 under autocast: sparse vs float32 '
-                     f'(dense emulation: {dense_err:.1e})',
-                     f'{bench.amp_name} AMP', f'{err:.2e}',
-                     f'{tol:.1e} (3 x dense + 1e-3)',
-                     bench.verdict(err, tol)))
+    err, tol = max_rel_err(sparse, ref), 1e-4
+    rows.append(('stages 3-4 + ASPP head s=0.5: sparse vs dense emulation '
+                 '(max err / max abs ref)', 'fp32', f'{err:.2e}', tol,
+                 bench.verdict(err, tol)))
 
 
 def to_dtype(folded, dtype):
@@ -645,43 +628,25 @@ def time_head(bench, args, head, stages, gen, rows):
             x4 = head_input(bench, args, n, gen, dtype)
             x4_16 = x4[:, :, ::2, ::2].contiguous(
                 memory_format=torch.channels_last)
-            x3 = torch.randn(n, c_in, h, w, generator=gen).to(
-                bench.device, dtype).contiguous(
-                    memory_format=torch.channels_last)
-            cases = (
-                ('ASPP head',
-                 lambda: dense_head(dh[False], x4),
-                 lambda: dense_head(dh[True], x4_16),
-                 lambda mask, rows_: sel_head.selective(MixedFeature(
-                     rows_, CellMask(mask, 'sparse')))),
-                ('stages 3-4 + ASPP head',
-                 lambda: dense_head(dh[False], dense_forward(ds[False], x3)),
-                 lambda: dense_head(dh[True], dense_forward(ds[True], x3)),
-                 lambda mask, _: sel_head.selective(selective_stages(
-                     mods, x3, mask, 'sparse'))))
-            with torch.no_grad():
-                for what, os8, os16, selective in cases:
-                    t8, t16 = bench.time(os8), bench.time(os16)
-                    for s in args.ratios:
-                        mask = random_cell_mask(n, h // 2, w // 2, s,
-                                                gen).to(bench.device)
-                        # the head's input rows, as stage 4 leaves them
-                        rows_ = MixedFeature.from_dense(
-                            x4, CellMask(mask, 'sparse')).data
+            x3 = feature_map(bench, args, n, c_in, gen, dtype)
 
-                        def run():
-                            return selective(mask, rows_)
-                        with bench.backend('triton'):
-                            t_tri = bench.time(run)
-                        t_ref = None
-                        if not args.no_reference:
-                            with bench.backend('ref'):
-                                t_ref = bench.time(run)
-                        flops = (1 - s) + s / 4
-                        rows.append((what, n, dname, s, fmt(t8), fmt(t16),
-                                     fmt(t_tri), fmt(t_ref),
-                                     f'{t_tri / t8:.2f}',
-                                     f'{t_tri / t16:.2f}', f'{flops:.3f}'))
+            def head_alone(mask):  # from the rows stage 4 leaves
+                rows_ = MixedFeature.from_dense(
+                    x4, CellMask(mask, 'sparse')).data
+                return lambda: sel_head.selective(MixedFeature(
+                    rows_, CellMask(mask, 'sparse')))
+            with torch.no_grad():
+                time_against_dense(
+                    bench, args, gen, n, dname, 'ASPP head',
+                    lambda: dense_head(dh[False], x4),
+                    lambda: dense_head(dh[True], x4_16), head_alone, rows)
+                time_against_dense(
+                    bench, args, gen, n, dname, 'stages 3-4 + ASPP head',
+                    lambda: dense_head(dh[False], dense_forward(ds[False],
+                                                                x3)),
+                    lambda: dense_head(dh[True], dense_forward(ds[True], x3)),
+                    lambda mask: lambda: sel_head.selective(selective_stages(
+                        mods, x3, mask, 'sparse')), rows)
             kernels.release_workspace()
             if bench.device.type == 'cuda':
                 torch.cuda.empty_cache()
@@ -740,6 +705,37 @@ def time_ops(bench, args, gen, rows):
                     torch.cuda.empty_cache()
 
 
+# the columns of time_against_dense's rows
+AGAINST_DENSE = ('what', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
+                 'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
+                 'FLOPs / OS8')
+
+
+def time_against_dense(bench, args, gen, n, dname, what, os8, os16,
+                       selective, rows):
+    """Time the dense OS8 and OS16 baselines ``os8()`` and ``os16()`` and,
+    at each ratio s, ``selective(mask)()`` (a random mask of ratio s) with
+    the Triton backend and with the reference; one table row per s.
+    Returns {s: (OS8 ms, OS16 ms, Triton ms)}."""
+    h, w = args.size
+    t8, t16 = bench.time(os8), bench.time(os16)
+    times = {}
+    for s in args.ratios:
+        mask = random_cell_mask(n, h // 2, w // 2, s, gen).to(bench.device)
+        run = selective(mask)
+        with bench.backend('triton'):
+            t_tri = bench.time(run)
+        t_ref = None
+        if not args.no_reference:
+            with bench.backend('ref'):
+                t_ref = bench.time(run)
+        times[s] = (t8, t16, t_tri)
+        rows.append((what, n, dname, s, fmt(t8), fmt(t16), fmt(t_tri),
+                     fmt(t_ref), f'{t_tri / t8:.2f}', f'{t_tri / t16:.2f}',
+                     f'{(1 - s) + s / 4:.3f}'))
+    return times
+
+
 def time_stages(bench, args, stages, gen, rows):
     h, w = args.size
     c_in = stage_configs(args)[0][0]
@@ -749,30 +745,16 @@ def time_stages(bench, args, stages, gen, rows):
             dtype = DTYPES[dname]
             mods = [s.to(dtype) for s in stages]
             dense = {k: to_dtype(v, dtype) for k, v in folded.items()}
-            x = torch.randn(n, c_in, h, w, generator=gen).to(
-                bench.device, dtype).contiguous(
-                    memory_format=torch.channels_last)
+            x = feature_map(bench, args, n, c_in, gen, dtype)
             with torch.no_grad():
-                t8 = bench.time(lambda: dense_forward(dense[False], x))
-                t16 = bench.time(lambda: dense_forward(dense[True], x))
-                for s in args.ratios:
-                    mask = random_cell_mask(n, h // 2, w // 2, s,
-                                            gen).to(bench.device)
-
-                    def run():
-                        return selective_forward(mods, x, mask, 'sparse')
-                    with bench.backend('triton'):
-                        t_tri = bench.time(run)
-                    t_ref = None
-                    if not args.no_reference:
-                        with bench.backend('ref'):
-                            t_ref = bench.time(run)
-                    flops = (1 - s) + s / 4
-                    bench.results['stages', n, dname, s] = (t8, t16, t_tri)
-                    rows.append(('R101 stages 3-4', n, dname, s, fmt(t8),
-                                 fmt(t16), fmt(t_tri), fmt(t_ref),
-                                 f'{t_tri / t8:.2f}', f'{t_tri / t16:.2f}',
-                                 f'{flops:.3f}'))
+                times = time_against_dense(
+                    bench, args, gen, n, dname, 'R101 stages 3-4',
+                    lambda: dense_forward(dense[False], x),
+                    lambda: dense_forward(dense[True], x),
+                    lambda mask: lambda: selective_forward(mods, x, mask,
+                                                           'sparse'), rows)
+            for s, t in times.items():
+                bench.results['stages', n, dname, s] = t
             kernels.release_workspace()
             if bench.device.type == 'cuda':
                 torch.cuda.empty_cache()
@@ -1084,9 +1066,7 @@ def run_parts(args):
              '`run_residual_block` sparse (mask layout, index tables and '
              'the stage-4 densify included) with the Triton backend and with '
              'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8.',
-             ('stages', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
-              'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
-              'FLOPs / OS8'), *timed(time_stages, stages, gen))
+             AGAINST_DENSE, *timed(time_stages, stages, gen))
     if {'op', 'stages'} & set(args.parts):
         batch, dtype = (args.batch_sizes[0], 'fp32') if args.smoke \
             else (8, 'fp16')
@@ -1108,9 +1088,7 @@ def run_parts(args):
              'sparse (mask layout, index tables and the logits densified '
              'included; the head alone starts from the stage-4 rows); '
              'FLOPs = (1 - s) + s / 4 of OS8 (the image pool left out).',
-             ('what', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
-              'triton ms', 'reference ms', 'triton / OS8', 'triton / OS16',
-              'FLOPs / OS8'), *timed(time_head, head, stages, gen))
+             AGAINST_DENSE, *timed(time_head, head, stages, gen))
     if 'train' in args.parts:
         h, w = (8, 16) if args.smoke else args.train_size
         part(f'train step: stages 3-4, {8 * h}x{8 * w} crops',
