@@ -329,7 +329,10 @@ def run_aspp(x: MixedFeature, image_pool: Optional[nn.Module],
     rate r at full-resolution cells, r/2 at down-sampled ones); the results
     are concatenated along channels in that order (the image pool first)
     and ``bottleneck`` runs on them. A down-sampled cell that reads a
-    full-resolution neighbour pools it with ``x``'s pooling.
+    full-resolution neighbour pools it with ``x``'s pooling, which must be
+    parameter-free (``stride``, ``avg`` or ``max``: an ``adaptive``
+    pooling is learned per channel of ``x`` and cannot pool the wider
+    concatenation).
 
     Args:
         x (MixedFeature): the input feature.
@@ -344,6 +347,12 @@ def run_aspp(x: MixedFeature, image_pool: Optional[nn.Module],
     if not isinstance(x, MixedFeature):
         raise ValueError('run_aspp takes a MixedFeature, got '
                          f'{type(x).__name__}')
+    if x.pool.mode == 'adaptive':
+        raise ValueError(
+            "run_aspp needs a parameter-free pooling ('stride', 'avg' or "
+            "'max'): the feature's 'adaptive' pooling is learned for its "
+            f'{x.pool.channels} channels and cannot pool the concatenation '
+            "(x.new(x.data, 'stride') re-pools it)")
     outs = []
     if image_pool is not None:
         pooled = image_pool(mixed_global_avg_pool(x))  # (N, C', 1, 1)

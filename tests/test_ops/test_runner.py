@@ -156,15 +156,16 @@ def test_aspp_at_the_two_resolutions(execution):
                                        rtol=1e-5)
 
 
-@pytest.mark.parametrize('density', [0.25, 0.5])
-def test_aspp_sparse_equals_dense_emulation(density):
+@pytest.mark.parametrize('density,pool', [(0.25, 'stride'), (0.5, 'stride'),
+                                          (0.5, 'avg'), (0.5, 'max')])
+def test_aspp_sparse_equals_dense_emulation(density, pool):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 6, 16, 24, generator=g)
     mask = ref.random_mask(2, 8, 12, density, g)
     mods = aspp_modules(seed=2)
     with torch.no_grad():
         dense, sparse = (run_aspp(MixedFeature.from_dense(
-            x, CellMask(mask, ex)), *mods).densify()
+            x, CellMask(mask, ex), pool), *mods).densify()
             for ex in ('dense', 'sparse'))
     assert dense.shape == (2, 4, 16, 24)
     torch.testing.assert_close(sparse, dense, atol=1e-4, rtol=1e-4)
@@ -178,6 +179,9 @@ def test_aspp_errors_are_named():
                                    CellMask(torch.zeros(1, 1, 4, 4), 'dense'))
     with pytest.raises(ValueError, match='an image pool or a branch'):
         run_aspp(feat, None, [], bottleneck)
+    adaptive = feat.new(feat.data, SelectivePooling('adaptive', channels=6))
+    with pytest.raises(ValueError, match="parameter-free pooling"):
+        run_aspp(adaptive, pool, branches, bottleneck)
 
 
 @pytest.mark.parametrize('bad,match', [

@@ -744,8 +744,8 @@ def test_benchmark_gpu_targets():
                ('op', 'stage 3', 8, 'fp32', 0.5): (10., 9.)}
     rows = target_rows(results)
     assert [(r[1], r[3]) for r in rows] == [
-        ('1.50', 'met'), ('1.04', 'met'), ('1.25', 'MISSED'),
-        ('0.07', 'met'), ('0.06', 'met'), ('0.12', 'MISSED')]
+        ('1.500', 'met'), ('1.040', 'met'), ('1.250', 'MISSED'),
+        ('0.075', 'met'), ('0.062', 'met'), ('0.125', 'MISSED')]
     assert 'batch 1, fp16, density 0.5' in rows[3][0]
     assert 'batch 8, fp16, density 0.25' in rows[4][0]
     empty = target_rows({})
