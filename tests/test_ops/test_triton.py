@@ -184,6 +184,27 @@ def test_epilogue_bias_residual_relu(k, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize('k', [1, 3])
+def test_nan_propagates_through_the_relu(k):
+    """A NaN source value makes NaN every output row that reads it, after
+    the fused ReLU too, as torch's ReLU keeps NaN (the dense model's
+    logits show it); rows that do not read it stay finite."""
+    gen = torch.Generator().manual_seed(k)
+    src = torch.randn(30, 17, generator=gen)
+    src[4, 3] = float('nan')
+    index = torch.randint(0, 30, (23 * k * k, ), generator=gen)
+    index[k * k * 2] = 4  # row 2 reads it
+    weight = torch.randn(9, 17, k, k, generator=gen) / 6
+    reads = (index.view(23, k * k) == 4).any(1)
+    assert 0 < reads.sum() < 23
+    for res, relu in ((None, True), (torch.randn(23, 9, generator=gen),
+                                     True), (None, False)):
+        got = run_gather(src, index, weight, None, residual=res, relu=relu)
+        assert torch.equal(got.isnan().all(1), reads)
+        assert torch.isfinite(got[~reads]).all()
+
+
+@needs_triton
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_rows_linear(dtype):
     gen = torch.Generator().manual_seed(0)
@@ -387,7 +408,8 @@ def test_kernel_compiles_for_gpus(case, target):
     (async copies; one buffer would make each tile's loads wait for the
     previous product), the products run on the tensor cores (asynchronous
     wgmma on sm_90), and the epilogue stores the output rows and loads the
-    residual in vectors, not one 16-bit element at a time."""
+    residual in vectors, not one 16-bit element at a time; the ReLU keeps
+    NaN (max.NaN)."""
     arch, shared_limit = GPU_TARGETS[target]
     kernel, cfg, even = compile_case(case, arch)
     assert kernel.asm.get('cubin')
@@ -402,6 +424,8 @@ def test_kernel_compiles_for_gpus(case, target):
         assert 'wgmma.mma_async' in ptx and 'mma.sync' not in ptx
     else:
         assert 'mma.sync.aligned' in ptx
+    if COMPILE_CASES[case][5]:  # the fused ReLU keeps NaN, one instruction
+        assert 'max.NaN.f32' in ptx and not re.search(r'max\.f32', ptx)
     if even:
         ttgir = kernel.asm['ttgir']
         assert 'async_copy' in ttgir

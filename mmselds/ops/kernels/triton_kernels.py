@@ -119,8 +119,8 @@ def _selective_gemm(src_ptr, index_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
         res = tl.load(res_ptr + ro[:, None] * stride_rm
                       + co[None, :] * stride_rn, mask=out_mask, other=0.0)
         acc += res.to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+    if RELU:  # NaN stays NaN, as torch.relu keeps it (the default drops it)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     tl.store(out_ptr + ro[:, None] * stride_om + co[None, :] * stride_on,
              acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
