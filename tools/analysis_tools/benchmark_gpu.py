@@ -558,10 +558,12 @@ def build_head(bench, args, gen):
     return AsppHead(*head_config(args), gen).to(bench.device)
 
 
-def feature_map(bench, args, n, c, gen, dtype=torch.float32, relu=False):
-    """A random (n, c, H, W) OS8 map of unit scale, channels-last; with
-    ``relu`` non-negative, as a stage's output."""
-    h, w = args.size
+def feature_map(bench, args, n, c, gen, dtype=torch.float32, relu=False,
+                size=None):
+    """A random (n, c, H, W) OS8 map (``size``, default ``args.size``) of
+    unit scale, channels-last; with ``relu`` non-negative, as a stage's
+    output."""
+    h, w = size or args.size
     x = torch.randn(n, c, h, w, generator=gen)
     x = x.relu_() if relu else x
     return x.to(bench.device, dtype).contiguous(
@@ -714,12 +716,13 @@ AGAINST_DENSE = ('what', 'batch', 'dtype', 's', 'OS8 ms', 'OS16 ms',
 
 
 def time_against_dense(bench, args, gen, n, dname, what, os8, os16,
-                       selective, rows):
+                       selective, rows, size=None):
     """Time the dense OS8 and OS16 baselines ``os8()`` and ``os16()`` and,
-    at each ratio s, ``selective(mask)()`` (a random mask of ratio s) with
-    the Triton backend and with the reference; one table row per s.
+    at each ratio s, ``selective(mask)()`` (a random mask of ratio s for
+    the OS8 map ``size``, default ``args.size``) with the Triton backend
+    and with the reference; one table row per s.
     Returns {s: (OS8 ms, OS16 ms, Triton ms)}."""
-    h, w = args.size
+    h, w = size or args.size
     t8, t16 = bench.time(os8), bench.time(os16)
     times = {}
     for s in args.ratios:
@@ -761,6 +764,20 @@ def time_stages(bench, args, stages, gen, rows):
             kernels.release_workspace()
             if bench.device.type == 'cuda':
                 torch.cuda.empty_cache()
+    # the same passes on a 16 x 32 map, batch 1: the device's work is
+    # negligible there, so the time is the host's (Python, kernel launches,
+    # host reads) per pass, which a small input on a fast GPU waits for
+    tiny, dname = (16, 32), args.dtypes[0]
+    mods = [s.to(DTYPES[dname]) for s in stages]
+    dense = {k: to_dtype(v, DTYPES[dname]) for k, v in folded.items()}
+    x = feature_map(bench, args, 1, c_in, gen, DTYPES[dname], size=tiny)
+    with torch.no_grad():
+        time_against_dense(
+            bench, args, gen, 1, dname, 'R101 stages 3-4, 16x32 map (host)',
+            lambda: dense_forward(dense[False], x),
+            lambda: dense_forward(dense[True], x),
+            lambda mask: lambda: selective_forward(mods, x, mask, 'sparse'),
+            rows, size=tiny)
     for s in stages:
         s.float()
 
@@ -1069,7 +1086,9 @@ def run_parts(args):
              'OS16 network, stride-2 stage-3 entrance); selective = '
              '`run_residual_block` sparse (mask layout, index tables and '
              'the stage-4 densify included) with the Triton backend and with '
-             'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8.',
+             'the PyTorch reference; FLOPs = (1 - s) + s / 4 of OS8. The '
+             '16x32 rows: the same passes on a tiny map, whose time is the '
+             "host's cost of issuing them (Python, launches, host reads).",
              AGAINST_DENSE, *timed(time_stages, stages, gen))
     if {'op', 'stages'} & set(args.parts):
         batch, dtype = (args.batch_sizes[0], 'fp32') if args.smoke \
