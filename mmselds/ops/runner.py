@@ -121,10 +121,30 @@ def _is_3x3(m: nn.Module) -> bool:
 
 def _key(tensors) -> Optional[tuple]:
     """Storage, version, dtype and device of ``tensors``; None when one
-    has no version (an inference tensor: nothing is kept)."""
-    key = tuple(None if t is None else (t.data_ptr(), version(t), t.dtype,
-                                        t.device) for t in tensors)
-    return None if any(k is not None and k[1] is None for k in key) else key
+    has no version (an inference tensor: nothing is kept). (A loop, not a
+    generator: it runs once a conv a pass.)"""
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+            continue
+        v = version(t)
+        if v is None:
+            return None
+        key.append((t.data_ptr(), v, t.dtype, t.device))
+    return tuple(key)
+
+
+def _tensor(module: nn.Module, name: str) -> Optional[Tensor]:
+    """``getattr(module, name)`` for a parameter or buffer, read from the
+    module's dicts: ``nn.Module.__getattr__`` costs ~1 us a lookup, which
+    the host pays for each conv of a sparse pass (a GPU's small inputs wait
+    for it). Anything else (a parametrized weight) goes through getattr."""
+    if name in module._parameters:
+        return module._parameters[name]
+    if name in module._buffers:
+        return module._buffers[name]
+    return getattr(module, name)
 
 
 def _check_finite(weight: Tensor, bias: Optional[Tensor], conv: nn.Conv2d,
@@ -167,19 +187,19 @@ def sparse_weights(conv: nn.Conv2d, norm: Optional[_BatchNorm] = None
     :func:`clear_sparse_weights`. A non-finite folded weight raises
     ``FloatingPointError``.
     """
-    tensors = [conv.weight, conv.bias]
+    tensors = [_tensor(conv, 'weight'), _tensor(conv, 'bias')]
     if norm is not None:
-        tensors += [norm.weight, norm.bias, norm.running_mean,
-                    norm.running_var]
-    cache = torch.is_grad_enabled() is False or not any(
+        tensors += [_tensor(norm, n) for n in
+                    ('weight', 'bias', 'running_mean', 'running_var')]
+    cache = not torch.is_grad_enabled() or not any(
         t is not None and t.requires_grad for t in tensors)
-    versions = _key(tensors)
-    cache = cache and versions is not None
+    versions = _key(tensors) if cache else None
+    cache = versions is not None
     key = (versions, None if norm is None else norm.eps)
     hit = conv.__dict__.get('_sparse_weights')
     if cache and hit is not None and hit[0] == key:
         return hit[1], hit[2]
-    weight, bias = conv.weight, conv.bias
+    weight, bias = tensors[:2]
     if norm is not None:
         weight, bias = fold_batch_norm(weight, bias, norm)
     weight = weight.contiguous(memory_format=torch.channels_last)

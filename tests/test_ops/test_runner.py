@@ -272,6 +272,26 @@ def test_sparse_weights_are_kept_until_the_parameters_change():
     assert w4.requires_grad and '_sparse_weights' not in conv.__dict__
 
 
+def test_sparse_weights_read_parametrized_weights():
+    """Parameters and buffers are read from the module's dicts (fast); a
+    parametrized weight, which is not there, is computed as getattr
+    computes it."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(5, 6, 3, padding=1), nn.BatchNorm2d(6).eval()
+    randomize_(bn)
+    plain = sparse_weights(conv, bn)
+    parametrize.register_parametrization(conv, 'weight', Double())
+    with torch.no_grad():
+        doubled = sparse_weights(conv, bn)
+    torch.testing.assert_close(doubled[0], 2 * plain[0])
+    torch.testing.assert_close(doubled[1], plain[1])
+
+
 def test_dense_layers_fold_and_equal_the_modules():
     """The dense part of sparse inference (stem, stages 1-2) with folded
     BatchNorm equals the modules, strided and grouped convs included."""
