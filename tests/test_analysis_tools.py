@@ -138,6 +138,41 @@ def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
     assert figure is not None and figure.shape[0] > 200
 
 
+def test_benchmark_cudnn_autotuner_follows_the_config(monkeypatch):
+    """On CUDA the model-level benchmark runs cuDNN's autotuner as the
+    config's env_cfg sets it (as tools/test.py does), unless
+    --no-cudnn-benchmark; on the CPU it leaves torch's setting alone."""
+    import argparse
+
+    import torch
+    from mmengine.config import Config
+    sys.path.insert(0, f'{ROOT}/tools/analysis_tools')
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    on = Config(dict(env_cfg=dict(cudnn_benchmark=True)))
+
+    def args(device, off=False):
+        return argparse.Namespace(device=device, no_cudnn_benchmark=off)
+    assert benchmark.cudnn_autotuner(args('cpu'), on) is None
+    assert torch.backends.cudnn.benchmark is False
+    assert benchmark.cudnn_autotuner(args('cuda:0'), on) is True
+    assert torch.backends.cudnn.benchmark is True
+    assert benchmark.cudnn_autotuner(args('cuda'), on) is True
+    assert benchmark.cudnn_autotuner(args('cuda', off=True), on) is False
+    assert torch.backends.cudnn.benchmark is False
+    assert benchmark.cudnn_autotuner(args('cuda'), Config(dict())) is False
+    # the Cityscapes configs inherit mmseg's default_runtime (on); the
+    # CPU demo configs turn it off
+    cfg = Config.fromfile(f'{ROOT}/configs/selds/deeplabv3-selds-cad_r101-'
+                          'd8_4xb2-80k_cityscapes-512x1024.py')
+    assert benchmark.cudnn_autotuner(args('cuda'), cfg) is True
+    cfg = Config.fromfile(SELDS_DEMO)
+    assert benchmark.cudnn_autotuner(args('cuda'), cfg) is False
+
+
 def test_get_flops_own_masks_use_the_images_size(demo_data, tmp_path):
     """Without --shape, the references are the dense networks at the
     images' own size (128x256 here), not at 1024x2048."""

@@ -53,6 +53,11 @@ def parse_args(argv=None):
                    'forward allocates at its peak, from torch\'s memory '
                    'profiler on the CPU, the caching allocator on CUDA)')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--no-cudnn-benchmark', action='store_true',
+                   help="on CUDA: leave cuDNN's autotuner off (default: as "
+                   "the config's env_cfg.cudnn_benchmark sets it, which "
+                   "mmseg's default_runtime turns on and tools/test.py "
+                   'runs with)')
     p.add_argument('--threads', type=int, help='torch CPU threads')
     p.add_argument('--out', help='write the results to this JSON file')
     p.add_argument('--plot', help='write time and multiply-add ratios '
@@ -61,9 +66,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def cudnn_autotuner(args, cfg):
+    """Set cuDNN's autotuner for a CUDA run as the config's runtime sets it
+    for tools/train.py and tools/test.py (``env_cfg.cudnn_benchmark``; on
+    in mmseg's default_runtime), off with --no-cudnn-benchmark; return the
+    setting, or None on the CPU (left as it is). The warm-up round absorbs
+    the tuning."""
+    if not args.device.startswith('cuda'):
+        return None
+    on = bool(cfg.get('env_cfg', {}).get('cudnn_benchmark', False)) and \
+        not args.no_cudnn_benchmark
+    torch.backends.cudnn.benchmark = on
+    return on
+
+
 def build_cases(args):
-    """{name: (model, mask or None, macs dict, channels_last)} for every
-    case."""
+    """({name: (model, mask or None, macs dict, channels_last)} for every
+    case, the config)."""
     model, cfg = build_segmentor(args.config, args.checkpoint,
                                  args.cfg_options, args.device)
     size, n = tuple(args.shape), args.batch_size
@@ -89,14 +108,15 @@ def build_cases(args):
         ratio = model.backbone.last_ratio
         cases[f'own (s={ratio:.2f})'] = (
             model, None, model_macs(model, size, [ratio]), False)
-    return cases
+    return cases, cfg
 
 
 def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = build_cases(args)
+    cases, cfg = build_cases(args)
+    autotuner = cudnn_autotuner(args, cfg)
     x = torch.randn(args.batch_size, 3, *args.shape, device=args.device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     fns = {}
@@ -140,8 +160,9 @@ def main():
                     plain[f'{part}_ms']
                 r[f'{part}_flops_ratio'] = r[f'{part}_gmacs'] / \
                     b[f'{part}_gmacs']
-    dev = torch.cuda.get_device_name() if args.device.startswith(
-        'cuda') else f'cpu, {torch.get_num_threads()} threads'
+    dev = f'{torch.cuda.get_device_name()}, cuDNN autotuner ' + (
+        'on' if autotuner else 'off') if autotuner is not None else \
+        f'cpu, {torch.get_num_threads()} threads'
     print(f'\n{osp.basename(args.config)}: input {args.shape[0]}x'
           f'{args.shape[1]}, batch {args.batch_size}, {dev}, torch '
           f'{torch.__version__}, median of {args.repeat} interleaved rounds')
@@ -173,6 +194,7 @@ def main():
         with open(args.out, 'w') as f:
             json.dump(dict(config=args.config, shape=args.shape,
                            batch_size=args.batch_size, device=dev,
+                           cudnn_benchmark=autotuner,
                            repeat=args.repeat, rows=rows), f, indent=2)
 
 
