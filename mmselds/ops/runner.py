@@ -121,8 +121,7 @@ def _is_3x3(m: nn.Module) -> bool:
 
 def _key(tensors) -> Optional[tuple]:
     """Storage, version, dtype and device of ``tensors``; None when one
-    has no version (an inference tensor: nothing is kept). (A loop, not a
-    generator: it runs once a conv a pass.)"""
+    has no version (an inference tensor: nothing is kept)."""
     key = []
     for t in tensors:
         if t is None:
