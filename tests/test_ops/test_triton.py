@@ -184,6 +184,19 @@ def test_epilogue_bias_residual_relu(k, dtype):
 
 
 @needs_triton
+def test_launch_arithmetic_equals_tritons():
+    """The host's grid and tile arithmetic, in plain Python (Triton's
+    cdiv / next_power_of_2 cost ~4 us a call), equals Triton's."""
+    import triton
+    for n in list(range(0, 300)) + [1023, 1024, 1025, 32768, 32769]:
+        for lo, hi in ((16, 64), (1, 1 << 20), (16, 128)):
+            assert tk()._pow2(n, lo, hi) == max(
+                lo, min(hi, triton.next_power_of_2(max(n, 1))))
+        for b in (1, 16, 32, 64, 128):
+            assert tk()._cdiv(n, b) == triton.cdiv(n, b)
+
+
+@needs_triton
 @pytest.mark.parametrize('k', [1, 3])
 def test_nan_propagates_through_the_relu(k):
     """A NaN source value makes NaN every output row that reads it, after
