@@ -197,11 +197,14 @@ def test_launch_arithmetic_equals_tritons():
 
 
 @needs_triton
+@pytest.mark.parametrize('device', ['interpreter',
+                                    pytest.param('cuda', marks=needs_cuda)])
 @pytest.mark.parametrize('k', [1, 3])
-def test_nan_propagates_through_the_relu(k):
+def test_nan_propagates_through_the_relu(k, device):
     """A NaN source value makes NaN every output row that reads it, after
     the fused ReLU too, as torch's ReLU keeps NaN (the dense model's
-    logits show it); rows that do not read it stay finite."""
+    logits show it); rows that do not read it stay finite. Under the
+    interpreter and, on a GPU, compiled."""
     gen = torch.Generator().manual_seed(k)
     src = torch.randn(30, 17, generator=gen)
     src[4, 3] = float('nan')
@@ -210,9 +213,15 @@ def test_nan_propagates_through_the_relu(k):
     weight = torch.randn(9, 17, k, k, generator=gen) / 6
     reads = (index.view(23, k * k) == 4).any(1)
     assert 0 < reads.sum() < 23
+    dev = 'cuda' if device == 'cuda' else 'cpu'
+    src, index, weight = (t.to(dev) for t in (src, index, weight))
     for res, relu in ((None, True), (torch.randn(23, 9, generator=gen),
                                      True), (None, False)):
-        got = run_gather(src, index, weight, None, residual=res, relu=relu)
+        out = torch.full((23, 9), float('nan'), device=dev)
+        got = tk().gather_linear(
+            src, index, weight, None, out=out, relu=relu,
+            residual=None if res is None else res.to(dev),
+            interpret=device != 'cuda').cpu()
         assert torch.equal(got.isnan().all(1), reads)
         assert torch.isfinite(got[~reads]).all()
 
