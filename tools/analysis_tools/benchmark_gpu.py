@@ -617,7 +617,6 @@ def to_dtype(folded, dtype):
 def time_head(bench, args, head, stages, gen, rows):
     """The ASPP head alone (on a stage-4 output) and stages 3-4 with the
     head, dense OS8 and OS16 against selective."""
-    h, w = args.size
     c_in = stage_configs(args)[0][0]
     heads = {os16: head.dense_folded(os16) for os16 in (False, True)}
     blocks = {os16: folded_blocks(stages, os16) for os16 in (False, True)}
@@ -742,23 +741,29 @@ def time_against_dense(bench, args, gen, n, dname, what, os8, os16,
 
 
 def time_stages(bench, args, stages, gen, rows):
-    h, w = args.size
     c_in = stage_configs(args)[0][0]
     folded = {os16: folded_blocks(stages, os16) for os16 in (False, True)}
+
+    def time_in(dname, x, what, size=None):
+        """The stages in ``dname`` on ``x`` (float32, cast), dense against
+        selective (:func:`time_against_dense`)."""
+        dtype = DTYPES[dname]
+        mods = [s.to(dtype) for s in stages]
+        dense = {k: to_dtype(v, dtype) for k, v in folded.items()}
+        x = x.to(dtype)
+        with torch.no_grad():
+            return time_against_dense(
+                bench, args, gen, x.shape[0], dname, what,
+                lambda: dense_forward(dense[False], x),
+                lambda: dense_forward(dense[True], x),
+                lambda mask: lambda: selective_forward(mods, x, mask,
+                                                       'sparse'),
+                rows, size=size)
+
     for n in args.batch_sizes:
         x32 = feature_map(bench, args, n, c_in, gen)  # cast for each dtype
         for dname in args.dtypes:
-            dtype = DTYPES[dname]
-            mods = [s.to(dtype) for s in stages]
-            dense = {k: to_dtype(v, dtype) for k, v in folded.items()}
-            x = x32.to(dtype)
-            with torch.no_grad():
-                times = time_against_dense(
-                    bench, args, gen, n, dname, 'R101 stages 3-4',
-                    lambda: dense_forward(dense[False], x),
-                    lambda: dense_forward(dense[True], x),
-                    lambda mask: lambda: selective_forward(mods, x, mask,
-                                                           'sparse'), rows)
+            times = time_in(dname, x32, 'R101 stages 3-4')
             for s, t in times.items():
                 bench.results['stages', n, dname, s] = t
             kernels.release_workspace()
@@ -767,17 +772,9 @@ def time_stages(bench, args, stages, gen, rows):
     # the same passes on a 16 x 32 map, batch 1: the device's work is
     # negligible there, so the time is the host's (Python, kernel launches,
     # host reads) per pass, which a small input on a fast GPU waits for
-    tiny, dname = (16, 32), args.dtypes[0]
-    mods = [s.to(DTYPES[dname]) for s in stages]
-    dense = {k: to_dtype(v, DTYPES[dname]) for k, v in folded.items()}
-    x = feature_map(bench, args, 1, c_in, gen, DTYPES[dname], size=tiny)
-    with torch.no_grad():
-        time_against_dense(
-            bench, args, gen, 1, dname, 'R101 stages 3-4, 16x32 map (host)',
-            lambda: dense_forward(dense[False], x),
-            lambda: dense_forward(dense[True], x),
-            lambda mask: lambda: selective_forward(mods, x, mask, 'sparse'),
-            rows, size=tiny)
+    tiny = (16, 32)
+    time_in(args.dtypes[0], feature_map(bench, args, 1, c_in, gen, size=tiny),
+            'R101 stages 3-4, 16x32 map (host)', tiny)
     for s in stages:
         s.float()
 
