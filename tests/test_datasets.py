@@ -111,3 +111,68 @@ def test_converter_defaults_match_the_demo(tmp_path):
     image = cv2.imread(str(next(tmp_path.glob(
         'leftImg8bit/train/*/*_leftImg8bit.png'))))
     assert image.shape == (128, 256, 3)
+
+
+def _pngs(root, sub):
+    import glob
+    return sorted(glob.glob(osp.join(root, sub, '*', '*', '*.png')))
+
+
+def test_generating_again_replaces_the_earlier_data_set(tmp_path):
+    """A second run into the same folder leaves exactly its own images (it
+    used to write over the first run's and leave the rest: 6 + 2 images of
+    two sizes where 3 + 1 were asked for), and the record tells the two
+    apart."""
+    root = str(tmp_path)
+    generate(root, 6, 2, (128, 256), seed=0)
+    assert is_generated(root, 6, 2, (128, 256), seed=0)
+    assert not is_generated(root, 6, 2, (64, 128), seed=0)  # other size
+    assert not is_generated(root, 6, 2, (128, 256), seed=1)  # other seed
+    generate(root, 3, 1, (64, 128), seed=0)
+    images = _pngs(root, 'leftImg8bit')
+    assert len(images) == 4 and len(_pngs(root, 'gtFine')) == 4
+    assert {cv2.imread(p).shape for p in images} == {(64, 128, 3)}
+    assert len([p for p in images if '/val/' in p]) == 1
+    assert is_generated(root, 3, 1, (64, 128), seed=0)
+    assert not is_generated(root, 6, 2)
+    # an image deleted after generation: not complete any more
+    import os
+    os.remove(images[0])
+    assert not is_generated(root, 3, 1, (64, 128), seed=0)
+
+
+def test_generator_never_mixes_into_data_it_did_not_write(tmp_path):
+    import os
+
+    import pytest
+    folder = tmp_path / 'gtFine' / 'train' / 'aachen'
+    folder.mkdir(parents=True)
+    (folder / 'mine_gtFine_labelTrainIds.png').write_bytes(b'x')
+    with pytest.raises(FileExistsError, match=r'1 file under .*did not '
+                       r'write .*synthetic_cityscapes.json'):
+        generate(str(tmp_path), 1, 1, (64, 128))
+    assert os.listdir(folder) == ['mine_gtFine_labelTrainIds.png']
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match='num_train must be an integer '
+                           '>= 0'):
+            generate(str(tmp_path / 'new'), bad, 1)
+
+
+def test_generator_command_line_errors(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    script = 'tools/dataset_converters/synthetic_cityscapes.py'
+    (tmp_path / 'gtFine' / 'val').mkdir(parents=True)
+    (tmp_path / 'gtFine' / 'val' / 'x.png').write_bytes(b'x')
+    for args, message in (
+            (['--num-train', '-1'], 'argument --num-train: must be >= 0, '
+             'got -1'),
+            (['--size', '16', '64'], 'argument --size: must be >= 32, got '
+             '16'),
+            ([], 'error: ' + str(tmp_path) + ' already holds 1 file')):
+        out = subprocess.run([sys.executable, script, str(tmp_path), *args],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+        assert 'Traceback' not in out.stderr

@@ -54,7 +54,7 @@ from mmselds.analysis.ablation import (LETTER_SHAPE, aggregate_runs,
 from mmselds.analysis.plots import plot_ablation
 from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
-from mmselds.datasets import generate_with_progress, is_generated
+from mmselds.datasets import generate_with_progress, is_generated, read_record
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
 from mmselds.utils.launch import train_or_reuse
 from mmselds.utils.model_io import build_segmentor
@@ -417,11 +417,13 @@ def main(argv=None):
             f'{c["loss"]} sparsity loss')
 
     # 1. data
-    if is_generated(args.data_root, args.num_train, args.num_val):
+    if is_generated(args.data_root, args.num_train, args.num_val,
+                    (128, 256), seed=0):
         log(f'data: {args.data_root} already there')
-    elif osp.isdir(osp.join(args.data_root, 'leftImg8bit')):
-        log(f'data: using {args.data_root} as it is (not {args.num_train} '
-            f'+ {args.num_val} generated images: not regenerated)')
+    elif osp.isdir(osp.join(args.data_root, 'leftImg8bit')) and \
+            read_record(args.data_root) is None:
+        log(f'data: using {args.data_root} as it is (not a data set the '
+            'generator wrote: not regenerated)')
     else:
         log(f'data: generating {args.num_train} + {args.num_val} images in '
             f'{args.data_root}')

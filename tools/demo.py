@@ -86,14 +86,18 @@ def parse_args():
 
 # ----------------------------------------------------------------- steps
 def ensure_data(args) -> None:
-    if is_generated(args.data_root, args.num_train, args.num_val):
+    if is_generated(args.data_root, args.num_train, args.num_val,
+                    (128, 256), seed=0):
         log(f'data: {args.data_root} ({args.num_train} train, '
             f'{args.num_val} val images) already there')
         return
     log(f'data: generating {args.num_train} + {args.num_val} images in '
         f'{args.data_root}')
-    generate_with_progress(args.data_root, args.num_train, args.num_val,
-                           (128, 256), seed=0)
+    try:
+        generate_with_progress(args.data_root, args.num_train, args.num_val,
+                               (128, 256), seed=0)
+    except FileExistsError as err:
+        sys.exit(f'error: {err}')
 
 
 def data_options(data_root: str) -> list:

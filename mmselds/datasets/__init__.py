@@ -2,10 +2,10 @@ from .checks import (NoImagesError, check_dataloader_images,
                      check_dataset_images)
 from .cityscapes import CityscapesConversionError, convert_cityscapes
 from .synthetic_cityscapes import (generate, generate_with_progress,
-                                   is_generated, render_scene)
+                                   is_generated, read_record, render_scene)
 
 __all__ = [
     'CityscapesConversionError', 'NoImagesError', 'check_dataloader_images',
     'check_dataset_images', 'convert_cityscapes', 'generate',
-    'generate_with_progress', 'is_generated', 'render_scene'
+    'generate_with_progress', 'is_generated', 'read_record', 'render_scene'
 ]

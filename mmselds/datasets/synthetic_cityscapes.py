@@ -11,9 +11,11 @@ ego-vehicle hood). Deterministic for a given seed and size::
 
 mmseg's ``CityscapesDataset`` loads it unchanged.
 """
+import json
 import os
 import os.path as osp
-from typing import Dict, Iterable, Tuple
+import shutil
+from typing import Dict, Iterable, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -41,6 +43,10 @@ APPEARANCE: Dict[int, Tuple[Tuple[int, int, int], float]] = {
 DEFAULT_SIZE = (128, 256)  # (H, W) of the demo configs and the README
 CITIES = {'train': ('aachen', 'bremen', 'zurich'),
           'val': ('frankfurt', 'lindau')}
+# written next to the images once they are all there: what was generated
+RECORD = 'synthetic_cityscapes.json'
+SPLIT_DIRS = tuple(osp.join(sub, split) for sub in ('leftImg8bit', 'gtFine')
+                   for split in ('train', 'val'))
 
 
 def _paint(img, label, region, cls, rng):
@@ -190,10 +196,21 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
         seed (int): base seed; image i of a split uses its own seed, so the
             output is the same for the same arguments. Default: 0.
         progress (callable, optional): called as ``progress(n_done, total)``.
+
+    A data set this function wrote earlier into ``out_dir`` (it leaves a
+    record, ``synthetic_cityscapes.json``) is replaced, so the folder holds
+    exactly the requested images. Images that it did not write (no record)
+    are never deleted or mixed in: that is a ``FileExistsError``.
     """
     height, width = size
     if height < 32 or width < 32:
         raise ValueError(f'size must be at least 32x32, got {height}x{width}')
+    for name, count in (('num_train', num_train), ('num_val', num_val)):
+        if isinstance(count, bool) or not isinstance(count, int) \
+                or count < 0:
+            raise ValueError(f'{name} must be an integer >= 0, got '
+                             f'{count!r}')
+    _clear_generated(out_dir)
     counts = dict(train=num_train, val=num_val)
     total, done = num_train + num_val, 0
     for split_idx, (split, count) in enumerate(counts.items()):
@@ -213,11 +230,63 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
             done += 1
             if progress is not None:
                 progress(done, total)
+    with open(osp.join(out_dir, RECORD), 'w') as f:
+        json.dump(dict(num_train=num_train, num_val=num_val,
+                       size=[height, width], seed=seed), f)
     return counts
 
 
-def is_generated(out_dir: str, num_train: int, num_val: int) -> bool:
-    """Whether ``out_dir`` already holds that many images per split."""
+def _count_files(out_dir: str) -> int:
+    return sum(len(files) for sub in SPLIT_DIRS
+               for _, _, files in os.walk(osp.join(out_dir, sub)))
+
+
+def read_record(out_dir: str) -> Optional[dict]:
+    """What :func:`generate` wrote into ``out_dir`` (``num_train``,
+    ``num_val``, ``size``, ``seed``), or None if it has no record."""
+    path = osp.join(out_dir, RECORD)
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _clear_generated(out_dir: str) -> None:
+    """Remove a data set :func:`generate` wrote into ``out_dir`` earlier;
+    refuse if the split folders hold files without its record."""
+    found = _count_files(out_dir)
+    if not found:
+        return
+    if read_record(out_dir) is None:
+        raise FileExistsError(
+            f'{out_dir} already holds {found} '
+            f'file{"s" if found > 1 else ""} under '
+            f'leftImg8bit/ and gtFine/ that the generator did not write '
+            f'(no {RECORD}): generating into it would mix two data sets; '
+            'delete them or choose another folder')
+    os.remove(osp.join(out_dir, RECORD))  # no record while half-written
+    for sub in SPLIT_DIRS:
+        shutil.rmtree(osp.join(out_dir, sub), ignore_errors=True)
+
+
+def is_generated(out_dir: str, num_train: int, num_val: int,
+                 size: Optional[Tuple[int, int]] = None,
+                 seed: Optional[int] = None) -> bool:
+    """Whether ``out_dir`` holds the data set :func:`generate` writes for
+    these arguments (``size`` and ``seed`` checked when given): its record
+    says so and every image is there. A folder without the record (written
+    by an older version) counts when it has that many label images per
+    split."""
+    record = read_record(out_dir)
+    if record is not None:
+        wanted = dict(num_train=num_train, num_val=num_val)
+        if size is not None:
+            wanted['size'] = list(size)
+        if seed is not None:
+            wanted['seed'] = seed
+        if any(record.get(k) != v for k, v in wanted.items()) or \
+                _count_files(out_dir) != 2 * (num_train + num_val):
+            return False
     for split, count in (('train', num_train), ('val', num_val)):
         root = osp.join(out_dir, 'gtFine', split)
         found = sum(len(files) for _, _, files in os.walk(root)) \
@@ -234,8 +303,14 @@ def generate_with_progress(out_dir: str, num_train: int = 200,
     """:func:`generate` with mmengine's progress bar on the terminal (and a
     line break after it), as the tools show it."""
     from mmengine.utils import ProgressBar
-    bar = ProgressBar(num_train + num_val)
-    counts = generate(out_dir, num_train, num_val, size, seed,
-                      progress=lambda done, total: bar.update())
-    print()
+    bars = []  # made at the first image, after the arguments are checked
+
+    def progress(done, total):
+        if not bars:
+            bars.append(ProgressBar(total))
+        bars[0].update()
+
+    counts = generate(out_dir, num_train, num_val, size, seed, progress)
+    if bars:
+        print()
     return counts

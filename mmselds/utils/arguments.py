@@ -5,15 +5,25 @@ import argparse
 from typing import Callable
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'not an integer: {text!r}')
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {text}')
-    return value
+def int_at_least(least: int) -> Callable[[str], int]:
+    """The type of an integer >= ``least``, e.g. ``int_at_least(32)``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'not an integer: {text!r}')
+        if value < least:
+            raise argparse.ArgumentTypeError(
+                f'must be >= {least}, got {text}')
+        return value
+
+    parse.__name__ = f'an integer >= {least}'
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def fraction(what: str) -> Callable[[str], float]:
