@@ -108,6 +108,67 @@ def test_train_tool_adds_exact_resume_to_any_config(demo_data, tmp_path):
     assert 'rng_states' in load(tmp_path / 'iter_2.pth')
 
 
+@pytest.mark.slow
+def test_resume_of_a_fine_tuning_run(demo_data, tmp_path):
+    """--resume on a config whose load_from is its initialisation (the
+    dense checkpoint a selective model is fine-tuned from): it continues
+    from the work dir's latest checkpoint, exactly, and, with none there,
+    starts the run from load_from. It used to resume from load_from and
+    stop in the optimizer (different number of parameter groups)."""
+    from tests.helpers import DEMO
+    dense = tmp_path / 'dense'
+    run([sys.executable, 'tools/train.py',
+         f'{DEMO}/deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py',
+         '--work-dir', dense, '--cfg-options', *cfg_options(demo_data, **{
+             'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+             'default_hooks.checkpoint.interval': 2,
+             'train_dataloader.batch_size': 2})])
+    init = dense / 'iter_2.pth'
+
+    def fine_tune(work, *extra):
+        return run([sys.executable, 'tools/train.py', SELDS_DEMO,
+                    '--work-dir', work, *extra, '--cfg-options',
+                    *cfg_options(demo_data, **{
+                        'load_from': init, 'train_cfg.max_iters': 4,
+                        'train_cfg.val_interval': 4,
+                        'default_hooks.checkpoint.interval': 2,
+                        'train_dataloader.batch_size': 2,
+                        'randomness.deterministic': True})])
+
+    full = tmp_path / 'full'
+    fine_tune(full)
+    final = weights(full / 'iter_4.pth')
+
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    shutil.copy(full / 'iter_2.pth', resumed / 'iter_2.pth')
+    (resumed / 'last_checkpoint').write_text(str(resumed / 'iter_2.pth'))
+    out = fine_tune(resumed, '--resume')
+    assert f'resuming from {resumed / "iter_2.pth"}, the latest' in out, \
+        out[-3000:]
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert differing(final, weights(resumed / 'iter_4.pth')) == []
+
+    fresh = tmp_path / 'fresh'
+    out = fine_tune(fresh, '--resume')
+    assert 'no checkpoint in' in out and 'starting the run from it' in out
+    assert 'resumed epoch' not in out
+    assert differing(final, weights(fresh / 'iter_4.pth')) == []
+    # a training state of this model given as load_from is resumed from,
+    # as in mmseg (--resume --cfg-options load_from=CKPT)
+    chosen = tmp_path / 'chosen'
+    out = run([sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir',
+               chosen, '--resume', '--cfg-options', *cfg_options(
+                   demo_data, **{'load_from': full / 'iter_2.pth',
+                                 'train_cfg.max_iters': 4,
+                                 'train_cfg.val_interval': 4,
+                                 'default_hooks.checkpoint.interval': 2,
+                                 'train_dataloader.batch_size': 2,
+                                 'randomness.deterministic': True})])
+    assert 'resumed epoch: 0, iter: 2' in out
+    assert differing(final, weights(chosen / 'iter_4.pth')) == []
+
+
 class Noise(torch.utils.data.Dataset):
     """Samples made of numpy, Python and torch random numbers, as a data
     pipeline's augmentations draw them."""

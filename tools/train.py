@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
-from mmselds.engine.hooks import add_check_load_hook, add_hook
+from mmselds.engine.hooks import add_check_load_hook, add_hook, resolve_resume
 from mmselds.utils.launch import load_config, prepare_launch, run_cli
 
 
@@ -62,6 +62,7 @@ def main():
     cfg = prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg \
         else RUNNERS.build(cfg)
+    resolve_resume(runner)  # --resume with a fine-tuning load_from
     runner.train()
 
 

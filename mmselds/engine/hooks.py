@@ -1,11 +1,13 @@
 from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.runner.checkpoint import find_latest_checkpoint
 from mmseg.registry import HOOKS
 
 from mmselds.utils.checkpoint import (ALLOWED_MISSING, check_checkpoint,
-                                      model_state_of, read_checkpoint)
+                                      compare_state_dicts, model_state_of,
+                                      read_checkpoint, state_dict_of)
 
 
 @HOOKS.register_module()
@@ -97,3 +99,53 @@ def add_check_load_hook(cfg, strict: bool = True):
     ``CheckLoadFromHook`` to ``custom_hooks`` when the config has none (a
     user's own config), and set ``strict`` on the ones it has."""
     return add_hook(cfg, 'CheckLoadFromHook', strict=strict)
+
+
+def resolve_resume(runner) -> Optional[str]:
+    """Make ``--resume`` work on a fine-tuning config; return the file the
+    run will load (None: none).
+
+    mmengine resumes from ``load_from`` when it is set (mmseg's way to
+    resume from a chosen checkpoint: ``--resume --cfg-options
+    load_from=CKPT``). A fine-tuning config's ``load_from`` is its
+    initialisation instead (the dense OS8 checkpoint, an mmseg release, a
+    published model): resuming from it stopped deep inside the optimizer
+    (``loaded state dict has a different number of parameter groups``) or
+    restarted at that run's iteration. So when ``load_from`` is not a
+    training state of this model (no optimizer or message hub in it, or
+    it lacks the model's mask head or pooling), ``--resume`` does what it
+    does without ``load_from``: it continues from the latest checkpoint in
+    the work dir, or, with none there yet, starts the run from
+    ``load_from``. Each choice is logged.
+    """
+    if not runner._resume:
+        return CheckLoadFromHook.checkpoint_path(runner)
+    if runner._load_from is None:
+        return find_latest_checkpoint(runner.work_dir)
+    path = str(runner._load_from)
+    ckpt = read_checkpoint(path)
+    absent = [k for k in ('optimizer', 'message_hub') if k not in ckpt]
+    if absent:
+        why = f'it holds no {" or ".join(absent)} state'
+    else:
+        lacks = compare_state_dicts(state_dict_of(ckpt, path),
+                                    model_state_of(runner.model),
+                                    ALLOWED_MISSING).allowed_missing
+        if not lacks:
+            return path  # a training state of this model: resume from it
+        why = (f'it lacks {len(lacks)} tensors of the model '
+               f'({lacks[0]}, ...)')
+    latest = find_latest_checkpoint(runner.work_dir)
+    if latest:
+        runner._load_from = latest
+        print_log(f'--resume: load_from={path} is the initialisation of '
+                  f'this run, not a state to resume ({why}): resuming from '
+                  f'{latest}, the latest checkpoint in {runner.work_dir}',
+                  logger='current')
+        return latest
+    runner._resume = False
+    print_log(f'--resume: no checkpoint in {runner.work_dir} yet, and '
+              f'load_from={path} is the initialisation of this run, not a '
+              f'state to resume ({why}): starting the run from it',
+              logger='current')
+    return path
