@@ -154,6 +154,38 @@ def test_tools_test_refuses_a_checkpoint_of_another_depth(
     assert re.search(r'mIoU: [\d.]+', out)
 
 
+def test_testing_without_a_trained_mask_head_warns(tmp_path, tiny_data,
+                                                   checkpoints):
+    """A checkpoint without the mask head (an mmseg or dense one) given to
+    tools/test.py or an analysis tool: a warning that the mask head is
+    random (was an INFO line ending "expected for an mmseg checkpoint",
+    and plausible ratios and mIoU); training from it stays a notice."""
+    state = torch.load(checkpoints['r18'], weights_only=False)['state_dict']
+    dense = tmp_path / 'dense.pth'
+    torch.save(dict(meta={}, state_dict={
+        k: v for k, v in state.items()
+        if not k.startswith(('backbone.mask_head.', 'backbone.pooling.'))}),
+        dense)
+    warning = 'reflect a random mask head, not the method'
+    for ckpt, warned in ((dense, True), (checkpoints['r18'], False)):
+        rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO, ckpt,
+                       '--work-dir', tmp_path / 'w', '--cfg-options',
+                       *cfg_options(tiny_data)])
+        assert rc == 0 and re.search(r'mIoU: [\d.]+', out), out[-3000:]
+        assert (warning in out) == warned, out[-3000:]
+        if warned:
+            line = next(x for x in out.splitlines() if warning in x)
+            assert 'WARNING' in line and 'backbone.mask_head.*' in line
+    rc, out = run([sys.executable, 'tools/analysis_tools/get_flops.py',
+                   SELDS_DEMO, '--checkpoint', dense, '--shape', 64, 128])
+    assert rc == 0 and warning in out, out[-3000:]
+    rc, out = run([sys.executable, 'tools/analysis_tools/get_flops.py',
+                   SELDS_DEMO, '--data-root', tiny_data, '--num-images', 1])
+    assert rc == 0, out[-3000:]
+    assert 'no --checkpoint: the mask head keeps its random ' \
+           'initialisation, so the masks' in out and warning in out
+
+
 def test_tools_test_tta(tmp_path, tiny_data, checkpoints):
     rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO,
                    checkpoints['r18'], '--tta', '--work-dir', tmp_path / 'w',

@@ -55,7 +55,8 @@ def test_check_load_from_accepts_an_mmseg_checkpoint(tmp_path, caplog):
             assert torch.equal(ckpt['state_dict'][key], value) or \
                 value.isnan().all()
     notice = [r.getMessage() for r in caplog.records
-              if 'keep their initialisation' in r.getMessage()]
+              if 'keep their initialisation' in r.getMessage()
+              and r.levelno == logging.INFO]  # training from it: a notice
     assert len(notice) == 1, caplog.text
     assert 'backbone.mask_head.*' in notice[0]
     assert 'backbone.pooling.*' in notice[0]
@@ -135,6 +136,9 @@ def test_add_check_load_hook():
     cfg = add_check_load_hook(Config(dict(custom_hooks=[
         dict(type='CheckLoadFromHook', strict=False)])))
     assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True)]
+    cfg = add_check_load_hook(Config(dict()), inference=True)  # tools/test
+    assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True,
+                                     inference=True)]
     # tools/train.py adds ExactResumeHook the same way, once
     from mmselds.engine.hooks import add_hook
     cfg = add_hook(add_hook(Config(dict()), 'ExactResumeHook'),

@@ -73,7 +73,7 @@ def main():
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
-    add_check_load_hook(cfg, strict=not args.no_strict_load)
+    add_check_load_hook(cfg, strict=not args.no_strict_load, inference=True)
     if args.tta:
         absent = [k for k in ('tta_pipeline', 'tta_model')
                   if cfg.get(k, None) is None]

@@ -37,14 +37,20 @@ class CheckLoadFromHook(Hook):
         allowed_missing (Sequence[str]): prefixes of model keys that may be
             absent from the checkpoint.
             Default: ``('backbone.mask_head.', 'backbone.pooling.')``.
+        inference (bool): the checkpoint is tested, not trained from
+            (``tools/test.py`` sets it): missing ``allowed_missing``
+            tensors are then a warning that the mask head is untrained.
+            Default: False.
     """
 
     priority = 'VERY_LOW'
 
     def __init__(self, strict: bool = True,
-                 allowed_missing: Sequence[str] = ALLOWED_MISSING):
+                 allowed_missing: Sequence[str] = ALLOWED_MISSING,
+                 inference: bool = False):
         self.strict = strict
         self.allowed_missing = tuple(allowed_missing)
+        self.inference = inference
         self._path: Optional[str] = None
 
     @staticmethod
@@ -68,7 +74,8 @@ class CheckLoadFromHook(Hook):
         diff = check_checkpoint(checkpoint, runner.model, path,
                                 strict=self.strict,
                                 allowed_missing=self.allowed_missing,
-                                logger=runner.logger)
+                                logger=runner.logger,
+                                inference=self.inference)
         if diff.allowed_missing:
             # the model's own initial values: loading them changes nothing,
             # and mmengine does not repeat the notice as a block of
@@ -94,11 +101,13 @@ def add_hook(cfg, hook_type: str, **options):
     return cfg
 
 
-def add_check_load_hook(cfg, strict: bool = True):
+def add_check_load_hook(cfg, strict: bool = True, inference: bool = False):
     """Make a config's loading strict (or not, ``strict=False``): add a
     ``CheckLoadFromHook`` to ``custom_hooks`` when the config has none (a
-    user's own config), and set ``strict`` on the ones it has."""
-    return add_hook(cfg, 'CheckLoadFromHook', strict=strict)
+    user's own config), and set ``strict`` (and ``inference``, for
+    testing) on the ones it has."""
+    extra = dict(inference=True) if inference else {}
+    return add_hook(cfg, 'CheckLoadFromHook', strict=strict, **extra)
 
 
 def resolve_resume(runner) -> Optional[str]:

@@ -177,27 +177,41 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+UNTRAINED = ('so the masks, the down-sampling ratio, the cost and the '
+             'accuracy measured with it reflect a random mask head, not '
+             'the method: evaluate a fine-tuned selective checkpoint '
+             '(configs/selds/README.md)')
+
+
 def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
                      path: str = 'checkpoint', strict: bool = True,
                      allowed_missing: Sequence[str] = ALLOWED_MISSING,
-                     logger='current') -> StateDictDiff:
+                     logger='current',
+                     inference: bool = False) -> StateDictDiff:
     """Check that ``checkpoint`` (a checkpoint dict or a state dict) fits
     ``model``.
 
     Keys under ``allowed_missing`` that the checkpoint lacks get a one-line
-    notice. Any other missing key, an unexpected key or a shape mismatch
-    raises ``CheckpointMismatchError`` (a ``ValueError``) naming the first
-    ones, or, with ``strict=False``, a warning.
+    notice: expected when training starts from an mmseg checkpoint, a
+    warning with ``inference=True`` (testing, analysis: the mask head is
+    then untrained). Any other missing key, an unexpected key or a shape
+    mismatch raises ``CheckpointMismatchError`` (a ``ValueError``) naming
+    the first ones, or, with ``strict=False``, a warning.
     """
     diff = compare_state_dicts(state_dict_of(checkpoint, path),
                                model_state_of(model), allowed_missing)
     if diff.allowed_missing:
         prefixes = sorted({p for p in allowed_missing for k in
                            diff.allowed_missing if k.startswith(p)})
-        print_log(f'{path}: {len(diff.allowed_missing)} tensors under '
-                  f'{", ".join(p + "*" for p in prefixes)} are not in the '
-                  'checkpoint and keep their initialisation (expected for '
-                  'an mmseg checkpoint)', logger=logger, level=logging.INFO)
+        what = (f'{path}: {len(diff.allowed_missing)} tensors under '
+                f'{", ".join(p + "*" for p in prefixes)} are not in the '
+                'checkpoint and keep their ')
+        if inference:
+            print_log(what + f'random initialisation, {UNTRAINED}',
+                      logger=logger, level=logging.WARNING)
+        else:
+            print_log(what + 'initialisation (expected for an mmseg '
+                      'checkpoint)', logger=logger, level=logging.INFO)
     if not diff.ok:
         message = f'{path} does not fit the model: {diff.describe()}'
         if strict:
@@ -214,12 +228,14 @@ def load_model_checkpoint(model: torch.nn.Module, path: str,
                           strict: bool = True,
                           allowed_missing: Sequence[str] = ALLOWED_MISSING,
                           map_location='cpu',
-                          logger: Optional[str] = 'current') -> dict:
-    """Read ``path``, check it against ``model`` (``check_checkpoint``) and
-    load the tensors that fit. Returns the checkpoint dict."""
+                          logger: Optional[str] = 'current',
+                          inference: bool = True) -> dict:
+    """Read ``path``, check it against ``model`` (``check_checkpoint``; for
+    inference by default: a missing mask head is a warning) and load the
+    tensors that fit. Returns the checkpoint dict."""
     ckpt = read_checkpoint(path, map_location=map_location)
     diff = check_checkpoint(ckpt, model, path, strict, allowed_missing,
-                            logger)
+                            logger, inference)
     mismatched = {k for k, _, _ in diff.mismatched}
     state = {k: v for k, v in state_dict_of(ckpt, path).items()
              if k not in mismatched}
