@@ -91,3 +91,49 @@ def test_train_test_and_get_flops_name_the_empty_folder(
                 'no images (no *_leftImg8bit.png') in out, (name, out[-3000:])
         assert 'need at least one array' not in out, name
         assert 'Traceback' not in out, (name, out[-3000:])
+
+
+def test_read_config_names_a_path_that_is_not_a_config(tmp_path):
+    from mmselds.utils.config import InvalidConfigError, read_config
+    typo = SELDS_DEMO[:-4] + '.py'  # ...-128x25.py
+    with pytest.raises(InvalidConfigError, match=r'config file .*128x25\.py '
+                       r'does not exist \(did you mean .*128x256\.py'):
+        read_config(typo)
+    with pytest.raises(InvalidConfigError, match='does not exist$'):
+        read_config(tmp_path / 'nothing' / 'like' / 'it.py')
+    ckpt = tmp_path / 'iter_4.pth'
+    ckpt.write_bytes(b'x')
+    with pytest.raises(InvalidConfigError, match=r'iter_4\.pth is not a '
+                       r'config file .*the CONFIG first, then the CHECKPOINT'):
+        read_config(ckpt)
+    assert read_config(SELDS_DEMO).model.type  # a config reads as before
+
+
+def test_tools_name_a_bad_config_path_and_a_missing_device(tmp_path):
+    """One error line, no traceback (was mmengine's FileNotFoundError /
+    "Only py/yml/yaml/json type are supported now!" and torch's "Torch not
+    compiled with CUDA enabled" tracebacks)."""
+    import torch
+    ckpt = tmp_path / 'iter_4.pth'
+    ckpt.write_bytes(b'x')
+    typo = SELDS_DEMO[:-4] + '.py'
+    cases = [
+        (['tools/test.py', typo, ckpt], 'error: config file'),
+        (['tools/test.py', ckpt, SELDS_DEMO], 'is not a config file'),
+        (['tools/train.py', typo], 'error: config file'),
+        (['tools/analysis_tools/get_flops.py', typo], 'error: config file'),
+        (['tools/analysis_tools/mask_head_flops.py', '--config', typo],
+         'error: config file')]
+    if not torch.cuda.is_available():
+        cases += [
+            (['tools/train.py', SELDS_DEMO, '--amp'],
+             'error: --amp needs a GPU'),
+            (['tools/analysis_tools/benchmark.py', SELDS_DEMO, '--device',
+              'cuda'], 'argument --device: cuda: no CUDA device'),
+            (['tools/analysis_tools/benchmark_ops.py', '--device', 'cuda:0'],
+             'argument --device: cuda:0: no CUDA device')]
+    cases.append((['tools/analysis_tools/benchmark_ops.py', '--device',
+                   'gpu0'], "argument --device: not a device: 'gpu0'"))
+    for cmd, message in cases:
+        _, out = run_failing([sys.executable, *cmd])
+        assert message in out and 'Traceback' not in out, (cmd, out[-2000:])

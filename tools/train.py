@@ -43,10 +43,23 @@ def parse_args():
     return args
 
 
+def amp_device_available() -> bool:
+    """Whether mmengine's ``AmpOptimWrapper`` can train here (its own
+    check)."""
+    from mmengine import device
+    return any(getattr(device, f'is_{name}_available', lambda: False)()
+               for name in ('cuda', 'npu', 'mlu', 'musa'))
+
+
 def main():
     args = parse_args()
     cfg = load_config(args, mode='train')
     if args.amp:
+        if not amp_device_available():
+            raise SystemExit(
+                'error: --amp needs a GPU (CUDA, NPU, MLU or MUSA): '
+                "mmengine's AmpOptimWrapper does not train on the CPU, and "
+                'this machine has no such device')
         if cfg.optim_wrapper.type == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.',
                       logger='current', level=logging.WARNING)

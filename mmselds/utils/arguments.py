@@ -42,3 +42,24 @@ def fraction(what: str) -> Callable[[str], float]:
 
     parse.__name__ = what  # argparse's fallback message names it
     return parse
+
+
+def torch_device(text: str):
+    """A torch device that this machine has: ``cpu``, ``cuda``,
+    ``cuda:1``, ... (a CUDA device without CUDA is refused here, not by a
+    deep ``Torch not compiled with CUDA enabled``)."""
+    import torch
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f'not a device: {text!r}')
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f'{text}: no CUDA device on this machine (torch '
+                f'{torch.__version__}, CUDA {torch.version.cuda})')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f'{text}: this machine has {torch.cuda.device_count()} '
+                'CUDA devices')
+    return text

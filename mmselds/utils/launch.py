@@ -18,6 +18,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
+from mmselds.utils.config import InvalidConfigError, read_config
 
 
 def load_config(args, mode: Optional[str] = None) -> Config:
@@ -31,7 +32,7 @@ def load_config(args, mode: Optional[str] = None) -> Config:
     ``checkpoint``), else ``'train'``. A missing folder or one without
     images stops here with a message naming it (``SystemExit``).
     """
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -107,15 +108,16 @@ def prepare_launch(cfg: Config, launcher: str) -> Config:
 
 
 def run_cli(main: Callable[[], object]):
-    """Run a tool's ``main``: a checkpoint that cannot be read or does not
-    fit the model, or a data folder without images, ends the tool with one
+    """Run a tool's ``main``: a config path that is not a config file, a
+    checkpoint that cannot be read or does not fit the model, or a data
+    folder without images, ends the tool with one
     ``error: ...`` line and exit status 1 instead of a traceback."""
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
                                           InvalidCheckpointError)
     try:
         result = main()
     except (InvalidCheckpointError, CheckpointMismatchError,
-            NoImagesError) as err:
+            InvalidConfigError, NoImagesError) as err:
         sys.exit(f'error: {err}')
     close_process_group()
     return result

@@ -1,11 +1,11 @@
 """Building a segmentor from a config for the analysis tools."""
 from typing import Optional
 
-from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from .checkpoint import load_model_checkpoint
+from .config import read_config
 
 
 def build_segmentor(config: str, checkpoint: Optional[str] = None,
@@ -16,7 +16,7 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
     pretrained backbones are never downloaded. A checkpoint is loaded
     through ``mmselds.utils.checkpoint.load_model_checkpoint``: a bad file
     or (with ``strict``) tensors that do not fit are a ``ValueError``."""
-    cfg = Config.fromfile(config)
+    cfg = read_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))

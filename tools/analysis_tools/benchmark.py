@@ -30,6 +30,7 @@ from mmselds.analysis.timing import (dense_twin, inference_fn, median,
                                      optimise_dense, peak_memory,
                                      time_interleaved)
 from mmselds.ops import random_cell_mask
+from mmselds.utils.arguments import torch_device
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
@@ -52,7 +53,7 @@ def parse_args(argv=None):
                    help='skip the peak-memory measurement (tensor memory a '
                    'forward allocates at its peak, from torch\'s memory '
                    'profiler on the CPU, the caching allocator on CUDA)')
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='cpu', type=torch_device)
     p.add_argument('--no-cudnn-benchmark', action='store_true',
                    help="on CUDA: leave cuDNN's autotuner off (default: as "
                    "the config's env_cfg.cudnn_benchmark sets it, which "

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from mmselds.analysis.timing import median, time_call, time_interleaved
 from mmselds.ops import (CellMask, MixedFeature, random_cell_mask,
                          selective_conv2d)
-from mmselds.utils.arguments import fraction, positive_int
+from mmselds.utils.arguments import fraction, positive_int, torch_device
 
 DENSITY = fraction('a density (fraction of full-resolution cells)')
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--repeat', type=int, default=9,
                    help='timed runs per case (median); >= 5')
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='cpu', type=torch_device)
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)

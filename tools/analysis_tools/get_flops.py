@@ -16,9 +16,11 @@ Examples::
 """
 import argparse
 import json
+import logging
 
 import torch
 from mmengine.config import DictAction
+from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
 import mmselds  # noqa: F401
@@ -26,6 +28,7 @@ from mmselds.analysis import is_selective, model_macs, reference_macs
 from mmselds.datasets import NoImagesError
 from mmselds.models.backbones import check_input_size
 from mmselds.utils.arguments import fraction, positive_int
+from mmselds.utils.checkpoint import UNTRAINED
 from mmselds.utils.evaluation import build_test_loader
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
@@ -124,6 +127,10 @@ def main(argv=None):
     columns, column_refs = {}, {}
     image_refs = sizes = None
     if args.data_root:
+        if is_selective(model) and not args.checkpoint:
+            print_log('get_flops: no --checkpoint: the mask head keeps its '
+                      f'random initialisation, {UNTRAINED}',
+                      logger='current', level=logging.WARNING)
         name, counts, image_refs, sizes = image_columns(
             model, cfg, args.data_root, args.num_images)
         columns[name], column_refs[name] = counts, image_refs

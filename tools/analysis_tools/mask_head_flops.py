@@ -20,7 +20,6 @@ Example::
 import argparse
 import os.path as osp
 
-from mmengine.config import Config
 from mmseg.registry import MODELS
 
 import mmselds  # noqa: F401
@@ -28,6 +27,8 @@ from mmselds.analysis import selective_stage_macs
 from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
 from mmselds.models.backbones import check_input_size
 from mmselds.utils.arguments import fraction, positive_int
+from mmselds.utils.config import read_config
+from mmselds.utils.launch import run_cli
 
 # the repository root (this file is tools/analysis_tools/mask_head_flops.py)
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -79,7 +80,7 @@ def main(argv=None):
         h, w = check_input_size(args.shape)
     except ValueError as error:
         parser.error(f'argument --shape: {error}')
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     cfg.model.backbone.pop('init_cfg', None)
     backbone = MODELS.build(cfg.model.backbone)
     if not hasattr(backbone, 'mask_head'):
@@ -137,4 +138,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -21,7 +21,7 @@ import os.path as osp
 import sys
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 from mmseg.registry import MODELS
@@ -32,6 +32,7 @@ from mmselds.analysis.calibration import (CALIBRATION_KEY,
                                           mask_probabilities,
                                           threshold_for_ratio)
 from mmselds.utils.checkpoint import load_model_checkpoint
+from mmselds.utils.config import read_config
 from mmselds.utils.launch import run_cli
 
 
@@ -67,7 +68,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
+    cfg = read_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))

@@ -1,0 +1,40 @@
+"""Reading a config file for the tools: a path that is not a config file
+(a typo, a checkpoint given in its place) is one named error instead of
+mmengine's traceback."""
+import difflib
+import os
+import os.path as osp
+
+from mmengine.config import Config
+
+CONFIG_EXTENSIONS = ('.py', '.json', '.yml', '.yaml')
+
+
+class InvalidConfigError(ValueError):
+    """A config path that does not exist or is not a config file."""
+
+
+def read_config(path) -> Config:
+    """``Config.fromfile(path)``, after checking that ``path`` is a config
+    file: a missing one is an ``InvalidConfigError`` that names the
+    closest file names in its folder, another extension (``.pth``: the
+    tools take CONFIG before CHECKPOINT) one that says so. Paths with a
+    package scope (``mmseg::...``) go to mmengine unchanged."""
+    path = str(path)
+    if '::' in path:
+        return Config.fromfile(path)
+    if not osp.isfile(path):
+        folder = osp.dirname(path) or '.'
+        close = difflib.get_close_matches(
+            osp.basename(path), sorted(os.listdir(folder)), n=3) \
+            if osp.isdir(folder) else []
+        hint = (' (did you mean ' + ' or '.join(
+            osp.join(osp.dirname(path), c) for c in close) + '?)'
+            if close else '')
+        raise InvalidConfigError(f'config file {path} does not exist{hint}')
+    if osp.splitext(path)[1] not in CONFIG_EXTENSIONS:
+        raise InvalidConfigError(
+            f'{path} is not a config file ({", ".join(CONFIG_EXTENSIONS)})'
+            + ('; the tools take the CONFIG first, then the CHECKPOINT'
+               if path.endswith(('.pth', '.pt', '.ckpt')) else ''))
+    return Config.fromfile(path)
