@@ -55,6 +55,7 @@ from mmselds.analysis.plots import plot_ablation
 from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate_with_progress, is_generated, read_record
+from mmselds.utils.arguments import summary
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
 from mmselds.utils.launch import train_or_reuse
 from mmselds.utils.model_io import build_segmentor
@@ -83,7 +84,7 @@ def log(msg: str) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description=' '.join(__doc__.split('\n\n')[0].split()))
+        description=summary(__doc__))
     p.add_argument('configs', nargs='*', default=ROW_CONFIGS,
                    help='the rows: selective down-sampling configs, each '
                    'fine-tuned from the dense OS8 checkpoint (default: the '

@@ -40,6 +40,7 @@ from mmselds.analysis import (mask_probabilities, model_macs, reference_macs,
 from mmselds.analysis.plots import plot_cost_accuracy
 from mmselds.analysis.report import results_table, sweep_lines
 from mmselds.datasets import generate_with_progress, is_generated
+from mmselds.utils.arguments import summary
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
 from mmselds.utils.launch import train_or_reuse
@@ -65,7 +66,7 @@ def log(msg: str) -> None:
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=summary(__doc__))
     p.add_argument('--work-dir', default='work_dirs/demo')
     p.add_argument('--data-root', default='data/synthetic_cityscapes')
     p.add_argument('--num-train', type=int, default=200)

@@ -5,6 +5,12 @@ import argparse
 from typing import Callable
 
 
+def summary(doc: str) -> str:
+    """The first paragraph of a tool's docstring on one line: its
+    ``--help`` description (the first line alone may stop mid-sentence)."""
+    return ' '.join(doc.strip().split('\n\n')[0].split())
+
+
 def int_at_least(least: int) -> Callable[[str], int]:
     """The type of an integer >= ``least``, e.g. ``int_at_least(32)``."""
 

@@ -30,13 +30,13 @@ from mmselds.analysis.timing import (dense_twin, inference_fn, median,
                                      optimise_dense, peak_memory,
                                      time_interleaved)
 from mmselds.ops import random_cell_mask
-from mmselds.utils.arguments import torch_device
+from mmselds.utils.arguments import summary, torch_device
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=summary(__doc__))
     p.add_argument('config')
     p.add_argument('--checkpoint', help='weights; adds a column for the '
                    'model\'s own mask')

@@ -26,7 +26,7 @@ import mmselds  # noqa: F401
 from mmselds.analysis import selective_stage_macs
 from mmselds.models import CADMaskHead, DepthwiseMaskHead, mask_head_macs
 from mmselds.models.backbones import check_input_size
-from mmselds.utils.arguments import fraction, positive_int
+from mmselds.utils.arguments import fraction, positive_int, summary
 from mmselds.utils.config import read_config
 from mmselds.utils.launch import run_cli
 
@@ -42,7 +42,7 @@ LETTER_SHAPE = (1024, 2048)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+        description=summary(__doc__),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--shape', type=positive_int, nargs=2,
                    default=LETTER_SHAPE,
