@@ -74,6 +74,12 @@ def test_sweep_lines_have_a_line_per_threshold():
     point = dict(SWEEP[0], model_gmacs=0.421)
     assert sweep_lines([point]).endswith(
         'backbone 0.387 GMACs, model 0.421 GMACs')
+    # thresholds that differ in the fifth digit print differently (they
+    # read t=0.5006 three times)
+    close = [dict(SWEEP[0], threshold=t)
+             for t in (0.50061234, 0.50063321, 0.50068, 0.9)]
+    shown = [line.split(':')[0] for line in sweep_lines(close).splitlines()]
+    assert shown == ['  t=0.50061', '  t=0.50063', '  t=0.50068', '  t=0.9']
 
 
 def test_plot_cost_accuracy_writes_a_png(tmp_path):

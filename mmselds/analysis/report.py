@@ -40,6 +40,18 @@ def results_table(results: Dict[str, dict]) -> str:
     return '\n'.join(rows)
 
 
+def distinct_digits(values: Sequence[float], least: int = 4,
+                    most: int = 12) -> int:
+    """The fewest significant digits (at least ``least``) that print
+    different ``values`` differently (thresholds of a sweep can differ in
+    the fifth digit)."""
+    wanted = len(set(values))
+    for digits in range(least, most + 1):
+        if len({f'{v:.{digits}g}' for v in values}) == wanted:
+            return digits
+    return most
+
+
 def sweep_lines(sweep: Sequence[dict]) -> str:
     """One indented line per point of a test-time threshold sweep.
 
@@ -53,8 +65,9 @@ def sweep_lines(sweep: Sequence[dict]) -> str:
         (``, model .. GMACs`` when the point has it) lines joined by
         newlines.
     """
+    digits = distinct_digits([p['threshold'] for p in sweep])
     return '\n'.join(
-        f'  t={p["threshold"]:.4g}: mIoU {p["mIoU"]:.2f}, ds ratio '
+        f'  t={p["threshold"]:.{digits}g}: mIoU {p["mIoU"]:.2f}, ds ratio '
         f'{p["ds_ratio"]:.3f}, backbone {p["backbone_gmacs"]:.3f} GMACs' +
         (f', model {p["model_gmacs"]:.3f} GMACs' if 'model_gmacs' in p
          else '')
