@@ -323,6 +323,19 @@ def test_mmseg2selds_converts_a_deeplabv3_checkpoint(tmp_path, capsys):
         assert torch.equal(selds.state_dict()[key], value), key
 
 
+def test_mmseg2selds_output_is_its_own_summary(tmp_path):
+    """The command prints what it did, not mmengine's initialisation log
+    of every parameter (about 480 of its 520 lines for the R18 demo)."""
+    mmseg_deeplabv3(tmp_path / 'deeplabv3.pth')
+    rc, out = run([sys.executable, 'tools/model_converters/mmseg2selds.py',
+                   tmp_path / 'deeplabv3.pth', SELDS_DEMO,
+                   tmp_path / 'selds.pth'])
+    assert rc == 0, out[-3000:]
+    assert 'KaimingInit' not in out and 'mmengine - INFO' not in out, \
+        out[:3000]
+    assert len(out.splitlines()) < 80 and 'wrote ' in out
+
+
 def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys):
     from mmseg.models.backbones import ResNetV1c
     backbone = randomize_(ResNetV1c(depth=18, **OS8, **NARROW), seed=4)

@@ -42,6 +42,7 @@ import mmselds
 from mmselds.utils.checkpoint import (ALLOWED_MISSING, CheckpointMismatchError,
                                       compare_state_dicts, read_checkpoint,
                                       state_dict_of)
+from mmselds.utils.evaluation import quiet_logger
 from mmselds.utils.model_io import build_segmentor
 
 # first-level names of mmseg's ResNetV1c (deep stem, layers)
@@ -107,7 +108,8 @@ def convert(src: str, config: str, dst: str, cfg_options=None,
     if not hasattr(model.backbone, 'mask_head'):
         raise ValueError(f'{config} does not build a selective model '
                          f'(backbone {type(model.backbone).__name__})')
-    model.init_weights()  # the heads' own initialisation
+    with quiet_logger():  # mmengine logs a line per parameter
+        model.init_weights()  # the heads' own initialisation
     own = model.state_dict()
     allowed = ALLOWED_MISSING + (HEADS if bare else ())
     diff = compare_state_dicts(state, own, allowed)
