@@ -96,3 +96,23 @@ def test_unreadable_images_are_listed_after_the_others(checkpoint, tiny_data,
     # legend below
     assert figure.shape[1] == 2 * 512 and figure.shape[0] > 256
     assert has_color(figure[256:], FULL_EDGE)
+
+
+def test_a_folder_stands_for_its_images(checkpoint, tiny_data, tmp_path):
+    """A folder (Cityscapes' leftImg8bit/val, with its city subfolders)
+    is drawn image by image (was: "skipped (OSError: no such file)");
+    one without images is an error naming it."""
+    from pathlib import Path
+    val = Path(tiny_data) / 'leftImg8bit' / 'val'
+    images = sorted(val.glob('*/*.png'))
+    assert len(images) == 4 and len({p.parent for p in images}) == 2
+    out_dir = tmp_path / 'out'
+    rc, out, err = tool(SELDS_DEMO, checkpoint, val, '--out-dir', out_dir)
+    assert rc == 0, out + err
+    assert sorted(p.name for p in out_dir.glob('*.png')) == sorted(
+        p.stem + '_mask.png' for p in images)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'notes.txt').write_text('x')
+    rc, out, err = tool(SELDS_DEMO, checkpoint, empty, '--out-dir', out_dir)
+    assert rc == 1 and f'error: the folder {empty} holds no images' in err

@@ -1,6 +1,7 @@
 """Draw the down-sampling mask a selective model predicts on images.
 
-One PNG per image in --out-dir, as the demo's overlays: left, the image with
+One PNG per image (a folder stands for the images in it and its
+subfolders) in --out-dir, as the demo's overlays: left, the image with
 down-sampled (OS16) cells tinted and full-resolution (OS8) cells outlined;
 right, the model's prediction with the full-resolution cells outlined; a
 legend below. Images lower than --min-height pixels are enlarged (nearest
@@ -15,6 +16,8 @@ Example::
 
     python tools/analysis_tools/visualize_masks.py CONFIG CHECKPOINT \
         demo/*.png --out-dir work_dirs/masks
+    python tools/analysis_tools/visualize_masks.py CONFIG CHECKPOINT \
+        data/cityscapes/leftImg8bit/val/frankfurt --out-dir work_dirs/masks
 """
 import argparse
 import os
@@ -30,8 +33,9 @@ import cv2
 from mmengine.config import DictAction
 from mmseg.apis import inference_model, init_model
 
-from mmselds.utils.arguments import fraction
+from mmselds.utils.arguments import fraction, positive_int, torch_device
 from mmselds.utils.checkpoint import load_model_checkpoint
+from mmselds.utils.config import read_config
 from mmselds.utils.launch import run_cli
 from mmselds.visualization import mask_panel, palette_image
 
@@ -42,17 +46,40 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('config')
     p.add_argument('checkpoint')
-    p.add_argument('images', nargs='+', help='image files')
+    p.add_argument('images', nargs='+', help='image files or folders of '
+                   'images')
     p.add_argument('--out-dir', required=True)
     p.add_argument('--threshold', type=fraction('a probability'), default=None,
                    help='explicit test-time threshold on P(down-sample), in '
                    '[0, 1] (default None: the model\'s own decision, as '
                    'tools/test.py)')
-    p.add_argument('--min-height', type=int, default=256,
+    p.add_argument('--min-height', type=positive_int, default=256,
                    help='enlarge lower images to at least this height')
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='cpu', type=torch_device)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args(argv)
+
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff',
+                    '.webp')
+
+
+def expand_images(paths) -> list:
+    """The image files of ``paths``: a file as it is (checked when it is
+    drawn), a folder as the images in it and its subfolders, in order."""
+    files = []
+    for path in paths:
+        if not osp.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(
+            osp.join(root, name) for root, _, names in os.walk(path)
+            for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            raise SystemExit(f'error: the folder {path} holds no images '
+                             f'({", ".join(IMAGE_EXTENSIONS)})')
+        files += found
+    return files
 
 
 def draw(model, path: str, out_dir: str, min_height: int) -> str:
@@ -85,7 +112,8 @@ def default_meta(model) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    model = init_model(args.config, None, args.device,
+    images = expand_images(args.images)
+    model = init_model(read_config(args.config), None, args.device,
                        cfg_options=args.cfg_options)
     meta = load_model_checkpoint(model, args.checkpoint).get('meta', {})
     model.dataset_meta = meta.get('dataset_meta') or default_meta(model)
@@ -97,7 +125,7 @@ def main(argv=None):
     print(f'mask decision: {model.backbone.mask_head.decision_rule()}')
     os.makedirs(args.out_dir, exist_ok=True)
     failures = []
-    for path in args.images:
+    for path in images:
         try:
             draw(model, path, args.out_dir, args.min_height)
         except Exception as error:  # report, go on with the other images
@@ -105,7 +133,7 @@ def main(argv=None):
             print(f'{path}: skipped ({failures[-1][1]})', file=sys.stderr)
     if failures:
         lines = '\n'.join(f'  {path}: {why}' for path, why in failures)
-        raise SystemExit(f'error: {len(failures)} of {len(args.images)} '
+        raise SystemExit(f'error: {len(failures)} of {len(images)} '
                          f'images failed:\n{lines}')
 
 
