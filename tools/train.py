@@ -53,13 +53,13 @@ def amp_device_available() -> bool:
 
 def main():
     args = parse_args()
+    if args.amp and not amp_device_available():
+        raise SystemExit(
+            'error: --amp needs a GPU (CUDA, NPU, MLU or MUSA): '
+            "mmengine's AmpOptimWrapper does not train on the CPU, and "
+            'this machine has no such device')
     cfg = load_config(args, mode='train')
     if args.amp:
-        if not amp_device_available():
-            raise SystemExit(
-                'error: --amp needs a GPU (CUDA, NPU, MLU or MUSA): '
-                "mmengine's AmpOptimWrapper does not train on the CPU, and "
-                'this machine has no such device')
         if cfg.optim_wrapper.type == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.',
                       logger='current', level=logging.WARNING)
