@@ -192,6 +192,18 @@ def test_a_finished_run_of_the_same_settings_is_reused(
     assert len(started) == 5
     train(opts=['randomness.seed=1'], retrain=True)
     assert len(started) == 6
+    # the same data root regenerated with other images: trained again
+    from mmselds.datasets import generate
+    data = str(tmp_path / 'data')
+    generate(data, 1, 1, (64, 128))
+    with_data = ['randomness.seed=1',
+                 f'train_dataloader.dataset.data_root={data}']
+    train(opts=with_data)
+    train(opts=with_data)
+    assert len(started) == 7
+    generate(data, 2, 1, (64, 128))
+    train(opts=with_data)
+    assert len(started) == 8
 
 
 @pytest.mark.parametrize('jobs', [1, 3])

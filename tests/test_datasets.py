@@ -171,8 +171,60 @@ def test_generator_command_line_errors(tmp_path):
              'got -1'),
             (['--size', '16', '64'], 'argument --size: must be >= 32, got '
              '16'),
-            ([], 'error: ' + str(tmp_path) + ' already holds 1 file')):
+            ([], 'error: ' + str(tmp_path) + ' holds 1 file')):
         out = subprocess.run([sys.executable, script, str(tmp_path), *args],
                              cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and message in out.stderr, out.stderr
         assert 'Traceback' not in out.stderr
+
+
+def test_an_interrupted_generation_is_replaced_not_reused(tmp_path):
+    """Stopped half-way (Ctrl-C): the folder does not count as generated,
+    and the next run replaces it (the record, written first, names the
+    files) instead of refusing it as data it did not write."""
+    import json
+
+    import pytest
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(done, total):
+        if done == 3:
+            raise Stop
+
+    root = str(tmp_path)
+    with pytest.raises(Stop):
+        generate(root, 4, 2, (64, 128), progress=stop_after_three)
+    record = json.load(open(osp.join(root, 'synthetic_cityscapes.json')))
+    assert record['complete'] is False
+    assert len(_pngs(root, 'leftImg8bit')) == 3
+    assert not is_generated(root, 4, 2, (64, 128), seed=0)
+    generate(root, 4, 2, (64, 128))
+    assert is_generated(root, 4, 2, (64, 128), seed=0)
+    assert len(_pngs(root, 'leftImg8bit')) == 6
+
+
+def test_files_added_to_a_generated_folder_are_kept_and_refused(tmp_path):
+    """Regenerating deletes only the files the record names; a file the
+    user added is neither deleted nor mixed in. A record that cannot be
+    read is an error naming it."""
+    import os
+
+    import pytest
+    root = str(tmp_path)
+    generate(root, 2, 1, (64, 128))
+    mine = tmp_path / 'leftImg8bit' / 'val' / 'mycity' / 'x_leftImg8bit.png'
+    mine.parent.mkdir()
+    mine.write_bytes(b'mine')
+    assert not is_generated(root, 2, 1, (64, 128), seed=0)  # an extra file
+    with pytest.raises(FileExistsError, match=r'holds 1 file .*not in its '
+                       r'synthetic_cityscapes.json; first: .*x_leftImg8bit'):
+        generate(root, 3, 1, (64, 128))
+    assert mine.read_bytes() == b'mine'
+    assert len(_pngs(root, 'gtFine')) == 3  # the data set is untouched
+    os.remove(mine)
+    (tmp_path / 'synthetic_cityscapes.json').write_text('{"num_tr')
+    with pytest.raises(FileExistsError, match='is not a record the '
+                       'generator wrote'):
+        generate(root, 3, 1, (64, 128))

@@ -2,7 +2,8 @@
 Prop. 2, same starting point, schedule, data and seeds, on the generated
 street scenes (or any Cityscapes-layout data).
 
-1. generates the synthetic data set (if absent);
+1. generates the synthetic data set (if absent; one it generated with
+   other counts is replaced, other data is used as it is);
 2. trains dense OS8 once (the common starting point) and dense OS16 (the
    cheap reference) with ``tools/train.py``;
 3. per seed, fine-tunes every row's config from the OS8 checkpoint with
@@ -55,7 +56,7 @@ from mmselds.analysis.plots import plot_ablation
 from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate_with_progress, is_generated, read_record
-from mmselds.utils.arguments import summary
+from mmselds.utils.arguments import non_negative_int, summary
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
 from mmselds.utils.launch import train_or_reuse
 from mmselds.utils.model_io import build_segmentor
@@ -99,11 +100,12 @@ def parse_args(argv=None):
                    help='the dense OS16 model, a reference point (default: '
                    'the demo\'s)')
     p.add_argument('--data-root', default='data/synthetic_cityscapes',
-                   help='Cityscapes-layout data, generated if absent '
+                   help='Cityscapes-layout data, generated if absent or '
+                   'generated with other counts '
                    '(default: %(default)s)')
-    p.add_argument('--num-train', type=int, default=200,
+    p.add_argument('--num-train', type=non_negative_int, default=200,
                    help='training images to generate (default: %(default)s)')
-    p.add_argument('--num-val', type=int, default=50,
+    p.add_argument('--num-val', type=non_negative_int, default=50,
                    help='validation images to generate (default: '
                    '%(default)s)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1],
@@ -418,18 +420,21 @@ def main(argv=None):
             f'{c["loss"]} sparsity loss')
 
     # 1. data
-    if is_generated(args.data_root, args.num_train, args.num_val,
-                    (128, 256), seed=0):
-        log(f'data: {args.data_root} already there')
-    elif osp.isdir(osp.join(args.data_root, 'leftImg8bit')) and \
-            read_record(args.data_root) is None:
-        log(f'data: using {args.data_root} as it is (not a data set the '
-            'generator wrote: not regenerated)')
-    else:
-        log(f'data: generating {args.num_train} + {args.num_val} images in '
-            f'{args.data_root}')
-        generate_with_progress(args.data_root, args.num_train,
-                               args.num_val, (128, 256), seed=0)
+    try:
+        if is_generated(args.data_root, args.num_train, args.num_val,
+                        (128, 256), seed=0):
+            log(f'data: {args.data_root} already there')
+        elif osp.isdir(osp.join(args.data_root, 'leftImg8bit')) and \
+                read_record(args.data_root) is None:
+            log(f'data: using {args.data_root} as it is (not a data set the '
+                'generator wrote: not regenerated)')
+        else:
+            log(f'data: generating {args.num_train} + {args.num_val} images '
+                f'in {args.data_root}')
+            generate_with_progress(args.data_root, args.num_train,
+                                   args.num_val, (128, 256), seed=0)
+    except FileExistsError as err:  # files it did not write; a bad record
+        sys.exit(f'error: {err}')
 
     # 2. dense references, trained once
     with threads_per_job(args.jobs):

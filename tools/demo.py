@@ -2,7 +2,8 @@
 end on a CPU, on generated data in Cityscapes layout, with mmseg's own data
 pipeline, IoUMetric and tools.
 
-1. generates the synthetic data set (if absent);
+1. generates the synthetic data set (if absent; one it generated with
+   other counts is replaced);
 2. trains dense OS8 and dense OS16 DeepLabV3 (ResNet-18, narrow) with
    ``tools/train.py``, and fine-tunes two selective models from the OS8
    checkpoint, as one starts from a released mmseg model: ``selective``
@@ -40,7 +41,7 @@ from mmselds.analysis import (mask_probabilities, model_macs, reference_macs,
 from mmselds.analysis.plots import plot_cost_accuracy
 from mmselds.analysis.report import results_table, sweep_lines
 from mmselds.datasets import generate_with_progress, is_generated
-from mmselds.utils.arguments import summary
+from mmselds.utils.arguments import non_negative_int, summary
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
 from mmselds.utils.launch import train_or_reuse
@@ -69,8 +70,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=summary(__doc__))
     p.add_argument('--work-dir', default='work_dirs/demo')
     p.add_argument('--data-root', default='data/synthetic_cityscapes')
-    p.add_argument('--num-train', type=int, default=200)
-    p.add_argument('--num-val', type=int, default=50)
+    p.add_argument('--num-train', type=non_negative_int, default=200)
+    p.add_argument('--num-val', type=non_negative_int, default=50)
     p.add_argument('--iters', type=int, help='training iterations of every '
                    'model (default: the configs\', 400 and 200 to fine-tune)')
     p.add_argument('--batch-size', type=int, help='training batch size '
@@ -87,17 +88,17 @@ def parse_args():
 
 # ----------------------------------------------------------------- steps
 def ensure_data(args) -> None:
-    if is_generated(args.data_root, args.num_train, args.num_val,
-                    (128, 256), seed=0):
-        log(f'data: {args.data_root} ({args.num_train} train, '
-            f'{args.num_val} val images) already there')
-        return
-    log(f'data: generating {args.num_train} + {args.num_val} images in '
-        f'{args.data_root}')
     try:
+        if is_generated(args.data_root, args.num_train, args.num_val,
+                        (128, 256), seed=0):
+            log(f'data: {args.data_root} ({args.num_train} train, '
+                f'{args.num_val} val images) already there')
+            return
+        log(f'data: generating {args.num_train} + {args.num_val} images in '
+            f'{args.data_root}')
         generate_with_progress(args.data_root, args.num_train, args.num_val,
                                (128, 256), seed=0)
-    except FileExistsError as err:
+    except FileExistsError as err:  # data it did not write; a bad record
         sys.exit(f'error: {err}')
 
 

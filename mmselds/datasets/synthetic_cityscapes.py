@@ -14,7 +14,6 @@ mmseg's ``CityscapesDataset`` loads it unchanged.
 import json
 import os
 import os.path as osp
-import shutil
 from typing import Dict, Iterable, Optional, Tuple
 
 import cv2
@@ -197,10 +196,12 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
             output is the same for the same arguments. Default: 0.
         progress (callable, optional): called as ``progress(n_done, total)``.
 
-    A data set this function wrote earlier into ``out_dir`` (it leaves a
-    record, ``synthetic_cityscapes.json``) is replaced, so the folder holds
-    exactly the requested images. Images that it did not write (no record)
-    are never deleted or mixed in: that is a ``FileExistsError``.
+    A data set this function wrote into ``out_dir`` before, finished or
+    interrupted, is replaced: its record (``synthetic_cityscapes.json``,
+    written before the first image and marked complete after the last)
+    names its files, and only those are deleted. Other files under the
+    split folders are never deleted or mixed in: a ``FileExistsError``
+    naming them.
     """
     height, width = size
     if height < 32 or width < 32:
@@ -211,62 +212,103 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
             raise ValueError(f'{name} must be an integer >= 0, got '
                              f'{count!r}')
     _clear_generated(out_dir)
-    counts = dict(train=num_train, val=num_val)
-    total, done = num_train + num_val, 0
-    for split_idx, (split, count) in enumerate(counts.items()):
+    record = dict(num_train=num_train, num_val=num_val,
+                  size=[height, width], seed=seed, complete=False)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_record(out_dir, record)
+    total = num_train + num_val
+    for done, (split, i, paths) in enumerate(
+            _files(out_dir, num_train, num_val), 1):
+        rng = np.random.RandomState([seed, SPLITS.index(split), i])
+        img, label = render_scene(height, width, rng)
+        for path, data in zip(paths, (img, label)):
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            if not cv2.imwrite(path, data):
+                raise OSError(f'could not write {path}')
+        if progress is not None:
+            progress(done, total)
+    _write_record(out_dir, dict(record, complete=True))
+    return dict(train=num_train, val=num_val)
+
+
+SPLITS = ('train', 'val')
+
+
+def _files(out_dir: str, num_train: int, num_val: int):
+    """(split, index, (image path, label path)) of every image a data set
+    of these counts has, in the order they are written."""
+    for split, count in zip(SPLITS, (num_train, num_val)):
         for i in range(count):
             city = CITIES[split][i % len(CITIES[split])]
-            rng = np.random.RandomState([seed, split_idx, i])
-            img, label = render_scene(height, width, rng)
             stem = f'{city}_{i // 100:06d}_{i % 100:06d}'
-            for sub, suffix, data in (('leftImg8bit', '_leftImg8bit', img),
-                                      ('gtFine', '_gtFine_labelTrainIds',
-                                       label)):
-                folder = osp.join(out_dir, sub, split, city)
-                os.makedirs(folder, exist_ok=True)
-                if not cv2.imwrite(osp.join(folder, stem + suffix + '.png'),
-                                   data):
-                    raise OSError(f'could not write to {folder}')
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    with open(osp.join(out_dir, RECORD), 'w') as f:
-        json.dump(dict(num_train=num_train, num_val=num_val,
-                       size=[height, width], seed=seed), f)
-    return counts
+            yield split, i, tuple(
+                osp.join(out_dir, sub, split, city, stem + suffix + '.png')
+                for sub, suffix in (('leftImg8bit', '_leftImg8bit'),
+                                    ('gtFine', '_gtFine_labelTrainIds')))
 
 
-def _count_files(out_dir: str) -> int:
-    return sum(len(files) for sub in SPLIT_DIRS
-               for _, _, files in os.walk(osp.join(out_dir, sub)))
+def _write_record(out_dir: str, record: dict) -> None:
+    tmp = osp.join(out_dir, RECORD + '.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(record, f)
+    os.replace(tmp, osp.join(out_dir, RECORD))  # never half-written
+
+
+def _split_files(out_dir: str) -> list:
+    return [osp.join(root, name) for sub in SPLIT_DIRS
+            for root, _, names in os.walk(osp.join(out_dir, sub))
+            for name in names]
 
 
 def read_record(out_dir: str) -> Optional[dict]:
     """What :func:`generate` wrote into ``out_dir`` (``num_train``,
-    ``num_val``, ``size``, ``seed``), or None if it has no record."""
+    ``num_val``, ``size``, ``seed``, ``complete``: False while it writes),
+    or None if it has no record."""
     path = osp.join(out_dir, RECORD)
     if not osp.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        int(record['num_train']), int(record['num_val'])
+    except (ValueError, KeyError, TypeError) as err:
+        raise FileExistsError(
+            f'{path} is not a record the generator wrote ({err}): delete '
+            f'the folder {out_dir} or choose another one') from None
+    return record
 
 
 def _clear_generated(out_dir: str) -> None:
-    """Remove a data set :func:`generate` wrote into ``out_dir`` earlier;
-    refuse if the split folders hold files without its record."""
-    found = _count_files(out_dir)
-    if not found:
-        return
-    if read_record(out_dir) is None:
+    """Delete the files of the data set :func:`generate` wrote into
+    ``out_dir`` before (its record names them) and the record; refuse if
+    the split folders hold other files."""
+    record = read_record(out_dir)
+    ours = set()
+    if record is not None:
+        ours = {path for _, _, paths in _files(
+            out_dir, record['num_train'], record['num_val'])
+            for path in paths}
+    others = sorted(set(_split_files(out_dir)) - ours)
+    if others:
+        n = len(others)
+        why = (f'no {RECORD}: another tool\'s data, or data generated '
+               'before the generator kept a record' if record is None else
+               f'they are not in its {RECORD}')
         raise FileExistsError(
-            f'{out_dir} already holds {found} '
-            f'file{"s" if found > 1 else ""} under '
+            f'{out_dir} holds {n} file{"s" if n > 1 else ""} under '
             f'leftImg8bit/ and gtFine/ that the generator did not write '
-            f'(no {RECORD}): generating into it would mix two data sets; '
-            'delete them or choose another folder')
-    os.remove(osp.join(out_dir, RECORD))  # no record while half-written
-    for sub in SPLIT_DIRS:
-        shutil.rmtree(osp.join(out_dir, sub), ignore_errors=True)
+            f'({why}; first: {others[0]}): generating into it would mix two '
+            'data sets; delete them or choose another folder')
+    for path in ours:
+        if osp.exists(path):
+            os.remove(path)
+    for sub in SPLIT_DIRS:  # the emptied city folders
+        for root, dirs, _ in os.walk(osp.join(out_dir, sub), topdown=False):
+            for d in dirs:
+                if not os.listdir(osp.join(root, d)):
+                    os.rmdir(osp.join(root, d))
+    if record is not None:
+        os.remove(osp.join(out_dir, RECORD))
 
 
 def is_generated(out_dir: str, num_train: int, num_val: int,
@@ -274,20 +316,23 @@ def is_generated(out_dir: str, num_train: int, num_val: int,
                  seed: Optional[int] = None) -> bool:
     """Whether ``out_dir`` holds the data set :func:`generate` writes for
     these arguments (``size`` and ``seed`` checked when given): its record
-    says so and every image is there. A folder without the record (written
-    by an older version) counts when it has that many label images per
-    split."""
+    says so and is complete, and the split folders hold its files and no
+    others. A folder without the record (written before the generator kept
+    one) counts when it has that many label images per split."""
     record = read_record(out_dir)
     if record is not None:
-        wanted = dict(num_train=num_train, num_val=num_val)
+        wanted = dict(num_train=num_train, num_val=num_val, complete=True)
         if size is not None:
             wanted['size'] = list(size)
         if seed is not None:
             wanted['seed'] = seed
-        if any(record.get(k) != v for k, v in wanted.items()) or \
-                _count_files(out_dir) != 2 * (num_train + num_val):
+        if any(record.get(k) != v for k, v in wanted.items()):
             return False
-    for split, count in (('train', num_train), ('val', num_val)):
+        expected = {path for _, _, paths in _files(out_dir, num_train,
+                                                   num_val)
+                    for path in paths}
+        return set(_split_files(out_dir)) == expected
+    for split, count in zip(SPLITS, (num_train, num_val)):
         root = osp.join(out_dir, 'gtFine', split)
         found = sum(len(files) for _, _, files in os.walk(root)) \
             if osp.isdir(root) else 0

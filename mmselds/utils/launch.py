@@ -18,6 +18,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
+from mmselds.datasets.synthetic_cityscapes import read_record
 from mmselds.utils.config import InvalidConfigError, read_config
 
 
@@ -181,8 +182,10 @@ def train_or_reuse(name: str, config: str, work: str, options: list,
     """Train ``config`` with ``tools/train.py`` in ``work`` (progress lines
     from :func:`stream_training`) and return the final checkpoint, or
     return the checkpoint of a finished earlier run of the same config
-    (path and resolved content) with the same ``options`` in ``work``,
-    unless ``retrain``. The demo and the ablation train this way.
+    (path and resolved content) with the same ``options`` on the same data
+    (a generated data root's record, :func:`~mmselds.datasets.read_record`:
+    regenerated data retrains) in ``work``, unless ``retrain``. The demo
+    and the ablation train this way.
 
     Args:
         name (str): the run's name in the progress lines.
@@ -194,8 +197,11 @@ def train_or_reuse(name: str, config: str, work: str, options: list,
     """
     root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     text = Config.fromfile(config).pretty_text
+    roots = sorted({o.split('=', 1)[1] for o in options
+                    if '.dataset.data_root=' in o})
     settings = dict(config=osp.abspath(config), options=list(options),
-                    config_sha256=hashlib.sha256(text.encode()).hexdigest())
+                    config_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                    data={root: read_record(root) for root in roots})
     record = osp.join(work, RUN_RECORD)
     last = osp.join(work, 'last_checkpoint')
     if not retrain and osp.exists(last) and osp.exists(record):
