@@ -132,10 +132,11 @@ def test_add_check_load_hook():
     cfg = add_check_load_hook(Config(dict(custom_hooks=[
         dict(type='EMAHook')])), strict=False)
     assert cfg.custom_hooks == [dict(type='EMAHook'), dict(
-        type='CheckLoadFromHook', strict=False)]
+        type='CheckLoadFromHook', strict=False, inference=False)]
     cfg = add_check_load_hook(Config(dict(custom_hooks=[
-        dict(type='CheckLoadFromHook', strict=False)])))
-    assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True)]
+        dict(type='CheckLoadFromHook', strict=False, inference=True)])))
+    assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True,
+                                     inference=False)]
     cfg = add_check_load_hook(Config(dict()), inference=True)  # tools/test
     assert cfg.custom_hooks == [dict(type='CheckLoadFromHook', strict=True,
                                      inference=True)]
@@ -165,3 +166,51 @@ def test_slurm_scripts_pass_the_job_layout(tmp_path):
                          '--launcher=slurm', args[-1]):
             assert expected in line, (script, line)
         assert 'tools/' + script[6:-3] + '.py' in line
+
+
+def test_resolve_resume_tells_an_initialisation_from_a_training_state(
+        tmp_path):
+    """--resume with load_from (tools/train.py): a training state of this
+    model is resumed from (mmseg's way to pick the checkpoint); a
+    checkpoint without optimizer or message hub, without the mask head, or
+    at the end of this run's schedule is the run's initialisation: the
+    work dir's latest checkpoint is resumed instead, or, with none, the
+    run starts from load_from."""
+    from mmselds.engine.hooks import resolve_resume
+    model = Holder(selds_backbone(18, pool='adaptive'))
+    state = {f'{k}': v for k, v in model.state_dict().items()}
+    training = dict(optimizer={}, message_hub={})
+
+    def ckpt(name, iter_=2, **parts):
+        path = tmp_path / name
+        torch.save(dict(meta=dict(iter=iter_), **parts), path)
+        return path
+
+    own = ckpt('own.pth', state_dict=state, **training)
+    published = ckpt('published.pth', state_dict=state)
+    ended = ckpt('ended.pth', iter_=20000, state_dict=state, **training)
+    mmseg = tmp_path / 'mmseg.pth'
+    save(mmseg_resnet(model.backbone), mmseg)
+    work = tmp_path / 'work'
+    work.mkdir()
+
+    def resolve(path, resume=True):
+        runner = runner_for(model, path, resume=resume, work_dir=work)
+        runner.cfg = dict(train_cfg=dict(max_iters=20000))
+        return resolve_resume(runner), runner
+
+    # no --resume, or no load_from: mmengine's own choice, untouched
+    assert resolve(mmseg, resume=False)[0] == str(mmseg)
+    assert resolve(None)[0] is None  # no checkpoint in the work dir yet
+    assert resolve(own)[0] == str(own)  # resumed from, as in mmseg
+    for init in (published, ended, mmseg):  # empty work dir: a new run
+        path, runner = resolve(init)
+        assert path == str(init) and runner._resume is False, init
+    latest = work / 'iter_8.pth'
+    latest.write_bytes(b'x')
+    (work / 'last_checkpoint').write_text(str(latest))
+    assert resolve(own)[0] == str(own)
+    for init in (published, ended, mmseg):  # the work dir's latest
+        path, runner = resolve(init)
+        assert path == str(latest) and runner._load_from == str(latest)
+        assert runner._resume is True

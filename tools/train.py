@@ -20,7 +20,10 @@ def parse_args():
     parser.add_argument(
         '--resume', action='store_true', default=False,
         help='resume from the latest checkpoint in the work_dir '
-        'automatically')
+        'automatically; with load_from set, from load_from if it is a '
+        'training state of this run, else (a fine-tuning initialisation) '
+        'from the latest checkpoint in the work_dir, or a new run from '
+        'load_from')
     parser.add_argument(
         '--amp', action='store_true', default=False,
         help='enable automatic-mixed-precision training')

@@ -104,10 +104,34 @@ def add_hook(cfg, hook_type: str, **options):
 def add_check_load_hook(cfg, strict: bool = True, inference: bool = False):
     """Make a config's loading strict (or not, ``strict=False``): add a
     ``CheckLoadFromHook`` to ``custom_hooks`` when the config has none (a
-    user's own config), and set ``strict`` (and ``inference``, for
+    user's own config), and set ``strict`` and ``inference`` (True for
     testing) on the ones it has."""
-    extra = dict(inference=True) if inference else {}
-    return add_hook(cfg, 'CheckLoadFromHook', strict=strict, **extra)
+    return add_hook(cfg, 'CheckLoadFromHook', strict=strict,
+                    inference=inference)
+
+
+def _not_a_resume_point(runner, path: str) -> Optional[str]:
+    """Why the checkpoint ``path`` is not a state ``runner`` can resume
+    from, or None if it is one."""
+    ckpt = read_checkpoint(path)
+    absent = [k for k in ('optimizer', 'message_hub') if k not in ckpt]
+    if absent:
+        return f'it holds no {" or ".join(absent)} state'
+    allowed = next((h.allowed_missing for h in getattr(runner, 'hooks', ())
+                    if isinstance(h, CheckLoadFromHook)), ALLOWED_MISSING)
+    lacks = compare_state_dicts(state_dict_of(ckpt, path),
+                                model_state_of(runner.model),
+                                allowed).allowed_missing
+    if lacks:
+        return f'it lacks {len(lacks)} tensors of the model ({lacks[0]}, ...)'
+    meta = ckpt.get('meta') or {}
+    train_cfg = (getattr(runner, 'cfg', None) or {}).get('train_cfg') or {}
+    for unit, key in (('iter', 'max_iters'), ('epoch', 'max_epochs')):
+        done, end = meta.get(unit), train_cfg.get(key)
+        if isinstance(done, int) and isinstance(end, int) and done >= end:
+            return (f'it is at {unit} {done}, the end of this run\'s '
+                    f'{key}={end}')
+    return None
 
 
 def resolve_resume(runner) -> Optional[str]:
@@ -121,29 +145,24 @@ def resolve_resume(runner) -> Optional[str]:
     published model): resuming from it stopped deep inside the optimizer
     (``loaded state dict has a different number of parameter groups``) or
     restarted at that run's iteration. So when ``load_from`` is not a
-    training state of this model (no optimizer or message hub in it, or
-    it lacks the model's mask head or pooling), ``--resume`` does what it
+    training state of this model (no optimizer or message hub in it, it
+    lacks the model's mask head or pooling, or it is at or past this
+    run's ``max_iters`` / ``max_epochs``: another run's end, e.g. the
+    fine-tune start of a ``maskonly`` config), ``--resume`` does what it
     does without ``load_from``: it continues from the latest checkpoint in
     the work dir, or, with none there yet, starts the run from
-    ``load_from``. Each choice is logged.
+    ``load_from``. Each choice is logged. (Every rank of a distributed run
+    decides the same way from the same files, as mmengine's own
+    ``find_latest_checkpoint`` does.)
     """
     if not runner._resume:
         return CheckLoadFromHook.checkpoint_path(runner)
     if runner._load_from is None:
         return find_latest_checkpoint(runner.work_dir)
     path = str(runner._load_from)
-    ckpt = read_checkpoint(path)
-    absent = [k for k in ('optimizer', 'message_hub') if k not in ckpt]
-    if absent:
-        why = f'it holds no {" or ".join(absent)} state'
-    else:
-        lacks = compare_state_dicts(state_dict_of(ckpt, path),
-                                    model_state_of(runner.model),
-                                    ALLOWED_MISSING).allowed_missing
-        if not lacks:
-            return path  # a training state of this model: resume from it
-        why = (f'it lacks {len(lacks)} tensors of the model '
-               f'({lacks[0]}, ...)')
+    why = _not_a_resume_point(runner, path)
+    if why is None:
+        return path  # a training state of this run: resume from it
     latest = find_latest_checkpoint(runner.work_dir)
     if latest:
         runner._load_from = latest
