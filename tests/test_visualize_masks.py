@@ -116,3 +116,17 @@ def test_a_folder_stands_for_its_images(checkpoint, tiny_data, tmp_path):
     (empty / 'notes.txt').write_text('x')
     rc, out, err = tool(SELDS_DEMO, checkpoint, empty, '--out-dir', out_dir)
     assert rc == 1 and f'error: the folder {empty} holds no images' in err
+    # the same file name in two folders would overwrite one figure
+    import shutil
+    twin = tmp_path / 'twin'
+    twin.mkdir()
+    shutil.copy(images[0], twin / images[0].name)
+    rc, out, err = tool(SELDS_DEMO, checkpoint, val, twin, '--out-dir',
+                        out_dir)
+    assert rc == 1 and 'would both be drawn to' in err, err
+    # figures written inside the input folder are not drawn again
+    rc, out, err = tool(SELDS_DEMO, checkpoint, twin, '--out-dir',
+                        twin / 'masks')
+    rc, out, err = tool(SELDS_DEMO, checkpoint, twin, '--out-dir',
+                        twin / 'masks')
+    assert rc == 0 and out.count('of cells at full resolution') == 1, out

@@ -64,9 +64,17 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff',
                     '.webp')
 
 
-def expand_images(paths) -> list:
+def output_path(path: str, out_dir: str) -> str:
+    return osp.join(out_dir, osp.splitext(osp.basename(path))[0] +
+                    '_mask.png')
+
+
+def expand_images(paths, out_dir: str) -> list:
     """The image files of ``paths``: a file as it is (checked when it is
-    drawn), a folder as the images in it and its subfolders, in order."""
+    drawn), a folder as the images in it and its subfolders, in order,
+    except those in ``out_dir`` (earlier figures). Two images whose
+    figures would have the same name are an error naming them."""
+    skip = osp.join(osp.abspath(out_dir), '')
     files = []
     for path in paths:
         if not osp.isdir(path):
@@ -74,11 +82,19 @@ def expand_images(paths) -> list:
             continue
         found = sorted(
             osp.join(root, name) for root, _, names in os.walk(path)
-            for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+            for name in names if name.lower().endswith(IMAGE_EXTENSIONS)
+            and not osp.abspath(osp.join(root, name)).startswith(skip))
         if not found:
             raise SystemExit(f'error: the folder {path} holds no images '
                              f'({", ".join(IMAGE_EXTENSIONS)})')
         files += found
+    seen = {}
+    for path in files:
+        other = seen.setdefault(output_path(path, out_dir), path)
+        if other != path:
+            raise SystemExit(f'error: {other} and {path} would both be drawn '
+                             f'to {output_path(path, out_dir)}; give them '
+                             'in separate runs with separate --out-dir')
     return files
 
 
@@ -94,7 +110,7 @@ def draw(model, path: str, out_dir: str, min_height: int) -> str:
     scale = image.shape[0] / result.img_shape[0]
     palette = model.dataset_meta['palette']
     pred = palette_image(result.pred_sem_seg.data[0].cpu().numpy(), palette)
-    out = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '_mask.png')
+    out = output_path(path, out_dir)
     cv2.imwrite(out, mask_panel(image, mask, scale, pred, min_height))
     print(f'{out}: {1 - mask.mean():.1%} of cells at full resolution')
     return out
@@ -112,7 +128,7 @@ def default_meta(model) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    images = expand_images(args.images)
+    images = expand_images(args.images, args.out_dir)
     model = init_model(read_config(args.config), None, args.device,
                        cfg_options=args.cfg_options)
     meta = load_model_checkpoint(model, args.checkpoint).get('meta', {})
