@@ -4,6 +4,7 @@ mmengine's traceback."""
 import difflib
 import os
 import os.path as osp
+from typing import List, Mapping
 
 from mmengine.config import Config
 
@@ -38,3 +39,33 @@ def read_config(path) -> Config:
             + ('; the tools take the CONFIG first, then the CHECKPOINT'
                if path.endswith(('.pth', '.pt', '.ckpt')) else ''))
     return Config.fromfile(path)
+
+
+def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
+    """One line for each ``--cfg-options`` key whose path leaves ``cfg``
+    (before they are merged) at a name that has a close spelling next to
+    it: ``train_cfg.max_iter: not in the config; did you mean
+    train_cfg.max_iters?``. New keys are legitimate (a constructor's
+    default, such as ``model.backbone.mask_head.threshold``), so these are
+    hints, not errors."""
+    lines = []
+    for key in options:
+        parts = key.split('.')
+        node = cfg.to_dict()
+        for depth, part in enumerate(parts):
+            if isinstance(node, (list, tuple)) and part.isdigit() \
+                    and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, Mapping):
+                break
+            if part in node:
+                node = node[part]
+                continue
+            close = difflib.get_close_matches(
+                part, [str(k) for k in node], n=1, cutoff=0.8)
+            if close:
+                lines.append(f'{key}: not in the config; did you mean '
+                             f'{".".join(parts[:depth] + close)}?')
+            break
+    return lines

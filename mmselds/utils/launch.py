@@ -5,6 +5,7 @@ import atexit
 import copy
 import hashlib
 import json
+import logging
 import os
 import os.path as osp
 import re
@@ -19,7 +20,8 @@ from mmengine.logging import print_log
 
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
 from mmselds.datasets.synthetic_cityscapes import read_record
-from mmselds.utils.config import InvalidConfigError, read_config
+from mmselds.utils.config import (InvalidConfigError, misspelt_options,
+                                  read_config)
 
 
 def load_config(args, mode: Optional[str] = None) -> Config:
@@ -36,6 +38,9 @@ def load_config(args, mode: Optional[str] = None) -> Config:
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        for line in misspelt_options(cfg, args.cfg_options):
+            print_log(f'--cfg-options {line}', logger='current',
+                      level=logging.WARNING)
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
