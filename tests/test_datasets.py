@@ -228,3 +228,32 @@ def test_files_added_to_a_generated_folder_are_kept_and_refused(tmp_path):
     with pytest.raises(FileExistsError, match='is not a record the '
                        'generator wrote'):
         generate(root, 3, 1, (64, 128))
+
+
+def test_demo_and_ablation_name_a_folder_they_will_not_generate_into(
+        tmp_path):
+    """One error line through run_cli, no traceback: the demo on a folder
+    with files the generator did not write, the ablation on a folder whose
+    record cannot be read."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    foreign = tmp_path / 'foreign'
+    (foreign / 'gtFine' / 'val').mkdir(parents=True)
+    (foreign / 'gtFine' / 'val' / 'x.png').write_bytes(b'x')
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'synthetic_cityscapes.json').write_text('{')
+    for tool, root, message in (
+            ('tools/demo.py', foreign, 'that the generator did not write'),
+            ('tools/ablation.py', broken, 'is not a record the generator '
+             'wrote')):
+        proc = subprocess.run(
+            [sys.executable, tool, '--work-dir', str(tmp_path / 'w'),
+             '--data-root', str(root), '--num-train', '2', '--num-val', '1'],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and last.startswith('error: ') and \
+            message in last, proc.stderr[-2000:]
+        assert 'Traceback' not in proc.stderr

@@ -58,7 +58,7 @@ from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate_with_progress, is_generated, read_record
 from mmselds.utils.arguments import non_negative_int, summary
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
-from mmselds.utils.launch import train_or_reuse
+from mmselds.utils.launch import run_cli, train_or_reuse
 from mmselds.utils.model_io import build_segmentor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -420,21 +420,18 @@ def main(argv=None):
             f'{c["loss"]} sparsity loss')
 
     # 1. data
-    try:
-        if is_generated(args.data_root, args.num_train, args.num_val,
-                        (128, 256), seed=0):
-            log(f'data: {args.data_root} already there')
-        elif osp.isdir(osp.join(args.data_root, 'leftImg8bit')) and \
-                read_record(args.data_root) is None:
-            log(f'data: using {args.data_root} as it is (not a data set the '
-                'generator wrote: not regenerated)')
-        else:
-            log(f'data: generating {args.num_train} + {args.num_val} images '
-                f'in {args.data_root}')
-            generate_with_progress(args.data_root, args.num_train,
-                                   args.num_val, (128, 256), seed=0)
-    except FileExistsError as err:  # files it did not write; a bad record
-        sys.exit(f'error: {err}')
+    if is_generated(args.data_root, args.num_train, args.num_val,
+                    (128, 256), seed=0):
+        log(f'data: {args.data_root} already there')
+    elif osp.isdir(osp.join(args.data_root, 'leftImg8bit')) and \
+            read_record(args.data_root) is None:
+        log(f'data: using {args.data_root} as it is (not a data set the '
+            'generator wrote: not regenerated)')
+    else:
+        log(f'data: generating {args.num_train} + {args.num_val} images in '
+            f'{args.data_root}')
+        generate_with_progress(args.data_root, args.num_train,
+                               args.num_val, (128, 256), seed=0)
 
     # 2. dense references, trained once
     with threads_per_job(args.jobs):
@@ -587,4 +584,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

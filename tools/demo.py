@@ -44,7 +44,7 @@ from mmselds.datasets import generate_with_progress, is_generated
 from mmselds.utils.arguments import non_negative_int, summary
 from mmselds.utils.evaluation import (build_test_loader, evaluate,
                                       load_batches, time_models)
-from mmselds.utils.launch import train_or_reuse
+from mmselds.utils.launch import run_cli, train_or_reuse
 from mmselds.utils.model_io import build_segmentor
 from mmselds.visualization import boundary_cells, write_mask_overlays
 
@@ -88,18 +88,15 @@ def parse_args():
 
 # ----------------------------------------------------------------- steps
 def ensure_data(args) -> None:
-    try:
-        if is_generated(args.data_root, args.num_train, args.num_val,
-                        (128, 256), seed=0):
-            log(f'data: {args.data_root} ({args.num_train} train, '
-                f'{args.num_val} val images) already there')
-            return
-        log(f'data: generating {args.num_train} + {args.num_val} images in '
-            f'{args.data_root}')
-        generate_with_progress(args.data_root, args.num_train, args.num_val,
-                               (128, 256), seed=0)
-    except FileExistsError as err:  # data it did not write; a bad record
-        sys.exit(f'error: {err}')
+    if is_generated(args.data_root, args.num_train, args.num_val,
+                    (128, 256), seed=0):
+        log(f'data: {args.data_root} ({args.num_train} train, '
+            f'{args.num_val} val images) already there')
+        return
+    log(f'data: generating {args.num_train} + {args.num_val} images in '
+        f'{args.data_root}')
+    generate_with_progress(args.data_root, args.num_train, args.num_val,
+                           (128, 256), seed=0)
 
 
 def data_options(data_root: str) -> list:
@@ -329,4 +326,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -42,10 +42,17 @@ APPEARANCE: Dict[int, Tuple[Tuple[int, int, int], float]] = {
 DEFAULT_SIZE = (128, 256)  # (H, W) of the demo configs and the README
 CITIES = {'train': ('aachen', 'bremen', 'zurich'),
           'val': ('frankfurt', 'lindau')}
-# written next to the images once they are all there: what was generated
+SPLITS = ('train', 'val')
+# what generate() wrote: written before the first image, marked complete
+# after the last
 RECORD = 'synthetic_cityscapes.json'
 SPLIT_DIRS = tuple(osp.join(sub, split) for sub in ('leftImg8bit', 'gtFine')
-                   for split in ('train', 'val'))
+                   for split in SPLITS)
+
+
+class GeneratedDataError(FileExistsError):
+    """A data folder the generator will not write into: files it did not
+    write, or a record it cannot read."""
 
 
 def _paint(img, label, region, cls, rng):
@@ -200,8 +207,8 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
     interrupted, is replaced: its record (``synthetic_cityscapes.json``,
     written before the first image and marked complete after the last)
     names its files, and only those are deleted. Other files under the
-    split folders are never deleted or mixed in: a ``FileExistsError``
-    naming them.
+    split folders are never deleted or mixed in: a
+    :class:`GeneratedDataError` naming them.
     """
     height, width = size
     if height < 32 or width < 32:
@@ -231,9 +238,6 @@ def generate(out_dir: str, num_train: int = 200, num_val: int = 50,
     return dict(train=num_train, val=num_val)
 
 
-SPLITS = ('train', 'val')
-
-
 def _files(out_dir: str, num_train: int, num_val: int):
     """(split, index, (image path, label path)) of every image a data set
     of these counts has, in the order they are written."""
@@ -245,6 +249,12 @@ def _files(out_dir: str, num_train: int, num_val: int):
                 osp.join(out_dir, sub, split, city, stem + suffix + '.png')
                 for sub, suffix in (('leftImg8bit', '_leftImg8bit'),
                                     ('gtFine', '_gtFine_labelTrainIds')))
+
+
+def _expected_files(out_dir: str, num_train: int, num_val: int) -> set:
+    """Every file (images and labels) a data set of these counts has."""
+    return {path for _, _, paths in _files(out_dir, num_train, num_val)
+            for path in paths}
 
 
 def _write_record(out_dir: str, record: dict) -> None:
@@ -272,7 +282,7 @@ def read_record(out_dir: str) -> Optional[dict]:
             record = json.load(f)
         int(record['num_train']), int(record['num_val'])
     except (ValueError, KeyError, TypeError) as err:
-        raise FileExistsError(
+        raise GeneratedDataError(
             f'{path} is not a record the generator wrote ({err}): delete '
             f'the folder {out_dir} or choose another one') from None
     return record
@@ -283,18 +293,15 @@ def _clear_generated(out_dir: str) -> None:
     ``out_dir`` before (its record names them) and the record; refuse if
     the split folders hold other files."""
     record = read_record(out_dir)
-    ours = set()
-    if record is not None:
-        ours = {path for _, _, paths in _files(
-            out_dir, record['num_train'], record['num_val'])
-            for path in paths}
+    ours = set() if record is None else _expected_files(
+        out_dir, record['num_train'], record['num_val'])
     others = sorted(set(_split_files(out_dir)) - ours)
     if others:
         n = len(others)
         why = (f'no {RECORD}: another tool\'s data, or data generated '
                'before the generator kept a record' if record is None else
                f'they are not in its {RECORD}')
-        raise FileExistsError(
+        raise GeneratedDataError(
             f'{out_dir} holds {n} file{"s" if n > 1 else ""} under '
             f'leftImg8bit/ and gtFine/ that the generator did not write '
             f'({why}; first: {others[0]}): generating into it would mix two '
@@ -328,10 +335,8 @@ def is_generated(out_dir: str, num_train: int, num_val: int,
             wanted['seed'] = seed
         if any(record.get(k) != v for k, v in wanted.items()):
             return False
-        expected = {path for _, _, paths in _files(out_dir, num_train,
-                                                   num_val)
-                    for path in paths}
-        return set(_split_files(out_dir)) == expected
+        return set(_split_files(out_dir)) == _expected_files(
+            out_dir, num_train, num_val)
     for split, count in zip(SPLITS, (num_train, num_val)):
         root = osp.join(out_dir, 'gtFine', split)
         found = sum(len(files) for _, _, files in os.walk(root)) \

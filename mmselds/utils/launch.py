@@ -19,7 +19,8 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
-from mmselds.datasets.synthetic_cityscapes import read_record
+from mmselds.datasets.synthetic_cityscapes import (GeneratedDataError,
+                                                   read_record)
 from mmselds.utils.config import (InvalidConfigError, misspelt_options,
                                   read_config)
 
@@ -115,15 +116,16 @@ def prepare_launch(cfg: Config, launcher: str) -> Config:
 
 def run_cli(main: Callable[[], object]):
     """Run a tool's ``main``: a config path that is not a config file, a
-    checkpoint that cannot be read or does not fit the model, or a data
-    folder without images, ends the tool with one
+    checkpoint that cannot be read or does not fit the model, a data
+    folder without images, or one the data generator will not write into,
+    ends the tool with one
     ``error: ...`` line and exit status 1 instead of a traceback."""
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
                                           InvalidCheckpointError)
     try:
         result = main()
     except (InvalidCheckpointError, CheckpointMismatchError,
-            InvalidConfigError, NoImagesError) as err:
+            GeneratedDataError, InvalidConfigError, NoImagesError) as err:
         sys.exit(f'error: {err}')
     close_process_group()
     return result

@@ -42,7 +42,7 @@ def main(argv=None):
         counts = generate_with_progress(args.out_dir, args.num_train,
                                         args.num_val, tuple(args.size),
                                         args.seed)
-    except (FileExistsError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # GeneratedDataError is an OSError
         sys.exit(f'error: {err}')
     print(f'wrote {counts} images of {args.size[0]}x{args.size[1]} to '
           f'{args.out_dir}')
