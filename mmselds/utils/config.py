@@ -48,10 +48,10 @@ def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
     train_cfg.max_iters?``. New keys are legitimate (a constructor's
     default, such as ``model.backbone.mask_head.threshold``), so these are
     hints, not errors."""
-    lines = []
+    lines, root = [], cfg.to_dict()
     for key in options:
         parts = key.split('.')
-        node = cfg.to_dict()
+        node = root
         for depth, part in enumerate(parts):
             if isinstance(node, (list, tuple)) and part.isdigit() \
                     and int(part) < len(node):
