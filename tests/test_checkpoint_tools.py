@@ -3,6 +3,7 @@ tools/test.py on bad or unfitting checkpoints and with --tta,
 tools/misc/publish_model.py, tools/model_converters/mmseg2selds.py."""
 import hashlib
 import importlib.util
+import logging
 import math
 import os
 import os.path as osp
@@ -16,8 +17,8 @@ import torch
 from mmengine.structures import PixelData
 from mmseg.structures import SegDataSample
 
-from mmselds.utils.checkpoint import (compare_state_dicts, read_checkpoint,
-                                      state_dict_of)
+from mmselds.utils.checkpoint import (check_checkpoint, compare_state_dicts,
+                                      read_checkpoint, state_dict_of)
 from mmselds.utils.model_io import build_segmentor
 from tests.helpers import DEMO, ROOT, SELDS_DEMO, cfg_options
 from tests.test_models.utils import NARROW, OS8, randomize_
@@ -321,6 +322,47 @@ def test_mmseg2selds_converts_a_deeplabv3_checkpoint(tmp_path, capsys):
     selds.load_state_dict(ckpt['state_dict'], strict=True)
     for key, value in src_state.items():
         assert torch.equal(selds.state_dict()[key], value), key
+
+
+def test_a_converted_checkpoint_is_untrained_for_inference(tmp_path, caplog):
+    """A converted checkpoint carries every tensor (the mask head's from its
+    initialisation), so nothing is missing when a tool loads it: its meta
+    says the mask head is untrained, and testing or analysing it warns as
+    for an mmseg checkpoint (was: silent, plausible ratios); fine-tuning
+    from it, or a checkpoint that training wrote, does not."""
+    mmseg_deeplabv3(tmp_path / 'deeplabv3.pth')
+    dst = tmp_path / 'selds.pth'
+    done = tool('tools/model_converters/mmseg2selds.py').main(
+        [str(tmp_path / 'deeplabv3.pth'), SELDS_DEMO, str(dst)])
+    ckpt = torch.load(dst, map_location='cpu', weights_only=False)
+    model, _ = build_segmentor(SELDS_DEMO)
+    logger = logging.getLogger('test.converted')
+    trained = dict(meta=dict(iter=30, mmseg_version='1.4.2'),
+                   state_dict=ckpt['state_dict'])
+    warning = 'reflect a random mask head, not the method'
+    for checkpoint, inference, warned in ((ckpt, True, True),
+                                          (ckpt, False, False),
+                                          (trained, True, False)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger='test.converted'):
+            diff = check_checkpoint(checkpoint, model, 'selds.pth',
+                                    logger=logger, inference=inference)
+        assert diff.ok and not diff.allowed_missing
+        lines = [r for r in caplog.records if warning in r.getMessage()]
+        assert len(lines) == warned, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='test.converted'):
+        check_checkpoint(ckpt, model, 'selds.pth', logger=logger,
+                         inference=True)
+    message, = [r.getMessage() for r in caplog.records]
+    n = sum(k.startswith('backbone.mask_head.') for k in done['initialised'])
+    assert n and f'{len(done["initialised"])} tensors under ' \
+        'backbone.mask_head.*, backbone.pooling.*' in message, message
+    assert 'mmseg2selds.py (converted from deeplabv3.pth)' in message
+    # through a tool, as a user runs it
+    rc, out = run([sys.executable, 'tools/analysis_tools/get_flops.py',
+                   SELDS_DEMO, '--checkpoint', dst, '--shape', 64, 128])
+    assert rc == 0 and warning in out and 'mmseg2selds' in out, out[-3000:]
 
 
 def test_mmseg2selds_output_is_its_own_summary(tmp_path):

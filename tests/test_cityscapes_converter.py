@@ -31,11 +31,11 @@ STEMS = {'train': ['aachen/aachen_000000_000019',
          'test': ['berlin/berlin_000000_000019']}
 
 
-def _stand_in(root, objects=OBJECTS, images=True):
-    for split, stems in STEMS.items():
-        for stem in stems:
-            poly = osp.join(root, 'gtFine', split,
-                            stem + '_gtFine_polygons.json')
+def _stand_in(root, objects=OBJECTS, images=True, gt='gtFine',
+              stems=STEMS):
+    for split, names in stems.items():
+        for stem in names:
+            poly = osp.join(root, gt, split, f'{stem}_{gt}_polygons.json')
             os.makedirs(osp.dirname(poly), exist_ok=True)
             with open(poly, 'w') as f:
                 json.dump(dict(imgHeight=H, imgWidth=W, objects=[
@@ -104,6 +104,48 @@ def test_split_lists_go_to_out_dir_with_workers(tmp_path):
     np.testing.assert_array_equal(label, _expected())
 
 
+def test_coarse_annotations_with_train_extra(tmp_path):
+    """--gt-dir gtCoarse (its own file names, a train_extra split): label
+    images next to the polygons, split lists of image stems, and mmseg's
+    CityscapesDataset reads them with the coarse suffix."""
+    pytest.importorskip('cityscapesscripts')
+    from mmengine.registry import init_default_scope
+    from mmseg.datasets import CityscapesDataset
+    stems = dict(train=STEMS['train'], val=STEMS['val'],
+                 train_extra=['augsburg/augsburg_000000_000000'])
+    root = _stand_in(tmp_path / 'cityscapes', gt='gtCoarse', stems=stems)
+    run = subprocess.run([sys.executable, SCRIPT, root, '--gt-dir',
+                          'gtCoarse'], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert 'train 2, val 1, test 0, train_extra 1' in run.stdout, run.stdout
+    for split, names in stems.items():
+        assert open(osp.join(root, f'{split}.txt')).read().split() == \
+            sorted(names)
+        for stem in names:
+            label = cv2.imread(osp.join(
+                root, 'gtCoarse', split,
+                stem + '_gtCoarse_labelTrainIds.png'), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(label, _expected())
+    init_default_scope('mmseg')
+    dataset = CityscapesDataset(
+        data_root=root, seg_map_suffix='_gtCoarse_labelTrainIds.png',
+        data_prefix=dict(img_path='leftImg8bit/train_extra',
+                         seg_map_path='gtCoarse/train_extra'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='LoadAnnotations'),
+                  dict(type='PackSegInputs')])
+    assert len(dataset) == 1
+    seg = dataset[0]['data_samples'].gt_sem_seg.data[0].numpy()
+    np.testing.assert_array_equal(seg, _expected())
+    # its images are checked as train's are
+    os.remove(osp.join(root, 'leftImg8bit', 'train_extra',
+                       stems['train_extra'][0] + '_leftImg8bit.png'))
+    with pytest.raises(CityscapesConversionError,
+                       match='1 annotated images are missing .*train_extra'):
+        convert_cityscapes(root, gt_dir='gtCoarse')
+
+
 @pytest.mark.parametrize('case', ['no_gt_dir', 'no_polygons',
                                   'unknown_label', 'missing_image'])
 def test_named_errors(tmp_path, case):
@@ -114,7 +156,7 @@ def test_named_errors(tmp_path, case):
         expect = 'no annotation folder'
     elif case == 'no_polygons':
         (root / 'gtFine' / 'train').mkdir(parents=True)
-        expect = 'no *_gtFine_polygons.json files'
+        expect = 'no *_polygons.json annotation files'
     elif case == 'unknown_label':
         _stand_in(root, objects=[('roadd', [[0, 0], [5, 0], [5, 5]])])
         expect = "label 'roadd' is not a Cityscapes label"

@@ -1,6 +1,7 @@
 """Real Cityscapes: the ``*_labelTrainIds.png`` files mmseg's
-``CityscapesDataset`` reads, from the ``*_gtFine_polygons.json``
-annotations of the download (``gtFine_trainvaltest.zip``).
+``CityscapesDataset`` reads, from the ``*_polygons.json`` annotations of
+the download (``gtFine_trainvaltest.zip``; ``gtCoarse.zip`` with
+``gt_dir='gtCoarse'``).
 
 The conversion is mmseg's (``tools/dataset_converters/cityscapes.py`` of
 mmsegmentation, same arguments and outputs: a label image next to each
@@ -15,11 +16,15 @@ image are named, not discovered at training time.
 import json
 import os
 import os.path as osp
+import re
 from typing import Dict, List, Optional
 
 SPLITS = ('train', 'val', 'test')
-POLYGON_SUFFIX = '_gtFine_polygons.json'
-LABEL_SUFFIX = '_gtFine_labelTrainIds.png'
+# <stem>_gtFine_polygons.json -> <stem>_gtFine_labelTrainIds.png (the same
+# for gtCoarse), and <stem> in the split lists, as mmseg's converter
+POLYGON_SUFFIX = '_polygons.json'
+LABEL_SUFFIX = '_labelTrainIds.png'
+ANNOTATION_TAG = re.compile(r'_gt[A-Za-z]+$')  # _gtFine, _gtCoarse
 IMAGE_SUFFIX = '_leftImg8bit.png'
 
 
@@ -41,6 +46,12 @@ def _json2label():
 def label_path(polygon_file: str) -> str:
     """The label image written for ``polygon_file``."""
     return polygon_file[:-len(POLYGON_SUFFIX)] + LABEL_SUFFIX
+
+
+def image_stem(polygon_file: str) -> str:
+    """``polygon_file`` without ``_gtFine_polygons.json`` (or
+    ``_gtCoarse_...``): the stem the split lists and the image name use."""
+    return ANNOTATION_TAG.sub('', polygon_file[:-len(POLYGON_SUFFIX)])
 
 
 def check_polygon_file(polygon_file: str) -> None:
@@ -106,13 +117,17 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
                        img_dir: str = 'leftImg8bit',
                        progress: bool = True) -> Dict[str, int]:
     """Write ``*_gtFine_labelTrainIds.png`` next to every
-    ``*_gtFine_polygons.json`` under ``data_root/gt_dir`` and the split
-    lists ``{train,val,test}.txt`` into ``out_dir`` (default
-    ``data_root``), as mmseg's converter does.
+    ``*_gtFine_polygons.json`` under ``data_root/gt_dir`` (likewise
+    ``*_gtCoarse_*``) and the split lists ``{train,val,test}.txt`` into
+    ``out_dir`` (default ``data_root``), as mmseg's converter does; another
+    split folder with annotations (gtCoarse's ``train_extra``) gets its own
+    list.
 
     Args:
         data_root (str): the Cityscapes root (``gtFine/``, ``leftImg8bit/``).
-        gt_dir (str): the annotation folder under ``data_root``.
+        gt_dir (str): the annotation folder under ``data_root``
+            (``gtCoarse``: set ``seg_map_suffix='_gtCoarse_labelTrainIds.png'``
+            in the data set's config to train with its labels).
         out_dir (str, optional): where the split lists go.
         nproc (int): worker processes (mmengine's parallel progress).
         img_dir (str): the image folder under ``data_root``; every polygon
@@ -132,27 +147,32 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     if not osp.isdir(gt_root):
         raise CityscapesConversionError(
             f'no annotation folder {gt_root}: data_root must be the '
-            f'Cityscapes root holding {gt_dir}/ (from gtFine_trainvaltest.zip)'
-            f' and {img_dir}/')
+            f'Cityscapes root holding {gt_dir}/ (from the download, e.g. '
+            f'gtFine_trainvaltest.zip) and {img_dir}/')
     files = _polygon_files(gt_root)
     if not files:
         raise CityscapesConversionError(
-            f'no *{POLYGON_SUFFIX} files under {gt_root}')
+            f'no *{POLYGON_SUFFIX} annotation files under {gt_root}')
+    splits = list(SPLITS) + sorted(
+        {osp.relpath(f, gt_root).split(os.sep)[0] for f in files}
+        - set(SPLITS) - {osp.basename(f) for f in files})
     by_split = {s: [f for f in files if osp.relpath(f, gt_root).split(
-        os.sep)[0] == s] for s in SPLITS}
+        os.sep)[0] == s] for s in splits}
     missing = []
-    for split in ('train', 'val'):  # test has no labels to train with
+    for split in splits:
+        if split == 'test':  # no labels to train with
+            continue
         for f in by_split[split]:
             rel = osp.relpath(f, osp.join(gt_root, split))
             image = osp.join(data_root, img_dir, split,
-                             rel[:-len(POLYGON_SUFFIX)] + IMAGE_SUFFIX)
+                             image_stem(rel) + IMAGE_SUFFIX)
             if not osp.isfile(image):
                 missing.append(image)
     if missing:
         raise CityscapesConversionError(
             f'{len(missing)} annotated images are missing (first: '
-            f'{missing[0]}); unpack leftImg8bit_trainvaltest.zip into '
-            f'{data_root}')
+            f'{missing[0]}); unpack leftImg8bit_trainvaltest.zip (for '
+            f'train_extra: leftImg8bit_trainextra.zip) into {data_root}')
     for f in files:  # every file readable and its labels known: then draw
         check_polygon_file(f)
 
@@ -167,9 +187,9 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
 
     out_dir = out_dir or data_root
     os.makedirs(out_dir, exist_ok=True)
-    for split in SPLITS:
-        stems = [osp.relpath(f, osp.join(gt_root, split))[:-len(
-            POLYGON_SUFFIX)] for f in by_split[split]]
+    for split in splits:
+        stems = [image_stem(osp.relpath(f, osp.join(gt_root, split)))
+                 for f in by_split[split]]
         with open(osp.join(out_dir, f'{split}.txt'), 'w') as fh:
             fh.writelines(s + '\n' for s in stems)
-    return {s: len(by_split[s]) for s in SPLITS}
+    return {s: len(by_split[s]) for s in splits}

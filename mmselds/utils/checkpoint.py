@@ -183,6 +183,29 @@ UNTRAINED = ('so the masks, the down-sampling ratio, the cost and the '
              '(configs/selds/README.md)')
 
 
+def _prefixes(keys: Sequence[str], prefixes: Sequence[str]) -> str:
+    """'a.*, b.*': the prefixes some of ``keys`` start with."""
+    return ', '.join(sorted({p + '*' for p in prefixes for k in keys
+                             if k.startswith(p)}))
+
+
+def converted_untrained(checkpoint: Mapping,
+                        allowed_missing: Sequence[str] = ALLOWED_MISSING
+                        ) -> List[str]:
+    """The tensors under ``allowed_missing`` (mask head, pooling) that
+    ``tools/model_converters/mmseg2selds.py`` filled with their
+    initialisation, as its ``meta['initialised']`` lists them: a converted
+    checkpoint carries every tensor, so only its meta tells that these are
+    untrained. A checkpoint written by training has mmengine's meta (no
+    such list): empty."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    if not isinstance(meta, Mapping) or 'converted_from' not in meta:
+        return []
+    prefixes = tuple(allowed_missing)
+    return [k for k in meta.get('initialised') or ()
+            if prefixes and isinstance(k, str) and k.startswith(prefixes)]
+
+
 def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
                      path: str = 'checkpoint', strict: bool = True,
                      allowed_missing: Sequence[str] = ALLOWED_MISSING,
@@ -194,24 +217,34 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
     Keys under ``allowed_missing`` that the checkpoint lacks get a one-line
     notice: expected when training starts from an mmseg checkpoint, a
     warning with ``inference=True`` (testing, analysis: the mask head is
-    then untrained). Any other missing key, an unexpected key or a shape
+    then untrained). A checkpoint written by
+    ``tools/model_converters/mmseg2selds.py`` has those keys, filled with
+    their initialisation; its meta lists them, and with ``inference=True``
+    it gets the same warning. Any other missing key, an unexpected key or a shape
     mismatch raises ``CheckpointMismatchError`` (a ``ValueError``) naming
     the first ones, or, with ``strict=False``, a warning.
     """
     diff = compare_state_dicts(state_dict_of(checkpoint, path),
                                model_state_of(model), allowed_missing)
     if diff.allowed_missing:
-        prefixes = sorted({p for p in allowed_missing for k in
-                           diff.allowed_missing if k.startswith(p)})
         what = (f'{path}: {len(diff.allowed_missing)} tensors under '
-                f'{", ".join(p + "*" for p in prefixes)} are not in the '
-                'checkpoint and keep their ')
+                f'{_prefixes(diff.allowed_missing, allowed_missing)} are not '
+                'in the checkpoint and keep their ')
         if inference:
             print_log(what + f'random initialisation, {UNTRAINED}',
                       logger=logger, level=logging.WARNING)
         else:
             print_log(what + 'initialisation (expected for an mmseg '
                       'checkpoint)', logger=logger, level=logging.INFO)
+    converted = converted_untrained(checkpoint, allowed_missing)
+    if converted and inference:
+        print_log(f'{path}: {len(converted)} tensors under '
+                  f'{_prefixes(converted, allowed_missing)} were filled with '
+                  'their random initialisation by '
+                  'tools/model_converters/mmseg2selds.py (converted from '
+                  f'{checkpoint["meta"].get("converted_from", "?")}) and '
+                  f'not trained since, {UNTRAINED}',
+                  logger=logger, level=logging.WARNING)
     if not diff.ok:
         message = f'{path} does not fit the model: {diff.describe()}'
         if strict:

@@ -21,7 +21,9 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('cityscapes_path', help='Cityscapes root')
     p.add_argument('--gt-dir', default='gtFine',
-                   help='annotation folder under the root')
+                   help='annotation folder under the root (gtFine, or '
+                   'gtCoarse: then set seg_map_suffix='
+                   '\'_gtCoarse_labelTrainIds.png\' in the data set config)')
     p.add_argument('-o', '--out-dir',
                    help='where train.txt / val.txt / test.txt go; None: '
                    'the root')

@@ -155,10 +155,13 @@ def main(argv=None):
           'keys):')
     for k in done['initialised']:
         print(f'  {k}')
-    print(f'{len(done["dropped"])} tensors of the source have no place in '
-          'the model and are dropped (unexpected keys):')
-    for k in done['dropped']:
-        print(f'  {k}')
+    if done['dropped']:
+        print(f'{len(done["dropped"])} tensors of the source have no place '
+              'in the model and are dropped (unexpected keys):')
+        for k in done['dropped']:
+            print(f'  {k}')
+    else:
+        print('no tensor of the source is dropped')
     print(f'wrote {args.dst}')
     return done
 
