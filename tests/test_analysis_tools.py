@@ -119,7 +119,8 @@ def test_mask_head_flops_names_a_dense_config():
 
 
 def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
-    out_json, png = tmp_path / 'bench.json', tmp_path / 'bench.png'
+    # into folders that do not exist yet (created before the timing)
+    out_json, png = tmp_path / 'json' / 'bench.json', tmp_path / 'bench.png'
     out = run([sys.executable, 'tools/analysis_tools/benchmark.py',
                SELDS_DEMO, '--shape', 64, 128, '--repeat', 1, '--compare',
                '--ds-ratio', 0, 1, '--out', out_json, '--plot', png])
@@ -136,6 +137,18 @@ def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
         assert r['backbone_ms'] > 0 and r['model_peak_mib'] > 0
     figure = cv2.imread(str(png))
     assert figure is not None and figure.shape[0] > 200
+
+
+def test_benchmark_names_a_dense_config(monkeypatch):
+    """Was: ``ResNet.forward() got an unexpected keyword argument
+    'ds_mask'`` deep in the timing."""
+    module = tool('tools/analysis_tools/benchmark.py')
+    with pytest.raises(SystemExit) as info:
+        module.main([OS8_DEMO, '--shape', '64', '128', '--repeat', '1'])
+    assert str(info.value) == (
+        f'error: {OS8_DEMO} has no selective down-sampling backbone: '
+        'nothing to time against the dense models (for a dense model\'s '
+        'cost: tools/analysis_tools/get_flops.py)')
 
 
 def test_benchmark_cudnn_autotuner_follows_the_config(monkeypatch):
@@ -230,6 +243,24 @@ BAD_ARGUMENTS = [
     ('benchmark_ops.py', ['--channels', '4', '--shape', '7', '16'],
      'argument --shape: the map height and width must be even (2x2 cells), '
      'got 7x16'),
+    # benchmark.py: before, tracebacks after building the model (a
+    # ZeroDivisionError for --repeat 0), or --threads 0 ignored
+    ('benchmark.py', [SELDS_DEMO, '--repeat', '0'],
+     'argument --repeat: must be >= 1, got 0'),
+    ('benchmark.py', [SELDS_DEMO, '--batch-size', '0'],
+     'argument --batch-size: must be >= 1, got 0'),
+    ('benchmark.py', [SELDS_DEMO, '--threads', '0'],
+     'argument --threads: must be >= 1, got 0'),
+    ('benchmark.py', [SELDS_DEMO, '--ds-ratio', '0.5', '2'],
+     'argument --ds-ratio: must be a down-sampling ratio in [0, 1], got 2'),
+    ('benchmark.py', [SELDS_DEMO, '--shape', '100', '256'],
+     'argument --shape: an input of 100x256 gives an OS8 map of 13x32'),
+    ('benchmark.py', [SELDS_DEMO, '--plot', 'ratios.png'],
+     '--plot needs --compare'),
+    ('benchmark.py', [SELDS_DEMO, '--out', ROOT],
+     f'argument --out: {ROOT} is a folder, not a file'),
+    ('get_flops.py', [SELDS_DEMO, '--out', ROOT],
+     f'argument --out: {ROOT} is a folder, not a file'),
 ]
 
 

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -115,6 +116,25 @@ def checkpoints(tmp_path_factory):
         torch.save(dict(meta=dict(cfg=cfg.pretty_text, iter=1),
                         state_dict=model.state_dict()), paths[name])
     return paths
+
+
+@pytest.mark.parametrize('kind', ['png', 'jpg', 'text'])
+def test_read_checkpoint_names_an_image_or_text_given_as_one(tmp_path, kind):
+    """An image or a config where the checkpoint belongs (arguments in
+    the wrong order) is named as what it is (was: the first line of
+    torch's unpickling error, cut off at a comma)."""
+    path = tmp_path / f'x.{kind}'
+    if kind == 'text':
+        path.write_text("_base_ = ['./base.py']\nmodel = dict()\n")
+    else:
+        cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(str(path))
+    kind_name = dict(png='a PNG image', jpg='a JPEG image',
+                     text='a text file')[kind]
+    assert str(info.value) == (
+        f'{path} is not a checkpoint but {kind_name} (arguments in the '
+        'wrong order? The tools take CONFIG CHECKPOINT, then the rest)')
 
 
 def test_tools_test_names_a_corrupt_checkpoint(tmp_path, tiny_data):

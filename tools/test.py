@@ -26,8 +26,9 @@ def parse_args():
         '--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
-        help='directory where painted images will be saved (inside '
-        'work_dir/timestamp)')
+        help='directory where painted images will be saved, in its '
+        'vis_data/vis_image/ (a relative path is relative to the current '
+        'folder, not to the work dir)')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(

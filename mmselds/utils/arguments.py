@@ -2,6 +2,8 @@
 run with torch alone use them too). A bad value exits with status 2 and a
 message naming the flag and the value, as argparse does."""
 import argparse
+import os
+import os.path as osp
 from typing import Callable
 
 
@@ -69,3 +71,23 @@ def torch_device(text: str):
                 f'{text}: this machine has {torch.cuda.device_count()} '
                 'CUDA devices')
     return text
+
+
+def output_file(text: str) -> str:
+    """A file a tool will write: its folder is created now (as mmengine
+    creates a work dir), so a path in a new folder works and one that
+    cannot be written is refused before any work, not after it."""
+    if osp.isdir(text):
+        raise argparse.ArgumentTypeError(f'{text} is a folder, not a file')
+    folder = osp.dirname(osp.abspath(text))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(
+            f'cannot create the folder of {text}: {e.strerror or e}')
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f'{folder} is not writable')
+    return text
+
+
+output_file.__name__ = 'a file to write'

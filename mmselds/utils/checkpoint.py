@@ -55,9 +55,15 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
         ckpt = _load_checkpoint(path, map_location=map_location) \
             if _is_remote(path) else _load_local(path, map_location)
     except Exception as err:  # unpickling can fail in many ways
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
-        if len(reason) > 120:
-            reason = reason[:117] + '...'
+        kind = None if _is_remote(path) else file_kind(path)
+        if kind:
+            raise InvalidCheckpointError(
+                f'{path} is not a checkpoint but {kind} (arguments in the '
+                'wrong order? The tools take CONFIG CHECKPOINT, then the '
+                'rest)') from err
+        reason = ' '.join(str(err).split())
+        if len(reason) > 200:
+            reason = reason[:197] + '...'
         raise InvalidCheckpointError(
             f'{path} is not a valid checkpoint (truncated or corrupt?): '
             f'{type(err).__name__}' + (f': {reason}' if reason else '')
@@ -67,6 +73,31 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
             f'{path} is not a valid checkpoint: it holds a '
             f'{type(ckpt).__name__}, not a dict')
     return ckpt
+
+
+# the first bytes of files that get passed where a checkpoint belongs
+_SIGNATURES = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
+               (b'GIF8', 'a GIF image'), (b'BM', 'a BMP image'),
+               (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'))
+
+
+def file_kind(path: str) -> Optional[str]:
+    """'a PNG image', 'a JPEG image', ... for an image file, 'a text file'
+    for one of text (a config, a log), else None."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    for magic, kind in _SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        return None
+    printable = all(c.isprintable() or c in '\t\r\n' for c in text)
+    return 'a text file' if text and printable else None
 
 
 def _load_local(path: str, map_location):
@@ -220,9 +251,9 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
     then untrained). A checkpoint written by
     ``tools/model_converters/mmseg2selds.py`` has those keys, filled with
     their initialisation; its meta lists them, and with ``inference=True``
-    it gets the same warning. Any other missing key, an unexpected key or a shape
-    mismatch raises ``CheckpointMismatchError`` (a ``ValueError``) naming
-    the first ones, or, with ``strict=False``, a warning.
+    it gets the same warning. Any other missing key, an unexpected key or
+    a shape mismatch raises ``CheckpointMismatchError`` (a ``ValueError``)
+    naming the first ones, or, with ``strict=False``, a warning.
     """
     diff = compare_state_dicts(state_dict_of(checkpoint, path),
                                model_state_of(model), allowed_missing)
@@ -249,9 +280,10 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
         message = f'{path} does not fit the model: {diff.describe()}'
         if strict:
             raise CheckpointMismatchError(
-                message + ' (to load what fits anyway, pass --no-strict-load '
-                'to tools/train.py or tools/test.py, or set '
-                'strict=False in CheckLoadFromHook)')
+                message + ' (is the config the one the checkpoint was '
+                'trained with? To load what fits anyway: --no-strict-load '
+                'of tools/train.py and tools/test.py, strict=False in '
+                'CheckLoadFromHook)')
         print_log(message + ' (not strict: loading what fits)',
                   logger=logger, level=logging.WARNING)
     return diff

@@ -29,8 +29,10 @@ from mmselds.analysis.plots import plot_ratios
 from mmselds.analysis.timing import (dense_twin, inference_fn, median,
                                      optimise_dense, peak_memory,
                                      time_interleaved)
+from mmselds.models.backbones import check_input_size
 from mmselds.ops import random_cell_mask
-from mmselds.utils.arguments import summary, torch_device
+from mmselds.utils.arguments import (fraction, output_file, positive_int,
+                                     summary, torch_device)
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
@@ -40,12 +42,12 @@ def parse_args(argv=None):
     p.add_argument('config')
     p.add_argument('--checkpoint', help='weights; adds a column for the '
                    'model\'s own mask')
-    p.add_argument('--shape', type=int, nargs=2, default=(512, 1024),
-                   metavar=('H', 'W'))
-    p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--ds-ratio', type=float, nargs='+',
-                   default=(0.0, 0.25, 0.5, 0.75, 1.0))
-    p.add_argument('--repeat', type=int, default=5,
+    p.add_argument('--shape', type=positive_int, nargs=2,
+                   default=(512, 1024), metavar=('H', 'W'))
+    p.add_argument('--batch-size', type=positive_int, default=1)
+    p.add_argument('--ds-ratio', type=fraction('a down-sampling ratio'),
+                   nargs='+', default=(0.0, 0.25, 0.5, 0.75, 1.0))
+    p.add_argument('--repeat', type=positive_int, default=5,
                    help='timed rounds (median), after one warm-up round')
     p.add_argument('--compare', action='store_true',
                    help='also time mmseg\'s dense OS8 and OS16 twins')
@@ -59,12 +61,22 @@ def parse_args(argv=None):
                    "the config's env_cfg.cudnn_benchmark sets it, which "
                    "mmseg's default_runtime turns on and tools/test.py "
                    'runs with)')
-    p.add_argument('--threads', type=int, help='torch CPU threads')
-    p.add_argument('--out', help='write the results to this JSON file')
-    p.add_argument('--plot', help='write time and multiply-add ratios '
-                   'against s to this PNG (needs --compare)')
+    p.add_argument('--threads', type=positive_int,
+                   help='torch CPU threads')
+    p.add_argument('--out', type=output_file,
+                   help='write the results to this JSON file')
+    p.add_argument('--plot', type=output_file,
+                   help='write time and multiply-add ratios against s to '
+                   'this PNG (needs --compare)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.plot and not args.compare:
+        p.error('--plot needs --compare (it plots ratios to the dense OS8)')
+    try:  # the backbone's own check: an even OS8 map
+        check_input_size(args.shape)
+    except ValueError as error:
+        p.error(f'argument --shape: {error}')
+    return args
 
 
 def cudnn_autotuner(args, cfg):
@@ -86,6 +98,11 @@ def build_cases(args):
     case, the config)."""
     model, cfg = build_segmentor(args.config, args.checkpoint,
                                  args.cfg_options, args.device)
+    if not hasattr(model.backbone, 'mask_head'):
+        raise SystemExit(f'error: {args.config} has no selective '
+                         'down-sampling backbone: nothing to time against '
+                         'the dense models (for a dense model\'s cost: '
+                         'tools/analysis_tools/get_flops.py)')
     size, n = tuple(args.shape), args.batch_size
     h, w = size[0] // 16, size[1] // 16
     gen = torch.Generator().manual_seed(0)
@@ -112,8 +129,8 @@ def build_cases(args):
     return cases, cfg
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cases, cfg = build_cases(args)
@@ -186,8 +203,6 @@ def main():
                 'model_time_ratio_plain', 'model_flops_ratio')]
         print('| ' + ' | '.join(cells) + ' |')
     if args.plot:
-        if not base:
-            raise SystemExit('--plot needs --compare (ratios to OS8)')
         plot_ratios(rows, args.plot, f'{osp.basename(args.config)}, '
                     f'{args.shape[0]}x{args.shape[1]}, batch '
                     f'{args.batch_size}, {dev}')

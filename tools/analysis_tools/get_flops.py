@@ -27,7 +27,7 @@ import mmselds  # noqa: F401
 from mmselds.analysis import is_selective, model_macs, reference_macs
 from mmselds.datasets import NoImagesError
 from mmselds.models.backbones import check_input_size
-from mmselds.utils.arguments import fraction, positive_int
+from mmselds.utils.arguments import fraction, output_file, positive_int
 from mmselds.utils.checkpoint import UNTRAINED
 from mmselds.utils.evaluation import build_test_loader
 from mmselds.utils.launch import run_cli
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    nargs='+',
                    help='forced down-sampling ratios, each in [0, 1] '
                    '(default: 0 0.25 0.5 0.75 1 without --data-root)')
-    p.add_argument('--out', help='write the counts to this JSON file')
+    p.add_argument('--out', type=output_file,
+                   help='write the counts to this JSON file')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p
 

@@ -31,6 +31,7 @@ from mmselds.analysis.calibration import (CALIBRATION_KEY,
                                           build_calibration_loader,
                                           mask_probabilities,
                                           threshold_for_ratio)
+from mmselds.utils.arguments import output_file
 from mmselds.utils.checkpoint import load_model_checkpoint
 from mmselds.utils.config import read_config
 from mmselds.utils.launch import run_cli
@@ -44,6 +45,7 @@ def parse_args():
     p.add_argument('config', help='the config the checkpoint was trained with')
     p.add_argument('checkpoint', help='checkpoint file')
     p.add_argument('--out', required=True, default=argparse.SUPPRESS,
+                   type=output_file,
                    help='the calibrated checkpoint (required)')
     p.add_argument('--ratio', type=float,
                    help='down-sampling ratio to calibrate to, in [0, 1]; '
@@ -76,7 +78,7 @@ def main():
     cfg.model.backbone.pop('init_cfg', None)
     model = MODELS.build(cfg.model)
     if not hasattr(model.backbone, 'mask_head'):
-        sys.exit(f'{args.config} does not build a selective model '
+        sys.exit(f'error: {args.config} does not build a selective model '
                  f'(backbone {type(model.backbone).__name__})')
     # a clear error for a bad file or one that does not fit the config
     ckpt = load_model_checkpoint(model, args.checkpoint)
