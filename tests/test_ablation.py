@@ -273,7 +273,7 @@ def fake_run(seed, miou, ratio=0.85, macs=1e6):
                        for r in (0.0, 0.5, 1.0)])
 
 
-def fake_rows():
+def fake_rows(seeds=(0, 1)):
     rows = {}
     for name, (miou, macs) in zip(COMPONENTS, ((38.0, 7e6), (36.0, 1e6),
                                                (38.2, 1.2e6))):
@@ -282,11 +282,41 @@ def fake_rows():
                     pooling=pooling, loss=loss,
                     loss_target=0.85 if loss == 'target' else None,
                     loss_weight=1.0, tau=1.0)
-        rows[name] = dict(aggregate_runs([fake_run(0, miou, macs=macs),
-                                          fake_run(1, miou + 0.4,
-                                                   macs=macs)]),
-                          components=comp, letter=letter_row(comp))
+        rows[name] = dict(aggregate_runs([fake_run(seed, miou + 0.4 * seed,
+                                                   macs=macs)
+                                          for seed in seeds]),
+                          components=comp, letter=letter_row(comp),
+                          target=spread([0.85] * len(seeds)))
     return rows
+
+
+def test_one_seed_is_not_judged_against_a_spread():
+    """With one seed there is no spread: the verdict and the curve lines
+    say so instead of calling every difference "within the seed spread"
+    (was: both, next to the line saying no difference can be called
+    real)."""
+    rows = fake_rows(seeds=(0,))
+    curve = ablation_curve_lines(rows).splitlines()
+    assert len(curve) == 3
+    assert all(line.endswith('[one seed: no spread to judge by]')
+               for line in curve), curve
+    runs = {name: [dict(seed=0, sweep=[dict(rule='threshold')],
+                        matched=dict(rule='threshold'))] for name in rows}
+    dense = {k: dict(mIoU=40.0, backbone_gmacs=0.4) for k in ('OS8', 'OS16')}
+    text = ablation_tool().verdict(rows, runs, dense, [0],
+                                   dict(label='s = 0.850'))
+    assert 'one seed: no spread, so no difference can be called real.' \
+        in text
+    assert 'seed spread' not in text, text
+    assert 'mIoU, own test-time rule: Prop. 1 - Baseline (CAD) = -2.00 ' \
+        '(36.00 vs 38.00).' in text, text
+    runs = {name: [dict(seed=seed, sweep=[dict(rule='threshold')],
+                        matched=dict(rule='threshold')) for seed in (0, 1)]
+            for name in rows}
+    two = ablation_tool().verdict(fake_rows(), runs, dense, [0, 1],
+                                  dict(label='s = 0.850'))
+    assert 'Prop. 1 - Baseline (CAD) = -2.00 (36.20 ± 0.20 vs 38.20 ± '\
+        '0.20): larger than the seed spread.' in two, two
 
 
 def test_aggregate_runs_and_compare_rows():

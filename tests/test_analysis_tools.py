@@ -243,6 +243,9 @@ BAD_ARGUMENTS = [
     ('benchmark_ops.py', ['--channels', '4', '--shape', '7', '16'],
      'argument --shape: the map height and width must be even (2x2 cells), '
      'got 7x16'),
+    ('benchmark_ops.py', ['--dilation', '3'],
+     'argument --dilation: must be 1 or even (the OS16 conv runs dilation '
+     'r/2), got 3'),
     # benchmark.py: before, tracebacks after building the model (a
     # ZeroDivisionError for --repeat 0), or --threads 0 ignored
     ('benchmark.py', [SELDS_DEMO, '--repeat', '0'],

@@ -349,9 +349,10 @@ def verdict(rows: dict, runs: dict, dense: dict, seeds: list,
             lines.append(
                 f'mIoU, {label}: {c["second"]} - {c["first"]} = '
                 f'{c["difference"]:+.2f} ({format_spread(b)} vs '
-                f'{format_spread(a)}): '
-                + ('larger than the seed spread.' if c['beyond_spread']
-                   else 'within the seed spread.'))
+                f'{format_spread(a)})' + (
+                    '.' if len(seeds) < 2 else
+                    ': larger than the seed spread.' if c['beyond_spread']
+                    else ': within the seed spread.'))
     for name in names:
         r = rows[name]
         lines.append(

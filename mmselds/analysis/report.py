@@ -149,7 +149,9 @@ def ablation_curve_lines(rows: Dict[str, dict]) -> str:
                  for b in names[j + 1:]
                  if beyond_spread(rows[a]['curve'][i]['mIoU'],
                                   rows[b]['curve'][i]['mIoU'])]
+        judged = all(rows[n]['curve'][i]['mIoU']['n'] >= 2 for n in names)
         lines.append(f'  s={point["ratio"]:.2f}: ' + ', '.join(cells) + '  '
                      + (f'[beyond the spread: {"; ".join(apart)}]' if apart
-                        else '[all within the seed spread]'))
+                        else '[all within the seed spread]' if judged
+                        else '[one seed: no spread to judge by]'))
     return '\n'.join(lines)

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar=('H', 'W'), help='OS8 map size, even (2x2 cells; '
                    'R101 stage 3 of a 512x1024 input: 64 128)')
     p.add_argument('--batch-size', type=positive_int, default=1)
-    p.add_argument('--dilation', type=positive_int, default=2)
+    p.add_argument('--dilation', type=positive_int, default=2,
+                   help='OS8 dilation: 1 or even (the OS16 conv runs r/2)')
     p.add_argument('--densities', type=DENSITY, nargs='+',
                    default=(1.0, 0.75, 0.5, 0.25, 0.0),
                    help='high-resolution densities rho, each in [0, 1]')
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='timed runs per case (median); >= 5')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--device', default='cpu', type=torch_device)
-    p.add_argument('--threads', type=int, default=None,
+    p.add_argument('--threads', type=positive_int, default=None,
                    help='torch CPU threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)
     return p
@@ -63,6 +64,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeat < 5:
         parser.error(f'argument --repeat: must be >= 5, got {args.repeat}')
+    if args.dilation > 1 and args.dilation % 2:
+        parser.error(f'argument --dilation: must be 1 or even (the OS16 '
+                     f'conv runs dilation r/2), got {args.dilation}')
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

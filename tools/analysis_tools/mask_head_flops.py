@@ -100,23 +100,22 @@ def main(argv=None):
     print(f'mask-head multiply-adds on the {channels}x{h}x{w} stage-2 map of '
           f'a {args.shape[0]}x{args.shape[1]} input ({backbone.depth}-layer '
           f'backbone, {osp.basename(args.config)})\n')
-    print(f'{"row":58}{"MACs":>12}{"vs CAD":>10}{letter_title:>10}')
-
-    def row(name, macs, letter=None):
-        vs = '' if macs == cad else f'{macs / cad - 1:.1%}'
-        ref = '' if letter is None else f'{letter * scale / 1e6:.3g}M'
-        print(f'{name:58}{macs / 1e6:>11.2f}M{vs:>10}{ref:>10}')
-
-    row(f'Baseline (CAD): {describe(cad_head)}', cad, LETTER['cad'])
-    row(f'Prop. 1: {describe(light_head)}', light, LETTER['prop1'])
-    row(f'this config: {describe(head)}', own)
+    rows = [(f'Baseline (CAD): {describe(cad_head)}', cad, LETTER['cad']),
+            (f'Prop. 1: {describe(light_head)}', light, LETTER['prop1']),
+            (f'this config: {describe(head)}', own, None)]
     if backbone.pool_mode == 'adaptive':
         for s in args.ds_ratio:
             pool = selective_stage_macs(backbone, (h, w),
                                         round(s * cells)).pooling
-            row(f'Prop. 2: this config\'s head + adaptive pooling '
-                f'(s = {s:g})', own + pool, LETTER['prop2'])
-    else:
+            rows.append((f'Prop. 2: this config\'s head + adaptive pooling '
+                         f'(s = {s:g})', own + pool, LETTER['prop2']))
+    width = max(len(name) for name, _, _ in rows) + 2
+    print(f'{"row":{width}}{"MACs":>12}{"vs CAD":>10}{letter_title:>10}')
+    for name, macs, letter in rows:
+        vs = '' if macs == cad else f'{macs / cad - 1:.1%}'
+        ref = '' if letter is None else f'{letter * scale / 1e6:.3g}M'
+        print(f'{name:{width}}{macs / 1e6:>11.2f}M{vs:>10}{ref:>10}')
+    if backbone.pool_mode != 'adaptive':
         print(f'(no Prop. 2 rows: {osp.basename(args.config)} pools with '
               f'{backbone.pool_mode!r}, not adaptive pooling)')
     print(f'\nletter: -81% (690M -> 130M). Ours: {1 - light / cad:.1%} fewer '
