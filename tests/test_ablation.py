@@ -141,6 +141,37 @@ def test_bad_arguments_are_clear_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('root, warned', [('cityscapes', True),
+                                          ('synthetic_cityscapes', False)])
+def test_generating_into_a_new_folder_says_what_it_holds(
+        tmp_path, monkeypatch, capsys, root, warned):
+    """A --data-root that does not exist gets the synthetic data set,
+    as documented; unless its name says synthetic, a warning says that
+    it now holds generated scenes (a mistyped real-Cityscapes path)."""
+    module = ablation_tool()
+    written = []
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(module, 'generate_with_progress',
+                        lambda root, *a, **k: written.append(root))
+    monkeypatch.setattr(module, 'run_parallel', stop)  # after the data
+    with pytest.raises(Stop):
+        module.main(['--work-dir', str(tmp_path / 'w'), '--data-root',
+                     str(tmp_path / root), '--num-train', '2',
+                     '--num-val', '1'])
+    out = capsys.readouterr().out
+    assert written == [str(tmp_path / root)]
+    assert 'data: generating the synthetic data set (2 + 1 images of ' \
+        '128x256)' in out
+    assert ('holds generated street scenes; for real Cityscapes give the '
+            'folder that holds leftImg8bit/ and gtFine/' in out) == warned
+
+
 def test_a_dense_config_is_not_a_row(tmp_path):
     dense = osp.join(DEMO, 'deeplabv3_r18-d8_1xb8-400it_synthcity-128x256.py')
     tool = ablation_tool()

@@ -65,7 +65,8 @@ def test_check_load_from_accepts_an_mmseg_checkpoint(tmp_path, caplog):
     assert f': {n} tensors under' in notice[0]
 
 
-def test_check_load_from_names_missing_and_mismatched_keys(tmp_path):
+def test_check_load_from_names_missing_and_mismatched_keys(tmp_path,
+                                                           caplog):
     from mmseg.models.backbones import ResNetV1c
     other = ResNetV1c(depth=18, **OS8, **NARROW)  # another depth
     save(other, tmp_path / 'r18.pth')
@@ -76,11 +77,15 @@ def test_check_load_from_names_missing_and_mismatched_keys(tmp_path):
     shapes = (rf'backbone.layer1.0.conv1.weight: checkpoint '
               rf'\({", ".join(map(str, ours))}\), model '
               rf'\({", ".join(map(str, theirs))}\)')
-    hook = HOOKS.build(dict(type='CheckLoadFromHook'))
+    hook = HOOKS.build(dict(type='CheckLoadFromHook', inference=True))
     with pytest.raises(ValueError, match=r'r18.pth does not fit the model: '
                        r'[1-9]\d* shape mismatches: ' + shapes +
-                       r'.*[1-9]\d* missing keys .*layer1.0.conv3.weight'):
+                       r'.*[1-9]\d* missing keys .*layer1.0.conv3.weight'), \
+            caplog.at_level(logging.INFO):
         load(hook, runner_for(model, tmp_path / 'r18.pth'))
+    # the error alone: no warning about its mask head first (was: "keep
+    # their random initialisation", then the mismatch)
+    assert 'initialisation' not in caplog.text, caplog.text
 
 
 def test_check_load_from_refuses_extra_blocks(tmp_path):
@@ -150,22 +155,41 @@ def test_add_check_load_hook():
 def test_slurm_scripts_pass_the_job_layout(tmp_path):
     """A stand-in srun records its arguments (no cluster here)."""
     srun = tmp_path / 'srun'
-    srun.write_text('#!/usr/bin/env bash\necho "$@" > "$SRUN_LOG"\n')
+    srun.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > '
+                    '"$SRUN_LOG"\n')  # one argument a line
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
     env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}',
                SRUN_LOG=str(tmp_path / 'log'), GPUS='8', GPUS_PER_NODE='4',
                CPUS_PER_TASK='6', SRUN_ARGS='--quotatype=auto')
-    for script, args in (('slurm_train.sh', ['cfg.py', '--amp']),
-                         ('slurm_test.sh', ['cfg.py', 'ckpt.pth', '--tta'])):
+    # an argument with a space stays one argument (was split in two)
+    extra = ['--work-dir', 'work dirs/run 1']
+    for script, args in (('slurm_train.sh', ['cfg.py', '--amp', *extra]),
+                         ('slurm_test.sh', ['cfg.py', 'ckpt.pth', '--tta',
+                                            *extra])):
         subprocess.run(['bash', f'tools/{script}', 'part', 'job', *args],
                        cwd=ROOT, env=env, check=True, capture_output=True)
-        line = (tmp_path / 'log').read_text()
-        for expected in ('-p part', '--job-name=job', '--gres=gpu:4',
+        argv = (tmp_path / 'log').read_text().splitlines()
+        for expected in ('-p', 'part', '--job-name=job', '--gres=gpu:4',
                          '--ntasks=8', '--ntasks-per-node=4',
                          '--cpus-per-task=6', '--quotatype=auto',
-                         '--launcher=slurm', args[-1]):
-            assert expected in line, (script, line)
-        assert 'tools/' + script[6:-3] + '.py' in line
+                         '--launcher=slurm', *args):
+            assert expected in argv, (script, argv)
+        assert argv[-4:] == ['--launcher=slurm', *args[-3:]], argv
+        assert any(a.endswith('tools/' + script[6:-3] + '.py')
+                   for a in argv), argv
+
+
+@pytest.mark.parametrize('argv', [['dist_train.sh', 'cfg.py'],
+                                  ['dist_train.sh', 'cfg.py', 'two'],
+                                  ['dist_test.sh', 'cfg.py', 'ckpt.pth', '0']])
+def test_dist_scripts_name_a_missing_process_count(argv):
+    """Was torchrun's ``ValueError: Unsupported nproc_per_node value``."""
+    proc = subprocess.run(['bash', f'tools/{argv[0]}', *argv[1:]], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f'usage: bash tools/{argv[0]} CONFIG ')
+    assert 'GPUS is the number of processes on this node, a positive ' \
+        'integer' in proc.stderr, proc.stderr
 
 
 def test_resolve_resume_tells_an_initialisation_from_a_training_state(

@@ -429,8 +429,13 @@ def main(argv=None):
         log(f'data: using {args.data_root} as it is (not a data set the '
             'generator wrote: not regenerated)')
     else:
-        log(f'data: generating {args.num_train} + {args.num_val} images in '
-            f'{args.data_root}')
+        log(f'data: generating the synthetic data set ({args.num_train} + '
+            f'{args.num_val} images of 128x256) in {args.data_root}')
+        if not osp.exists(args.data_root) and \
+                'synthetic' not in osp.basename(osp.abspath(args.data_root)):
+            log(f'data: WARNING: {args.data_root} did not exist, so it now '
+                'holds generated street scenes; for real Cityscapes give '
+                'the folder that holds leftImg8bit/ and gtFine/')
         generate_with_progress(args.data_root, args.num_train,
                                args.num_val, (128, 256), seed=0)
 

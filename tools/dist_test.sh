@@ -3,6 +3,11 @@
 #     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
 # GPUS is the number of processes on this node (CPU processes, gloo
 # backend, on a machine without CUDA).
+if [ $# -lt 3 ] || ! [[ "${3}" =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]; GPUS is the number of" \
+        "processes on this node, a positive integer (got '${3:-}')" >&2
+    exit 2
+fi
 CONFIG=$1
 CHECKPOINT=$2
 GPUS=$3

@@ -3,6 +3,11 @@
 #     bash tools/dist_train.sh CONFIG GPUS [train.py args]
 # GPUS is the number of processes on this node (CPU processes, gloo
 # backend, on a machine without CUDA).
+if [ $# -lt 2 ] || ! [[ "${2}" =~ ^[1-9][0-9]*$ ]]; then
+    echo "usage: bash tools/dist_train.sh CONFIG GPUS [train.py args]; GPUS is the number of" \
+        "processes on this node, a positive integer (got '${2:-}')" >&2
+    exit 2
+fi
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

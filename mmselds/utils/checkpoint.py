@@ -257,6 +257,13 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
     """
     diff = compare_state_dicts(state_dict_of(checkpoint, path),
                                model_state_of(model), allowed_missing)
+    message = f'{path} does not fit the model: {diff.describe()}'
+    if not diff.ok and strict:  # before any notice about what fits
+        raise CheckpointMismatchError(
+            message + ' (is the config the one the checkpoint was '
+            'trained with? To load what fits anyway: --no-strict-load '
+            'of tools/train.py and tools/test.py, strict=False in '
+            'CheckLoadFromHook)')
     if diff.allowed_missing:
         what = (f'{path}: {len(diff.allowed_missing)} tensors under '
                 f'{_prefixes(diff.allowed_missing, allowed_missing)} are not '
@@ -277,13 +284,6 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
                   f'not trained since, {UNTRAINED}',
                   logger=logger, level=logging.WARNING)
     if not diff.ok:
-        message = f'{path} does not fit the model: {diff.describe()}'
-        if strict:
-            raise CheckpointMismatchError(
-                message + ' (is the config the one the checkpoint was '
-                'trained with? To load what fits anyway: --no-strict-load '
-                'of tools/train.py and tools/test.py, strict=False in '
-                'CheckLoadFromHook)')
         print_log(message + ' (not strict: loading what fits)',
                   logger=logger, level=logging.WARNING)
     return diff
