@@ -139,6 +139,16 @@ def test_benchmark_compare_writes_ratios_and_plot(tmp_path):
     assert figure is not None and figure.shape[0] > 200
 
 
+def test_benchmark_at_a_size_that_is_not_a_multiple_of_16():
+    """60x44 gives an 8x6 OS8 map (4x3 cells): the forced masks have the
+    backbone's cell grid (was: 60 // 16 x 44 // 16 = 3x2 cells, and a
+    ds_mask shape error after the model was built)."""
+    out = run([sys.executable, 'tools/analysis_tools/benchmark.py',
+               SELDS_DEMO, '--shape', 60, 44, '--repeat', 1, '--ds-ratio',
+               0.5, '--no-memory'])
+    assert re.search(r'\| s=0.5 \| [\d.]+ \| [\d.]+ \|', out), out[-2000:]
+
+
 def test_benchmark_names_a_dense_config(monkeypatch):
     """Was: ``ResNet.forward() got an unexpected keyword argument
     'ds_mask'`` deep in the timing."""
@@ -264,6 +274,13 @@ BAD_ARGUMENTS = [
      f'argument --out: {ROOT} is a folder, not a file'),
     ('get_flops.py', [SELDS_DEMO, '--out', ROOT],
      f'argument --out: {ROOT} is a folder, not a file'),
+    ('get_flops.py', [SELDS_DEMO, '--out', 'not_there_yet/'],
+     'argument --out: not_there_yet/ is a folder, not a file'),
+    ('get_flops.py', [SELDS_DEMO, '--out', ''],
+     'argument --out: an empty path'),
+    ('get_flops.py', [SELDS_DEMO, '--out', f'{ROOT}/README.md/x.json'],
+     f'argument --out: cannot write {ROOT}/README.md/x.json: '
+     f'{ROOT}/README.md is not a writable folder'),
 ]
 
 

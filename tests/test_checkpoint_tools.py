@@ -118,23 +118,43 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize('kind', ['png', 'jpg', 'text'])
-def test_read_checkpoint_names_an_image_or_text_given_as_one(tmp_path, kind):
+ORDER = 'arguments in the wrong order? The tools take CONFIG CHECKPOINT, ' \
+    'then the rest'
+
+
+@pytest.mark.parametrize('kind, name, hint', [
+    ('png', 'a PNG image', ORDER), ('jpg', 'a JPEG image', ORDER),
+    ('text', 'a text file', ORDER),
+    # a character of two bytes cut by the 512 bytes read: still text
+    ('long-text', 'a text file', ORDER),
+    ('lfs', 'a Git LFS pointer', 'the checkpoint itself was not '
+     'downloaded: run `git lfs pull`, or download the file'),
+    ('html', 'an HTML page', 'a download that returned a web page instead '
+     'of the file: download it again')])
+def test_read_checkpoint_names_what_was_given_instead(tmp_path, kind, name,
+                                                      hint):
     """An image or a config where the checkpoint belongs (arguments in
-    the wrong order) is named as what it is (was: the first line of
-    torch's unpickling error, cut off at a comma)."""
+    the wrong order), a Git LFS pointer or a web page is named as what it
+    is (was: the first line of torch's unpickling error, cut off at a
+    comma)."""
     path = tmp_path / f'x.{kind}'
     if kind == 'text':
         path.write_text("_base_ = ['./base.py']\nmodel = dict()\n")
+    elif kind == 'long-text':
+        path.write_text('# ' + 'x' * 509 + 'é is two bytes\n',
+                        encoding='utf-8')
+        assert path.read_bytes()[511:513] == 'é'.encode()
+    elif kind == 'lfs':
+        path.write_text('version https://git-lfs.github.com/spec/v1\n'
+                        'oid sha256:' + '0' * 64 + '\nsize 123\n')
+    elif kind == 'html':
+        path.write_text('<!DOCTYPE html>\n<html><body>Sign in</body></html>')
     else:
         cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError) as info:
         read_checkpoint(str(path))
-    kind_name = dict(png='a PNG image', jpg='a JPEG image',
-                     text='a text file')[kind]
-    assert str(info.value) == (
-        f'{path} is not a checkpoint but {kind_name} (arguments in the '
-        'wrong order? The tools take CONFIG CHECKPOINT, then the rest)')
+    assert str(info.value) == f'{path} is not a checkpoint but {name} ' \
+        f'({hint})'
 
 
 def test_tools_test_names_a_corrupt_checkpoint(tmp_path, tiny_data):
@@ -398,7 +418,7 @@ def test_mmseg2selds_output_is_its_own_summary(tmp_path):
     assert len(out.splitlines()) < 80 and 'wrote ' in out
 
 
-def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys):
+def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys, caplog):
     from mmseg.models.backbones import ResNetV1c
     backbone = randomize_(ResNetV1c(depth=18, **OS8, **NARROW), seed=4)
     # with the ImageNet classifier of a classification checkpoint: dropped
@@ -418,6 +438,19 @@ def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys):
     selds.load_state_dict(state, strict=True)
     for key, value in backbone.state_dict().items():
         assert torch.equal(selds.state_dict()[f'backbone.{key}'], value)
+    # tested as it is: the heads are untrained too, and a warning says so
+    logger = logging.getLogger('test.bare')
+    with caplog.at_level(logging.WARNING, logger='test.bare'):
+        check_checkpoint(torch.load(tmp_path / 'selds.pth',
+                                    weights_only=False), selds, 'selds.pth',
+                         logger=logger, inference=True)
+    heads = [r.getMessage() for r in caplog.records
+             if 'predictions and the accuracy' in r.getMessage()]
+    n = sum(not k.startswith(('backbone.mask_head.', 'backbone.pooling.'))
+            for k in done['initialised'])
+    assert len(heads) == 1 and heads[0].startswith(
+        f'selds.pth: {n} tensors under auxiliary_head.*, decode_head.* '
+        'were filled'), caplog.text
 
 
 def test_mmseg2selds_refuses_a_shape_mismatch(tmp_path):

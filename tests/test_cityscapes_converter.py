@@ -118,7 +118,8 @@ def test_coarse_annotations_with_train_extra(tmp_path):
                           'gtCoarse'], cwd=ROOT, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr
-    assert 'train 2, val 1, test 0, train_extra 1' in run.stdout, run.stdout
+    assert 'train 2, val 1, train_extra 1' in run.stdout, run.stdout
+    assert not osp.exists(osp.join(root, 'test.txt'))  # no test split
     for split, names in stems.items():
         assert open(osp.join(root, f'{split}.txt')).read().split() == \
             sorted(names)
@@ -142,7 +143,8 @@ def test_coarse_annotations_with_train_extra(tmp_path):
     os.remove(osp.join(root, 'leftImg8bit', 'train_extra',
                        stems['train_extra'][0] + '_leftImg8bit.png'))
     with pytest.raises(CityscapesConversionError,
-                       match='1 annotated images are missing .*train_extra'):
+                       match='1 annotated images are missing .*train_extra'
+                       '.* and leftImg8bit_trainextra.zip into'):
         convert_cityscapes(root, gt_dir='gtCoarse')
 
 

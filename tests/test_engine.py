@@ -188,8 +188,8 @@ def test_dist_scripts_name_a_missing_process_count(argv):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f'usage: bash tools/{argv[0]} CONFIG ')
-    assert 'GPUS is the number of processes on this node, a positive ' \
-        'integer' in proc.stderr, proc.stderr
+    assert 'GPUS is the number of processes on this node: a positive ' \
+        'integer, or auto, cpu, gpu' in proc.stderr, proc.stderr
 
 
 def test_resolve_resume_tells_an_initialisation_from_a_training_state(

@@ -48,8 +48,9 @@ def train_short(work, data_root, **options):
     end: (checkpoint, the ratio training reached at its end, validation
     records). The end ratio is the mean of the last 5 iterations' logged
     values (each is one batch's Gumbel sample). The learning rate decays
-    to the schedule's floor (``eta_min``, 1 % of the base rate) 5
-    iterations before the end, as a full schedule ends: cut off at a high
+    to the schedule's floor (PolyLR's ``eta_min``, 1e-4) 5 iterations
+    before the end (its ``begin``, 20, is below that), as a full schedule
+    ends: cut off at a high
     rate, the ratio of a 30-iteration run still swings by 0.1 from one
     iteration to the next, and the last 5 samples would describe models
     other than the checkpoint."""

@@ -350,7 +350,7 @@ def verdict(rows: dict, runs: dict, dense: dict, seeds: list,
                 f'mIoU, {label}: {c["second"]} - {c["first"]} = '
                 f'{c["difference"]:+.2f} ({format_spread(b)} vs '
                 f'{format_spread(a)})' + (
-                    '.' if len(seeds) < 2 else
+                    '.' if min(a['n'], b['n']) < 2 else  # no spread
                     ': larger than the seed spread.' if c['beyond_spread']
                     else ': within the seed spread.'))
     for name in names:

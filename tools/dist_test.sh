@@ -3,9 +3,9 @@
 #     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
 # GPUS is the number of processes on this node (CPU processes, gloo
 # backend, on a machine without CUDA).
-if [ $# -lt 3 ] || ! [[ "${3}" =~ ^[1-9][0-9]*$ ]]; then
+if [ $# -lt 3 ] || ! [[ "${3}" =~ ^([1-9][0-9]*|auto|cpu|gpu|xpu)$ ]]; then
     echo "usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]; GPUS is the number of" \
-        "processes on this node, a positive integer (got '${3:-}')" >&2
+        "processes on this node: a positive integer, or auto, cpu, gpu (got '${3:-}')" >&2
     exit 2
 fi
 CONFIG=$1

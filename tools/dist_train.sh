@@ -3,9 +3,9 @@
 #     bash tools/dist_train.sh CONFIG GPUS [train.py args]
 # GPUS is the number of processes on this node (CPU processes, gloo
 # backend, on a machine without CUDA).
-if [ $# -lt 2 ] || ! [[ "${2}" =~ ^[1-9][0-9]*$ ]]; then
+if [ $# -lt 2 ] || ! [[ "${2}" =~ ^([1-9][0-9]*|auto|cpu|gpu|xpu)$ ]]; then
     echo "usage: bash tools/dist_train.sh CONFIG GPUS [train.py args]; GPUS is the number of" \
-        "processes on this node, a positive integer (got '${2:-}')" >&2
+        "processes on this node: a positive integer, or auto, cpu, gpu (got '${2:-}')" >&2
     exit 2
 fi
 CONFIG=$1

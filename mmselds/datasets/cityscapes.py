@@ -19,7 +19,7 @@ import os.path as osp
 import re
 from typing import Dict, List, Optional
 
-SPLITS = ('train', 'val', 'test')
+SPLITS = ('train', 'val', 'test', 'train_extra')  # train_extra: gtCoarse
 # <stem>_gtFine_polygons.json -> <stem>_gtFine_labelTrainIds.png (the same
 # for gtCoarse), and <stem> in the split lists, as mmseg's converter
 POLYGON_SUFFIX = '_polygons.json'
@@ -119,9 +119,10 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     """Write ``*_gtFine_labelTrainIds.png`` next to every
     ``*_gtFine_polygons.json`` under ``data_root/gt_dir`` (likewise
     ``*_gtCoarse_*``) and the split lists ``{train,val,test}.txt`` into
-    ``out_dir`` (default ``data_root``), as mmseg's converter does; another
-    split folder with annotations (gtCoarse's ``train_extra``) gets its own
-    list.
+    ``out_dir`` (default ``data_root``), as mmseg's converter does; a
+    split folder without annotations gets no list (gtCoarse has no test
+    split: the ``test.txt`` of gtFine stays), gtCoarse's ``train_extra``
+    gets its own.
 
     Args:
         data_root (str): the Cityscapes root (``gtFine/``, ``leftImg8bit/``).
@@ -131,14 +132,14 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
         out_dir (str, optional): where the split lists go.
         nproc (int): worker processes (mmengine's parallel progress).
         img_dir (str): the image folder under ``data_root``; every polygon
-            file of the train and val splits must have its image there.
+            file of a split but test must have its image there.
         progress (bool): show mmengine's progress bar.
     Returns:
         dict: label images written per split.
     Raises:
         CityscapesConversionError: no cityscapesscripts, no annotation
             folder or polygon files, an unconvertible file, or annotations
-            of train / val without their image.
+            of a split but test without their image.
     """
     if nproc < 1:
         raise ValueError(f'nproc must be >= 1, got {nproc}')
@@ -153,11 +154,9 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     if not files:
         raise CityscapesConversionError(
             f'no *{POLYGON_SUFFIX} annotation files under {gt_root}')
-    splits = list(SPLITS) + sorted(
-        {osp.relpath(f, gt_root).split(os.sep)[0] for f in files}
-        - set(SPLITS) - {osp.basename(f) for f in files})
     by_split = {s: [f for f in files if osp.relpath(f, gt_root).split(
-        os.sep)[0] == s] for s in splits}
+        os.sep)[0] == s] for s in SPLITS}
+    splits = [s for s in SPLITS if by_split[s]]
     missing = []
     for split in splits:
         if split == 'test':  # no labels to train with
@@ -171,8 +170,10 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     if missing:
         raise CityscapesConversionError(
             f'{len(missing)} annotated images are missing (first: '
-            f'{missing[0]}); unpack leftImg8bit_trainvaltest.zip (for '
-            f'train_extra: leftImg8bit_trainextra.zip) into {data_root}')
+            f'{missing[0]}); unpack leftImg8bit_trainvaltest.zip'
+            + (' and leftImg8bit_trainextra.zip' if any(
+                f'{os.sep}train_extra{os.sep}' in m for m in missing)
+               else '') + f' into {data_root}')
     for f in files:  # every file readable and its labels known: then draw
         check_polygon_file(f)
 

@@ -39,8 +39,9 @@ class CheckLoadFromHook(Hook):
             Default: ``('backbone.mask_head.', 'backbone.pooling.')``.
         inference (bool): the checkpoint is tested, not trained from
             (``tools/test.py`` sets it): missing ``allowed_missing``
-            tensors are then a warning that the mask head is untrained.
-            Default: False.
+            tensors are then a warning that the mask head is untrained, as
+            are the tensors a checkpoint converted by ``mmseg2selds.py``
+            lists as filled with their initialisation. Default: False.
     """
 
     priority = 'VERY_LOW'

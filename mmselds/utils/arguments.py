@@ -74,20 +74,29 @@ def torch_device(text: str):
 
 
 def output_file(text: str) -> str:
-    """A file a tool will write: its folder is created now (as mmengine
-    creates a work dir), so a path in a new folder works and one that
-    cannot be written is refused before any work, not after it."""
-    if osp.isdir(text):
+    """A file a tool will write (``--out``, ``--plot``): refused here, before
+    any work, when it is empty, a folder, ends in ``/``, or lies under a
+    folder that cannot be written; a folder that does not exist yet is
+    fine (:func:`parent_made` creates it when the file is written)."""
+    if not text:
+        raise argparse.ArgumentTypeError('an empty path')
+    if text.endswith(('/', os.sep)) or osp.isdir(text):
         raise argparse.ArgumentTypeError(f'{text} is a folder, not a file')
     folder = osp.dirname(osp.abspath(text))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
+    existing = folder
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing) or not os.access(existing, os.W_OK):
         raise argparse.ArgumentTypeError(
-            f'cannot create the folder of {text}: {e.strerror or e}')
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f'{folder} is not writable')
+            f'cannot write {text}: {existing} is not a writable folder')
     return text
 
 
 output_file.__name__ = 'a file to write'
+
+
+def parent_made(path: str) -> str:
+    """``path``, after creating its folder (as mmengine creates a work
+    dir)."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    return path

@@ -7,6 +7,7 @@ lists what differs between a checkpoint and a model by name;
 (missing mask-head and pooling parameters are expected of an mmseg
 checkpoint and only noted; anything else is an error unless not strict).
 """
+import codecs
 import logging
 import os.path as osp
 from dataclasses import dataclass, field
@@ -57,10 +58,11 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
     except Exception as err:  # unpickling can fail in many ways
         kind = None if _is_remote(path) else file_kind(path)
         if kind:
+            hint = _KIND_HINTS.get(kind, 'arguments in the wrong order? The '
+                                   'tools take CONFIG CHECKPOINT, then the '
+                                   'rest')
             raise InvalidCheckpointError(
-                f'{path} is not a checkpoint but {kind} (arguments in the '
-                'wrong order? The tools take CONFIG CHECKPOINT, then the '
-                'rest)') from err
+                f'{path} is not a checkpoint but {kind} ({hint})') from err
         reason = ' '.join(str(err).split())
         if len(reason) > 200:
             reason = reason[:197] + '...'
@@ -81,9 +83,18 @@ _SIGNATURES = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
                (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'))
 
 
+_KIND_HINTS = {
+    'a Git LFS pointer': 'the checkpoint itself was not downloaded: run '
+                         '`git lfs pull`, or download the file',
+    'an HTML page': 'a download that returned a web page instead of the '
+                    'file: download it again',
+}
+
+
 def file_kind(path: str) -> Optional[str]:
-    """'a PNG image', 'a JPEG image', ... for an image file, 'a text file'
-    for one of text (a config, a log), else None."""
+    """'a PNG image', 'a JPEG image', ... for an image file, 'a Git LFS
+    pointer', 'an HTML page', 'a text file' for other text (a config, a
+    log), else None."""
     try:
         with open(path, 'rb') as f:
             head = f.read(512)
@@ -92,10 +103,14 @@ def file_kind(path: str) -> Optional[str]:
     for magic, kind in _SIGNATURES:
         if head.startswith(magic):
             return kind
-    try:
-        text = head.decode('utf-8')
+    try:  # incremental: a character cut at byte 512 is not an error
+        text = codecs.getincrementaldecoder('utf-8')().decode(head)
     except UnicodeDecodeError:
         return None
+    if text.startswith('version https://git-lfs'):
+        return 'a Git LFS pointer'
+    if text.lstrip().lower().startswith(('<!doctype html', '<html')):
+        return 'an HTML page'
     printable = all(c.isprintable() or c in '\t\r\n' for c in text)
     return 'a text file' if text and printable else None
 
@@ -220,21 +235,24 @@ def _prefixes(keys: Sequence[str], prefixes: Sequence[str]) -> str:
                              if k.startswith(p)}))
 
 
-def converted_untrained(checkpoint: Mapping,
-                        allowed_missing: Sequence[str] = ALLOWED_MISSING
-                        ) -> List[str]:
-    """The tensors under ``allowed_missing`` (mask head, pooling) that
-    ``tools/model_converters/mmseg2selds.py`` filled with their
-    initialisation, as its ``meta['initialised']`` lists them: a converted
+def converted_untrained(checkpoint: Mapping) -> List[str]:
+    """The tensors that ``tools/model_converters/mmseg2selds.py`` filled
+    with their initialisation, as its ``meta['initialised']`` lists them
+    (the mask head and pooling; for a bare backbone also the heads; with
+    ``--no-strict-load`` whatever the source lacked): a converted
     checkpoint carries every tensor, so only its meta tells that these are
     untrained. A checkpoint written by training has mmengine's meta (no
     such list): empty."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, Mapping) or 'converted_from' not in meta:
         return []
-    prefixes = tuple(allowed_missing)
-    return [k for k in meta.get('initialised') or ()
-            if prefixes and isinstance(k, str) and k.startswith(prefixes)]
+    return [k for k in meta.get('initialised') or () if isinstance(k, str)]
+
+
+def _module_prefixes(keys: Sequence[str]) -> str:
+    """'decode_head.*, backbone.layer4.*': the modules ``keys`` are in."""
+    return ', '.join(sorted({'.'.join(k.split('.')[:2 if k.startswith(
+        'backbone.') else 1]) + '.*' for k in keys}))
 
 
 def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
@@ -274,15 +292,27 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
         else:
             print_log(what + 'initialisation (expected for an mmseg '
                       'checkpoint)', logger=logger, level=logging.INFO)
-    converted = converted_untrained(checkpoint, allowed_missing)
-    if converted and inference:
-        print_log(f'{path}: {len(converted)} tensors under '
-                  f'{_prefixes(converted, allowed_missing)} were filled with '
-                  'their random initialisation by '
-                  'tools/model_converters/mmseg2selds.py (converted from '
-                  f'{checkpoint["meta"].get("converted_from", "?")}) and '
-                  f'not trained since, {UNTRAINED}',
-                  logger=logger, level=logging.WARNING)
+    converted = converted_untrained(checkpoint) if inference else []
+    if converted:
+        prefixes = tuple(allowed_missing)
+        mask = [k for k in converted if prefixes and k.startswith(prefixes)]
+        other = [k for k in converted if k not in set(mask)]
+        source = (f'tools/model_converters/mmseg2selds.py (converted from '
+                  f'{checkpoint["meta"].get("converted_from", "?")})')
+        if mask:
+            print_log(f'{path}: {len(mask)} tensors under '
+                      f'{_prefixes(mask, allowed_missing)} were filled with '
+                      f'their random initialisation by {source} and not '
+                      f'trained since, {UNTRAINED}',
+                      logger=logger, level=logging.WARNING)
+        if other:
+            print_log(f'{path}: {len(other)} tensors under '
+                      f'{_module_prefixes(other)} were filled with their '
+                      f'random initialisation by {source} and not trained '
+                      'since: the predictions and the accuracy measured '
+                      'with it are those of untrained layers; fine-tune it '
+                      'first (configs/selds/README.md)',
+                      logger=logger, level=logging.WARNING)
     if not diff.ok:
         print_log(message + ' (not strict: loading what fits)',
                   logger=logger, level=logging.WARNING)

@@ -31,8 +31,8 @@ from mmselds.analysis.timing import (dense_twin, inference_fn, median,
                                      time_interleaved)
 from mmselds.models.backbones import check_input_size
 from mmselds.ops import random_cell_mask
-from mmselds.utils.arguments import (fraction, output_file, positive_int,
-                                     summary, torch_device)
+from mmselds.utils.arguments import (fraction, output_file, parent_made,
+                                     positive_int, summary, torch_device)
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
@@ -104,7 +104,7 @@ def build_cases(args):
                          'the dense models (for a dense model\'s cost: '
                          'tools/analysis_tools/get_flops.py)')
     size, n = tuple(args.shape), args.batch_size
-    h, w = size[0] // 16, size[1] // 16
+    h, w = (x // 2 for x in check_input_size(size))  # cells of the OS8 map
     gen = torch.Generator().manual_seed(0)
     cases = {}
     if args.compare:
@@ -203,11 +203,11 @@ def main(argv=None):
                 'model_time_ratio_plain', 'model_flops_ratio')]
         print('| ' + ' | '.join(cells) + ' |')
     if args.plot:
-        plot_ratios(rows, args.plot, f'{osp.basename(args.config)}, '
-                    f'{args.shape[0]}x{args.shape[1]}, batch '
-                    f'{args.batch_size}, {dev}')
+        plot_ratios(rows, parent_made(args.plot),
+                    f'{osp.basename(args.config)}, {args.shape[0]}x'
+                    f'{args.shape[1]}, batch {args.batch_size}, {dev}')
     if args.out:
-        with open(args.out, 'w') as f:
+        with open(parent_made(args.out), 'w') as f:
             json.dump(dict(config=args.config, shape=args.shape,
                            batch_size=args.batch_size, device=dev,
                            cudnn_benchmark=autotuner,

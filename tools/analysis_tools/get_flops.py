@@ -27,7 +27,8 @@ import mmselds  # noqa: F401
 from mmselds.analysis import is_selective, model_macs, reference_macs
 from mmselds.datasets import NoImagesError
 from mmselds.models.backbones import check_input_size
-from mmselds.utils.arguments import fraction, output_file, positive_int
+from mmselds.utils.arguments import (fraction, output_file, parent_made,
+                                     positive_int)
 from mmselds.utils.checkpoint import UNTRAINED
 from mmselds.utils.evaluation import build_test_loader
 from mmselds.utils.launch import run_cli
@@ -195,7 +196,7 @@ def main(argv=None):
         if image_refs is not None:
             out.update(image_sizes=sorted(set(sizes)),
                        image_references=image_refs)
-        with open(args.out, 'w') as f:
+        with open(parent_made(args.out), 'w') as f:
             json.dump(out, f, indent=2)
 
 

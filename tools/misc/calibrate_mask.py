@@ -31,7 +31,7 @@ from mmselds.analysis.calibration import (CALIBRATION_KEY,
                                           build_calibration_loader,
                                           mask_probabilities,
                                           threshold_for_ratio)
-from mmselds.utils.arguments import output_file
+from mmselds.utils.arguments import output_file, parent_made
 from mmselds.utils.checkpoint import load_model_checkpoint
 from mmselds.utils.config import read_config
 from mmselds.utils.launch import run_cli
@@ -89,7 +89,7 @@ def main():
     if args.clear:
         state[CALIBRATION_KEY] = torch.tensor(float('nan'))
         meta.pop('mask_calibration', None)
-        torch.save(ckpt, args.out)
+        torch.save(ckpt, parent_made(args.out))
         print(f'removed the calibration: {args.out} uses the trained-ratio '
               'rule')
         return
@@ -115,7 +115,7 @@ def main():
         threshold=threshold, target_ratio=target, source=source,
         ratio_on_calibration_images=reached, images=len(loader.dataset),
         trained_ratio=None if math.isnan(trained) else trained)
-    torch.save(ckpt, args.out)
+    torch.save(ckpt, parent_made(args.out))
     print(f'threshold {threshold:.6g} down-samples {reached:.4f} of the '
           f'cells (target {target:.4f} from {source}); wrote {args.out}')
 
