@@ -68,3 +68,19 @@ def count_pooled_values(monkeypatch):
 
     monkeypatch.setattr(SelectivePooling, 'pool_rows', counted)
     return count
+
+
+def cityscapes_dataset(root, split: str = 'train', gt: str = 'gtFine'):
+    """mmseg's own ``CityscapesDataset`` over ``root``'s ``split`` with
+    the labels of ``gt`` (``gtFine``, ``gtCoarse``), loading images and
+    labels as the training pipeline does."""
+    from mmengine.registry import init_default_scope
+    from mmseg.datasets import CityscapesDataset
+    init_default_scope('mmseg')
+    return CityscapesDataset(
+        data_root=str(root), seg_map_suffix=f'_{gt}_labelTrainIds.png',
+        data_prefix=dict(img_path=f'leftImg8bit/{split}',
+                         seg_map_path=f'{gt}/{split}'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='LoadAnnotations'),
+                  dict(type='PackSegInputs')])

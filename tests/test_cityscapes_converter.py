@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmselds.datasets import CityscapesConversionError, convert_cityscapes
-from tests.helpers import ROOT
+from tests.helpers import ROOT, cityscapes_dataset
 
 SCRIPT = 'tools/dataset_converters/cityscapes.py'
 H, W = 32, 64
@@ -61,8 +61,6 @@ def _expected():
 
 def test_converts_and_loads_through_cityscapes_dataset(tmp_path):
     pytest.importorskip('cityscapesscripts')
-    from mmengine.registry import init_default_scope
-    from mmseg.datasets import CityscapesDataset
     root = _stand_in(tmp_path / 'cityscapes')
     run = subprocess.run([sys.executable, SCRIPT, root], cwd=ROOT,
                          capture_output=True, text=True)
@@ -77,13 +75,7 @@ def test_converts_and_loads_through_cityscapes_dataset(tmp_path):
                 cv2.IMREAD_UNCHANGED)
             np.testing.assert_array_equal(label, _expected())
 
-    init_default_scope('mmseg')
-    dataset = CityscapesDataset(
-        data_root=root, data_prefix=dict(img_path='leftImg8bit/train',
-                                         seg_map_path='gtFine/train'),
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='LoadAnnotations'),
-                  dict(type='PackSegInputs')])
+    dataset = cityscapes_dataset(root, 'train')
     assert len(dataset) == 2
     seg = dataset[0]['data_samples'].gt_sem_seg.data[0].numpy()
     np.testing.assert_array_equal(seg, _expected())
@@ -109,8 +101,6 @@ def test_coarse_annotations_with_train_extra(tmp_path):
     images next to the polygons, split lists of image stems, and mmseg's
     CityscapesDataset reads them with the coarse suffix."""
     pytest.importorskip('cityscapesscripts')
-    from mmengine.registry import init_default_scope
-    from mmseg.datasets import CityscapesDataset
     stems = dict(train=STEMS['train'], val=STEMS['val'],
                  train_extra=['augsburg/augsburg_000000_000000'])
     root = _stand_in(tmp_path / 'cityscapes', gt='gtCoarse', stems=stems)
@@ -128,14 +118,7 @@ def test_coarse_annotations_with_train_extra(tmp_path):
                 root, 'gtCoarse', split,
                 stem + '_gtCoarse_labelTrainIds.png'), cv2.IMREAD_UNCHANGED)
             np.testing.assert_array_equal(label, _expected())
-    init_default_scope('mmseg')
-    dataset = CityscapesDataset(
-        data_root=root, seg_map_suffix='_gtCoarse_labelTrainIds.png',
-        data_prefix=dict(img_path='leftImg8bit/train_extra',
-                         seg_map_path='gtCoarse/train_extra'),
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='LoadAnnotations'),
-                  dict(type='PackSegInputs')])
+    dataset = cityscapes_dataset(root, 'train_extra', gt='gtCoarse')
     assert len(dataset) == 1
     seg = dataset[0]['data_samples'].gt_sem_seg.data[0].numpy()
     np.testing.assert_array_equal(seg, _expected())

@@ -5,12 +5,12 @@ import os.path as osp
 
 import cv2
 import numpy as np
-from mmengine.registry import init_default_scope
 from mmseg.datasets import CityscapesDataset
 
 import mmselds  # noqa: F401
 from mmselds.datasets import generate, is_generated, render_scene
 from mmselds.visualization import boundary_cells
+from tests.helpers import cityscapes_dataset
 
 
 def digest(root):
@@ -28,14 +28,7 @@ def digest(root):
 
 
 def test_layout_loads_through_cityscapes_dataset(tiny_data):
-    init_default_scope('mmseg')
-    dataset = CityscapesDataset(
-        data_root=tiny_data,
-        data_prefix=dict(img_path='leftImg8bit/train',
-                         seg_map_path='gtFine/train'),
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='LoadAnnotations'),
-                  dict(type='PackSegInputs')])
+    dataset = cityscapes_dataset(tiny_data, 'train')
     assert len(dataset) == 16
     sample = dataset[0]
     assert tuple(sample['inputs'].shape) == (3, 64, 128)
