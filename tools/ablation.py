@@ -50,8 +50,8 @@ import mmselds  # noqa: F401
 from mmselds.analysis import (mask_probabilities, model_macs,
                               threshold_for_ratio)
 from mmselds.analysis.ablation import (LETTER_SHAPE, aggregate_runs,
-                                       compare_rows, format_spread, letter_row,
-                                       model_components, spread)
+                                       compare_rows, format_spread, has_spread,
+                                       letter_row, model_components, spread)
 from mmselds.analysis.plots import plot_ablation
 from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
@@ -350,7 +350,7 @@ def verdict(rows: dict, runs: dict, dense: dict, seeds: list,
                 f'mIoU, {label}: {c["second"]} - {c["first"]} = '
                 f'{c["difference"]:+.2f} ({format_spread(b)} vs '
                 f'{format_spread(a)})' + (
-                    '.' if min(a['n'], b['n']) < 2 else  # no spread
+                    '.' if not has_spread(a, b) else
                     ': larger than the seed spread.' if c['beyond_spread']
                     else ': within the seed spread.'))
     for name in names:

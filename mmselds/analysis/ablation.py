@@ -97,11 +97,17 @@ def spread(values: Sequence[float]) -> Dict[str, object]:
                 std=std, n=n, nan=len(values) - n, values=values)
 
 
+def has_spread(*spreads: Dict[str, object]) -> bool:
+    """Whether every :func:`spread` result has a spread to judge a
+    difference by: two or more seeds."""
+    return all(s['n'] >= 2 for s in spreads)
+
+
 def beyond_spread(a: Dict[str, object], b: Dict[str, object]) -> bool:
     """Whether two :func:`spread` results differ by more than their seed
     spreads: the intervals mean +- half-range do not overlap (needs two or
-    more seeds on each side)."""
-    if a['n'] < 2 or b['n'] < 2:
+    more seeds on each side, :func:`has_spread`)."""
+    if not has_spread(a, b):
         return False
     return abs(a['mean'] - b['mean']) > a['half_range'] + b['half_range']
 
@@ -172,6 +178,6 @@ def compare_rows(rows: Dict[str, dict], key: str) -> List[dict]:
 
 __all__ = [
     'LETTER_SHAPE', 'LETTER_TABLE1', 'aggregate_runs', 'beyond_spread',
-    'compare_rows', 'describe_mask_head', 'format_spread', 'letter_row',
-    'loss_label', 'model_components', 'spread'
+    'compare_rows', 'describe_mask_head', 'format_spread', 'has_spread',
+    'letter_row', 'loss_label', 'model_components', 'spread'
 ]

@@ -1,7 +1,7 @@
 """Text summaries of evaluation results (Markdown tables, sweep lines)."""
 from typing import Dict, Sequence
 
-from .ablation import beyond_spread, format_spread, loss_label
+from .ablation import beyond_spread, format_spread, has_spread, loss_label
 
 # (header, key, format) of the cost and time columns of results_table
 RESULT_COLUMNS = (('backbone GMACs', 'backbone_gmacs', '.3f'),
@@ -149,7 +149,7 @@ def ablation_curve_lines(rows: Dict[str, dict]) -> str:
                  for b in names[j + 1:]
                  if beyond_spread(rows[a]['curve'][i]['mIoU'],
                                   rows[b]['curve'][i]['mIoU'])]
-        judged = all(rows[n]['curve'][i]['mIoU']['n'] >= 2 for n in names)
+        judged = has_spread(*(rows[n]['curve'][i]['mIoU'] for n in names))
         lines.append(f'  s={point["ratio"]:.2f}: ' + ', '.join(cells) + '  '
                      + (f'[beyond the spread: {"; ".join(apart)}]' if apart
                         else '[all within the seed spread]' if judged

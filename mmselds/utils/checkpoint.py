@@ -295,8 +295,9 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
     converted = converted_untrained(checkpoint) if inference else []
     if converted:
         prefixes = tuple(allowed_missing)
-        mask = [k for k in converted if prefixes and k.startswith(prefixes)]
-        other = [k for k in converted if k not in set(mask)]
+        mask, other = [], []
+        for k in converted:
+            (mask if prefixes and k.startswith(prefixes) else other).append(k)
         source = (f'tools/model_converters/mmseg2selds.py (converted from '
                   f'{checkpoint["meta"].get("converted_from", "?")})')
         if mask:
