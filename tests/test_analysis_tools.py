@@ -3,12 +3,12 @@
 mask_head_flops (Table 1) and benchmark (--compare, JSON, plot)."""
 import json
 import re
-import subprocess
 import sys
 
 import cv2
 import pytest
 
+from tests import toolrun
 from tests.helpers import DEMO, ROOT, SELDS_DEMO
 from tests.test_checkpoint_tools import tool
 from tests.test_tools import run
@@ -60,8 +60,8 @@ def test_get_flops_dense_config(tmp_path):
 
 
 def run_in(cwd, cmd):
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, timeout=300,
-                          capture_output=True, text=True)
+    proc = toolrun.run([str(c) for c in cmd], cwd=cwd, timeout=300,
+                       capture_output=True, text=True)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout
 
@@ -109,9 +109,9 @@ def test_mask_head_flops_counts_the_configured_head():
 
 
 def test_mask_head_flops_names_a_dense_config():
-    proc = subprocess.run([sys.executable, 'tools/analysis_tools/'
-                           'mask_head_flops.py', '--config', OS8_DEMO],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = toolrun.run([sys.executable, 'tools/analysis_tools/'
+                        'mask_head_flops.py', '--config', OS8_DEMO],
+                       cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().endswith(
         'has no selective down-sampling backbone (no mask head to count)')
@@ -327,10 +327,10 @@ def test_check_input_size_is_the_backbones_geometry(resnet):
 
 
 def test_get_flops_bad_shape_exits_2_without_a_traceback():
-    proc = subprocess.run([sys.executable, 'tools/analysis_tools/'
-                           'get_flops.py', SELDS_DEMO, '--shape', '100',
-                           '200'], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = toolrun.run([sys.executable, 'tools/analysis_tools/'
+                        'get_flops.py', SELDS_DEMO, '--shape', '100',
+                        '200'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(

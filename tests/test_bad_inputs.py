@@ -2,7 +2,6 @@
 no images (train, test and the analysis tools), visualize_masks.py's
 threshold and unreadable images."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ from mmengine.registry import init_default_scope
 from mmselds.datasets import NoImagesError, generate
 from mmselds.utils.evaluation import build_test_loader
 from mmselds.utils.launch import check_run_data
+from tests import toolrun
 from tests.helpers import ROOT, SELDS_DEMO, cfg_options
 
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -20,8 +20,8 @@ NO_VAL_IMAGES = r'leftImg8bit/val holds no images \(no \*_leftImg8bit\.png'
 
 def run_failing(cmd, timeout=300):
     """Run a tool that must fail: (exit status, stdout + stderr)."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
-                          capture_output=True, text=True)
+    proc = toolrun.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
+                       capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-4000:]
     return proc.returncode, out
@@ -165,7 +165,7 @@ def test_misspelt_cfg_options_get_a_hint():
 
 
 def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
-    proc = subprocess.run(
+    proc = toolrun.run(
         [sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir',
          str(tmp_path), '--cfg-options', *cfg_options(tiny_data),
          'train_cfg.max_iter=2'], cwd=ROOT, capture_output=True, text=True,

@@ -8,7 +8,6 @@ import math
 import os
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import cv2
@@ -21,6 +20,7 @@ from mmseg.structures import SegDataSample
 from mmselds.utils.checkpoint import (check_checkpoint, compare_state_dicts,
                                       read_checkpoint, state_dict_of)
 from mmselds.utils.model_io import build_segmentor
+from tests import toolrun
 from tests.helpers import DEMO, ROOT, SELDS_DEMO, cfg_options
 from tests.test_models.utils import NARROW, OS8, randomize_
 
@@ -37,8 +37,8 @@ def tool(path):
 
 
 def run(cmd, timeout=600):
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
-                          capture_output=True, text=True)
+    proc = toolrun.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
+                       capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -626,7 +626,7 @@ def test_analysis_tools_name_a_checkpoint_that_does_not_fit(tmp_path,
                  'calibrate_mask.py'):
         for ckpt, message in ((bad, 'is not a valid checkpoint'),
                               (wrong, 'does not fit the model')):
-            proc = subprocess.run(
+            proc = toolrun.run(
                 [sys.executable, *map(str, command(tool, ckpt))],
                 cwd=ROOT, capture_output=True, text=True)
             assert proc.returncode == 1, (tool, proc.stderr[-2000:])

@@ -4,7 +4,6 @@ the download's layout -> label images that mmseg's CityscapesDataset loads
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import cv2
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmselds.datasets import CityscapesConversionError, convert_cityscapes
+from tests import toolrun
 from tests.helpers import ROOT, cityscapes_dataset
 
 SCRIPT = 'tools/dataset_converters/cityscapes.py'
@@ -62,8 +62,8 @@ def _expected():
 def test_converts_and_loads_through_cityscapes_dataset(tmp_path):
     pytest.importorskip('cityscapesscripts')
     root = _stand_in(tmp_path / 'cityscapes')
-    run = subprocess.run([sys.executable, SCRIPT, root], cwd=ROOT,
-                         capture_output=True, text=True)
+    run = toolrun.run([sys.executable, SCRIPT, root], cwd=ROOT,
+                      capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert 'train 2, val 1, test 1' in run.stdout
     for split, stems in STEMS.items():
@@ -104,9 +104,9 @@ def test_coarse_annotations_with_train_extra(tmp_path):
     stems = dict(train=STEMS['train'], val=STEMS['val'],
                  train_extra=['augsburg/augsburg_000000_000000'])
     root = _stand_in(tmp_path / 'cityscapes', gt='gtCoarse', stems=stems)
-    run = subprocess.run([sys.executable, SCRIPT, root, '--gt-dir',
-                          'gtCoarse'], cwd=ROOT, capture_output=True,
-                         text=True)
+    run = toolrun.run([sys.executable, SCRIPT, root, '--gt-dir',
+                       'gtCoarse'], cwd=ROOT, capture_output=True,
+                      text=True)
     assert run.returncode == 0, run.stderr
     assert 'train 2, val 1, train_extra 1' in run.stdout, run.stdout
     assert not osp.exists(osp.join(root, 'test.txt'))  # no test split
@@ -148,8 +148,8 @@ def test_named_errors(tmp_path, case):
     else:
         _stand_in(root, images=False)
         expect = 'annotated images are missing'
-    run = subprocess.run([sys.executable, SCRIPT, str(root)], cwd=ROOT,
-                         capture_output=True, text=True)
+    run = toolrun.run([sys.executable, SCRIPT, str(root)], cwd=ROOT,
+                      capture_output=True, text=True)
     assert run.returncode != 0
     assert expect in run.stderr, run.stderr
     assert 'Traceback' not in run.stderr, run.stderr

@@ -10,6 +10,7 @@ from mmseg.datasets import CityscapesDataset
 import mmselds  # noqa: F401
 from mmselds.datasets import generate, is_generated, render_scene
 from mmselds.visualization import boundary_cells
+from tests import toolrun
 from tests.helpers import cityscapes_dataset
 
 
@@ -83,24 +84,23 @@ def test_converter_defaults_match_the_demo(tmp_path):
     """The converter's defaults are the demo's data set (128x256, 200 +
     50), shown by --help; generate() defaults to the same size."""
     import inspect
-    import subprocess
     import sys
 
     import cv2
 
     from tests.helpers import ROOT
     script = 'tools/dataset_converters/synthetic_cityscapes.py'
-    out = subprocess.run([sys.executable, script, '--help'], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = toolrun.run([sys.executable, script, '--help'], cwd=ROOT,
+                      capture_output=True, text=True, check=True).stdout
     flat = ' '.join(out.split())
     for shown in ('(default: 200)', '(default: 50)', '(default: (128, 256))',
                   '(default: 0)'):
         assert shown in flat, out
     assert inspect.signature(generate).parameters['size'].default == \
         (128, 256)
-    subprocess.run([sys.executable, script, str(tmp_path), '--num-train',
-                    '1', '--num-val', '0'], cwd=ROOT, check=True,
-                   capture_output=True)
+    toolrun.run([sys.executable, script, str(tmp_path), '--num-train',
+                 '1', '--num-val', '0'], cwd=ROOT, check=True,
+                capture_output=True)
     image = cv2.imread(str(next(tmp_path.glob(
         'leftImg8bit/train/*/*_leftImg8bit.png'))))
     assert image.shape == (128, 256, 3)
@@ -152,7 +152,6 @@ def test_generator_never_mixes_into_data_it_did_not_write(tmp_path):
 
 
 def test_generator_command_line_errors(tmp_path):
-    import subprocess
     import sys
 
     from tests.helpers import ROOT
@@ -165,8 +164,8 @@ def test_generator_command_line_errors(tmp_path):
             (['--size', '16', '64'], 'argument --size: must be >= 32, got '
              '16'),
             ([], 'error: ' + str(tmp_path) + ' holds 1 file')):
-        out = subprocess.run([sys.executable, script, str(tmp_path), *args],
-                             cwd=ROOT, capture_output=True, text=True)
+        out = toolrun.run([sys.executable, script, str(tmp_path), *args],
+                          cwd=ROOT, capture_output=True, text=True)
         assert out.returncode != 0 and message in out.stderr, out.stderr
         assert 'Traceback' not in out.stderr
 
@@ -228,7 +227,6 @@ def test_demo_and_ablation_name_a_folder_they_will_not_generate_into(
     """One error line through run_cli, no traceback: the demo on a folder
     with files the generator did not write, the ablation on a folder whose
     record cannot be read."""
-    import subprocess
     import sys
 
     from tests.helpers import ROOT
@@ -242,7 +240,7 @@ def test_demo_and_ablation_name_a_folder_they_will_not_generate_into(
             ('tools/demo.py', foreign, 'that the generator did not write'),
             ('tools/ablation.py', broken, 'is not a record the generator '
              'wrote')):
-        proc = subprocess.run(
+        proc = toolrun.run(
             [sys.executable, tool, '--work-dir', str(tmp_path / 'w'),
              '--data-root', str(root), '--num-train', '2', '--num-val', '1'],
             cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -7,12 +7,12 @@ before the trained-ratio rule still load."""
 import glob
 import json
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from tests import toolrun
 from tests.helpers import ROOT, SELDS_DEMO, cfg_options
 from tests.test_tools import run
 
@@ -153,7 +153,7 @@ def test_checkpoint_from_before_the_rule_still_tests_right(
 
 def test_calibrate_ratio_is_checked(tmp_path):
     for ratio in ('1.5', '-0.1'):
-        proc = subprocess.run(
+        proc = toolrun.run(
             [sys.executable, 'tools/misc/calibrate_mask.py', SELDS_DEMO,
              tmp_path / 'x.pth', '--ratio', ratio, '--out', tmp_path / 'y'],
             cwd=ROOT, capture_output=True, text=True)

@@ -3,19 +3,19 @@ tools/dist_train.sh, resume from its checkpoint, then tools/test.py."""
 import glob
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from tests import toolrun
 from tests.helpers import ROOT, SELDS_DEMO, cfg_options, free_port
 
 
 def run(cmd, timeout=600, **env):
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
-                          capture_output=True, text=True,
-                          env=dict(os.environ, PYTHON=sys.executable, **env))
+    proc = toolrun.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout,
+                       capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable, **env))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return out
@@ -87,7 +87,7 @@ def test_run_cli_ends_gloo_run(tmp_path, outcome):
     after training had finished, 1 run in 10 to 20). After an error the
     group is left alone (other ranks may be inside a collective) and the
     error ends the tool with one line and status 1."""
-    proc = subprocess.run(
+    proc = toolrun.run(
         [sys.executable, '-c', GLOO_TOOL, str(tmp_path / 'store'), outcome],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = proc.stdout.splitlines()

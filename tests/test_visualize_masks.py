@@ -1,7 +1,6 @@
 """tools/analysis_tools/visualize_masks.py: the figure (mask on the image,
 prediction panel, legend, small images enlarged), --threshold checked and
 applied, unreadable images skipped and listed with a non-zero exit."""
-import subprocess
 import sys
 
 import cv2
@@ -11,14 +10,15 @@ import torch
 
 from mmselds.visualization import legend, mask_panel, palette_image
 from mmselds.visualization.masks import DOWN_TINT, FULL_EDGE
+from tests import toolrun
 from tests.helpers import ROOT, SELDS_DEMO
 
 TOOL = 'tools/analysis_tools/visualize_masks.py'
 
 
 def tool(*args):
-    proc = subprocess.run([sys.executable, TOOL, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = toolrun.run([sys.executable, TOOL, *map(str, args)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 
