@@ -171,6 +171,60 @@ def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
          'train_cfg.max_iter=2'], cwd=ROOT, capture_output=True, text=True,
         timeout=300)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0  # mmengine's loop refuses the key
     assert ('--cfg-options train_cfg.max_iter: not in the config; did you '
             'mean train_cfg.max_iters?') in out, out[-3000:]
+    # mmengine's loop refuses the key: one line, no traceback
+    assert proc.returncode == 1 and 'Traceback' not in out, out[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'error: --cfg-options train_cfg.max_iter: IterBasedTrainLoop takes '
+        "no argument 'max_iter'; the config has no such setting and the "
+        'option adds it (did you mean max_iters?)')
+
+
+@pytest.mark.parametrize('tool, option, message', [
+    # a constructor default, so not in the config: named by the class
+    ('tools/train.py', 'model.backbone.mask_head.thresold=0.6',
+     "--cfg-options model.backbone.mask_head.thresold: DepthwiseMaskHead "
+     "takes no argument 'thresold'; the config has no such setting and the "
+     'option adds it (did you mean threshold?)'),
+    ('tools/train.py', 'optim_wrapper.optimizer.zzz=1',
+     "--cfg-options optim_wrapper.optimizer.zzz: SGD takes no argument "
+     "'zzz'; the config has no such setting and the option adds it "
+     '(misspelt, or an option of another class?)'),
+    ('tools/analysis_tools/get_flops.py', 'model.backbone.zzz=1',
+     "--cfg-options model.backbone.zzz: SelDSResNetV1c takes no argument "
+     "'zzz'"),
+])
+def test_an_option_no_class_takes_is_one_error_line(tiny_data, tmp_path,
+                                                    tool, option, message):
+    """A --cfg-options key the config does not have is added to it (a
+    constructor's default may be set that way); when the class does not
+    take it, the tool names the option instead of mmengine's traceback
+    from inside the registry."""
+    args = ['--work-dir', str(tmp_path), '--cfg-options',
+            *cfg_options(tiny_data), 'train_cfg.max_iters=2', option] \
+        if tool == 'tools/train.py' else \
+        ['--shape', '64', '128', '--cfg-options', option]
+    proc = toolrun.run([sys.executable, tool, SELDS_DEMO, *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in out, out[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f'error: {message}'), out[-3000:]
+
+
+def test_option_error_names_only_the_options_that_added_the_argument():
+    from mmengine.config import Config
+
+    from mmselds.utils import config as config_utils
+    cfg = Config(dict(model=dict(type='X', depth=18)))
+    config_utils.merge_options(cfg, {'model.dpth': 50})
+    unrelated = TypeError("f() got an unexpected keyword argument 'depth'")
+    assert config_utils.option_error(unrelated) is None
+    assert config_utils.option_error(ValueError('dpth')) is None
+    added = TypeError("X.__init__() got an unexpected keyword argument "
+                      "'dpth'")
+    assert config_utils.option_error(added) == (
+        "--cfg-options model.dpth: X takes no argument 'dpth'; the config "
+        'has no such setting and the option adds it (misspelt, or an option '
+        'of another class?)')

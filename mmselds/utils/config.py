@@ -2,11 +2,15 @@
 (a typo, a checkpoint given in its place) is one named error instead of
 mmengine's traceback."""
 import difflib
+import inspect
+import logging
 import os
 import os.path as osp
-from typing import List, Mapping
+import re
+from typing import Dict, List, Mapping, Optional
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 CONFIG_EXTENSIONS = ('.py', '.json', '.yml', '.yaml')
 
@@ -41,17 +45,13 @@ def read_config(path) -> Config:
     return Config.fromfile(path)
 
 
-def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
-    """One line for each ``--cfg-options`` key whose path leaves ``cfg``
-    (before they are merged) at a name that has a close spelling next to
-    it: ``train_cfg.max_iter: not in the config; did you mean
-    train_cfg.max_iters?``. New keys are legitimate (a constructor's
-    default, such as ``model.backbone.mask_head.threshold``), so these are
-    hints, not errors."""
-    lines, root = [], cfg.to_dict()
+def _leaving_keys(cfg: Config, options: Mapping):
+    """``(key, names, node)`` for each ``--cfg-options`` key whose path
+    leaves ``cfg``: ``names`` are the key's parts up to and including the
+    first one ``node`` (a dict of ``cfg``) does not hold."""
+    root = cfg.to_dict()
     for key in options:
-        parts = key.split('.')
-        node = root
+        parts, node = key.split('.'), root
         for depth, part in enumerate(parts):
             if isinstance(node, (list, tuple)) and part.isdigit() \
                     and int(part) < len(node):
@@ -62,10 +62,96 @@ def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
             if part in node:
                 node = node[part]
                 continue
-            close = difflib.get_close_matches(
-                part, [str(k) for k in node], n=1, cutoff=0.8)
-            if close:
-                lines.append(f'{key}: not in the config; did you mean '
-                             f'{".".join(parts[:depth] + close)}?')
+            yield key, parts[:depth + 1], node
             break
+
+
+def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
+    """One line for each ``--cfg-options`` key whose path leaves ``cfg``
+    (before they are merged) at a name that has a close spelling next to
+    it: ``train_cfg.max_iter: not in the config; did you mean
+    train_cfg.max_iters?``. New keys are legitimate (a constructor's
+    default, such as ``model.backbone.mask_head.threshold``), so these are
+    hints, not errors."""
+    lines = []
+    for key, names, node in _leaving_keys(cfg, options):
+        close = difflib.get_close_matches(
+            names[-1], [str(k) for k in node], n=1, cutoff=0.8)
+        if close:
+            lines.append(f'{key}: not in the config; did you mean '
+                         f'{".".join(names[:-1] + close)}?')
     return lines
+
+
+# --cfg-options keys that added a setting the config did not have, by the
+# setting's name: what `option_error` explains (one tool run per process).
+_ADDED_OPTIONS: Dict[str, List[str]] = {}
+
+
+def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
+    """Merge ``--cfg-options`` into ``cfg`` as mmengine does, after a
+    warning for each key with a close spelling in the config
+    (:func:`misspelt_options`); the keys that add a setting are remembered,
+    so that a class that does not take it is named by
+    :func:`option_error`, not by a traceback. Returns ``cfg``."""
+    if not options:
+        return cfg
+    for line in misspelt_options(cfg, options):
+        print_log(f'--cfg-options {line}', logger='current',
+                  level=logging.WARNING)
+    for key, names, _ in _leaving_keys(cfg, options):
+        if len(names) == len(key.split('.')):  # a new setting, not a new
+            _ADDED_OPTIONS.setdefault(names[-1], []).append(key)  # subtree
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+def option_error(err: BaseException) -> Optional[str]:
+    """For a ``TypeError`` a constructor raised on a keyword that only
+    ``--cfg-options`` put into the config (``ResNet.__init__() got an
+    unexpected keyword argument 'zzz'`` after ``model.backbone.zzz=1``):
+    a message naming the option and, when the class mmengine was building
+    takes a name of close spelling, that name; None for any other
+    error."""
+    found = re.search(r"(\S+)\(\) got an unexpected keyword argument "
+                      r"'(\w+)'", str(err)) \
+        if isinstance(err, TypeError) else None
+    if not found or found.group(2) not in _ADDED_OPTIONS:
+        return None
+    name = found.group(2)
+    keys = ' or '.join(f'--cfg-options {k}' for k in _ADDED_OPTIONS[name])
+    built = _built_class(err)
+    close = difflib.get_close_matches(name, _arguments_of(built), n=1,
+                                      cutoff=0.7)
+    hint = (f'did you mean {close[0]}?' if close else
+            'misspelt, or an option of another class?')
+    cls_name = built.__name__ if built else found.group(1).split('.')[0]
+    return (f'{keys}: {cls_name} takes no argument '
+            f'{name!r}; the config has no such setting and the option adds '
+            f'it ({hint})')
+
+
+def _built_class(err: BaseException):
+    """The class mmengine's registry was building when ``err`` was raised
+    (``obj_cls`` of the innermost ``build_from_cfg`` frame), or None."""
+    found, tb = None, err.__traceback__
+    while tb is not None:
+        obj_cls = tb.tb_frame.f_locals.get('obj_cls')
+        if isinstance(obj_cls, type):
+            found = obj_cls
+        tb = tb.tb_next
+    return found
+
+
+def _arguments_of(cls) -> List[str]:
+    """The keyword arguments the constructors of ``cls`` and its bases
+    name (those reached through ``**kwargs`` included)."""
+    names = []
+    for klass in getattr(cls, '__mro__', ()):
+        try:
+            params = inspect.signature(klass.__init__).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names += [p.name for p in params if p.name != 'self' and p.kind in (
+            p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return list(dict.fromkeys(names))

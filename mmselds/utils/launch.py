@@ -5,7 +5,6 @@ import atexit
 import copy
 import hashlib
 import json
-import logging
 import os
 import os.path as osp
 import re
@@ -21,8 +20,8 @@ from mmengine.logging import print_log
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
 from mmselds.datasets.synthetic_cityscapes import (GeneratedDataError,
                                                    read_record)
-from mmselds.utils.config import (InvalidConfigError, misspelt_options,
-                                  read_config)
+from mmselds.utils.config import (InvalidConfigError, merge_options,
+                                  option_error, read_config)
 
 
 def load_config(args, mode: Optional[str] = None) -> Config:
@@ -38,11 +37,7 @@ def load_config(args, mode: Optional[str] = None) -> Config:
     """
     cfg = read_config(args.config)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        for line in misspelt_options(cfg, args.cfg_options):
-            print_log(f'--cfg-options {line}', logger='current',
-                      level=logging.WARNING)
-        cfg.merge_from_dict(args.cfg_options)
+    merge_options(cfg, args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
@@ -118,7 +113,8 @@ def run_cli(main: Callable[[], object]):
     """Run a tool's ``main``: a config path that is not a config file, a
     checkpoint that cannot be read or does not fit the model, a data
     folder without images, or one the data generator will not write into,
-    ends the tool with one
+    or a ``--cfg-options`` key that adds an argument a class does not take
+    (:func:`~mmselds.utils.config.option_error`) ends the tool with one
     ``error: ...`` line and exit status 1 instead of a traceback."""
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
                                           InvalidCheckpointError)
@@ -127,6 +123,11 @@ def run_cli(main: Callable[[], object]):
     except (InvalidCheckpointError, CheckpointMismatchError,
             GeneratedDataError, InvalidConfigError, NoImagesError) as err:
         sys.exit(f'error: {err}')
+    except TypeError as err:
+        message = option_error(err)
+        if message is None:
+            raise
+        sys.exit(f'error: {message}')
     close_process_group()
     return result
 

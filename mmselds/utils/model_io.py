@@ -5,7 +5,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 from .checkpoint import load_model_checkpoint
-from .config import read_config
+from .config import merge_options, read_config
 
 
 def build_segmentor(config: str, checkpoint: Optional[str] = None,
@@ -16,9 +16,7 @@ def build_segmentor(config: str, checkpoint: Optional[str] = None,
     pretrained backbones are never downloaded. A checkpoint is loaded
     through ``mmselds.utils.checkpoint.load_model_checkpoint``: a bad file
     or (with ``strict``) tensors that do not fit are a ``ValueError``."""
-    cfg = read_config(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = merge_options(read_config(config), cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     cfg.model.pretrained = None
     cfg.model.backbone.pop('init_cfg', None)

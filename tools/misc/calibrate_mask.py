@@ -33,7 +33,7 @@ from mmselds.analysis.calibration import (CALIBRATION_KEY,
                                           threshold_for_ratio)
 from mmselds.utils.arguments import output_file, parent_made
 from mmselds.utils.checkpoint import load_model_checkpoint
-from mmselds.utils.config import read_config
+from mmselds.utils.config import merge_options, read_config
 from mmselds.utils.launch import run_cli
 
 
@@ -70,9 +70,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = read_config(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = merge_options(read_config(args.config), args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     cfg.model.pretrained = None
     cfg.model.backbone.pop('init_cfg', None)

@@ -43,6 +43,7 @@ from mmselds.utils.checkpoint import (ALLOWED_MISSING, CheckpointMismatchError,
                                       compare_state_dicts, read_checkpoint,
                                       state_dict_of)
 from mmselds.utils.evaluation import quiet_logger
+from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
 
 # first-level names of mmseg's ResNetV1c (deep stem, layers)
@@ -167,4 +168,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
