@@ -72,3 +72,23 @@ os.write(2, b'after\\n')
 '''
     _, err = python(code)
     assert err.splitlines()[-3:] == ['keep me', 'python stderr', 'after']
+
+
+def test_no_tool_prints_the_noise_when_it_starts():
+    """Each tool in a new interpreter (``--help``: its imports, then the
+    usage). The other tests run tools forked from a process that imported
+    the mm packages already (tests/toolrun.py), where the noise of an
+    import could not show; here all start at once, 2 cores shared."""
+    import glob
+    import subprocess
+    tools = sorted(glob.glob('tools/*.py', root_dir=ROOT)
+                   + glob.glob('tools/*/*.py', root_dir=ROOT))
+    assert len(tools) >= 15, tools
+    procs = {tool: subprocess.Popen(
+        [sys.executable, tool, '--help'], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for tool in tools}
+    for tool, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and 'usage:' in out, (tool, out[-2000:])
+        for noise in (MMCV_LITE, ONEDL, 'Traceback'):
+            assert noise not in out, (tool, noise, out[-2000:])
