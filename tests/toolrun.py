@@ -134,6 +134,9 @@ def _server_run(request, timeout):
         done = _server.reply(timeout=timeout)
         if done is not None:
             return done['status'], False
+        if _server.proc.poll() is not None:
+            raise RuntimeError('tests/tool_server.py ended while running '
+                               f'{request["argv"]}')
         try:
             os.kill(started['pid'], signal.SIGKILL)
         except ProcessLookupError:
