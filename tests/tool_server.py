@@ -114,8 +114,8 @@ def fresh_random_states() -> None:
 
 
 def from_script(tb, script: str):
-    """``tb`` without the frames of this server and of runpy: from the
-    script's first frame on, as the interpreter's traceback starts."""
+    """``tb`` without this server's frames: from the script's first frame
+    on, where the interpreter's traceback of ``python <script>`` starts."""
     start, path = tb, script
     while start is not None and start.tb_frame.f_code.co_filename != path:
         start = start.tb_next
