@@ -38,6 +38,9 @@ import tempfile
 import threading
 
 SERVER = osp.join(osp.dirname(osp.abspath(__file__)), 'tool_server.py')
+# A forked run given no timeout is stopped after this many seconds (a run
+# that hangs fails its test instead of holding CI until its limit).
+FORK_TIMEOUT = 1200
 _lock = threading.Lock()
 _server = None
 
@@ -69,6 +72,7 @@ def run(cmd, cwd=None, timeout=None, capture_output=False, text=False,
                        cwd=osp.abspath(cwd or os.getcwd()),
                        env=dict(os.environ if env is None else env),
                        stdout=out, stderr=err)
+        timeout = FORK_TIMEOUT if timeout is None else timeout
         status, timed_out = _server_run(request, timeout)
 
         def read(path):
