@@ -238,6 +238,48 @@ def test_tools_test_tta(tmp_path, tiny_data, checkpoints):
     assert 0 <= float(metrics.group(2)) <= 1
 
 
+# Cityscapes label IDs of the 19 training classes (cityscapesscripts)
+LABEL_IDS = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+             31, 32, 33}
+
+
+def test_cityscapes_test_server_recipe(tmp_path, tiny_data, checkpoints):
+    """configs/selds/README.md's test-server config, run on a test split
+    of images only: one PNG of Cityscapes label IDs per image, at the
+    image's size, named as the server expects."""
+    import shutil
+
+    from PIL import Image
+    readme = open(osp.join(ROOT, 'configs', 'selds', 'README.md')).read()
+    section = readme[readme.index('## Cityscapes test server'):]
+    config = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+    base = re.search(r"_base_ = '\./([^']+)'", config).group(1)
+    assert osp.isfile(osp.join(ROOT, 'configs', 'selds', base))
+    # the same config on the demo model, at its size
+    config = config.replace(f"'./{base}'", repr(SELDS_DEMO)).replace(
+        'scale=(2048, 1024)', 'scale=(128, 64)').replace(
+        "'work_dirs/format_results'", repr(str(tmp_path / 'results')))
+    (tmp_path / 'test_server.py').write_text(config)
+    root = tmp_path / 'data'
+    shutil.copytree(osp.join(tiny_data, 'leftImg8bit', 'val'),
+                    root / 'leftImg8bit' / 'test')
+    images = sorted((root / 'leftImg8bit' / 'test').rglob('*.png'))
+    assert images and not (root / 'gtFine').exists()
+    rc, out = run([sys.executable, 'tools/test.py', tmp_path /
+                   'test_server.py', checkpoints['r18'], '--work-dir',
+                   tmp_path / 'w', '--cfg-options',
+                   f'test_dataloader.dataset.data_root={root}',
+                   'test_dataloader.num_workers=0',
+                   'test_dataloader.persistent_workers=False'])
+    assert rc == 0, out[-3000:]
+    written = sorted((tmp_path / 'results').iterdir())
+    assert [p.name for p in written] == sorted(p.name for p in images)
+    for image, pred in zip(sorted(images, key=lambda p: p.name), written):
+        ids = np.array(Image.open(pred))  # a palette image: its indices
+        assert ids.ndim == 2 and ids.shape == cv2.imread(str(image)).shape[:2]
+        assert set(np.unique(ids)) <= LABEL_IDS, np.unique(ids)
+
+
 def test_tools_test_tta_without_a_tta_pipeline(tmp_path, tiny_data,
                                                checkpoints):
     rc, out = run([sys.executable, 'tools/test.py', SELDS_DEMO,
