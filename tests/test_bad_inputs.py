@@ -194,6 +194,11 @@ def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
     ('tools/analysis_tools/get_flops.py', 'model.backbone.zzz=1',
      "--cfg-options model.backbone.zzz: SelDSResNetV1c takes no argument "
      "'zzz'"),
+    # the ablation's row check takes any build error for another kind of
+    # config, but this one is the option's
+    ('tools/ablation.py', 'model.backbone.zzz=1',
+     "--cfg-options model.backbone.zzz: SelDSResNetV1c takes no argument "
+     "'zzz'"),
 ])
 def test_an_option_no_class_takes_is_one_error_line(tiny_data, tmp_path,
                                                     tool, option, message):
@@ -201,10 +206,14 @@ def test_an_option_no_class_takes_is_one_error_line(tiny_data, tmp_path,
     constructor's default may be set that way); when the class does not
     take it, the tool names the option instead of mmengine's traceback
     from inside the registry."""
-    args = ['--work-dir', str(tmp_path), '--cfg-options',
-            *cfg_options(tiny_data), 'train_cfg.max_iters=2', option] \
-        if tool == 'tools/train.py' else \
-        ['--shape', '64', '128', '--cfg-options', option]
+    args = {'tools/train.py': ['--work-dir', str(tmp_path), '--cfg-options',
+                               *cfg_options(tiny_data),
+                               'train_cfg.max_iters=2', option],
+            'tools/analysis_tools/get_flops.py': [
+                '--shape', '64', '128', '--cfg-options', option],
+            'tools/ablation.py': ['--work-dir', str(tmp_path / 'w'),
+                                  '--data-root', tiny_data,
+                                  '--cfg-options', option]}[tool]
     proc = toolrun.run([sys.executable, tool, SELDS_DEMO, *args], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
@@ -217,11 +226,16 @@ def test_option_error_names_only_the_options_that_added_the_argument():
     from mmengine.config import Config
 
     from mmselds.utils import config as config_utils
-    cfg = Config(dict(model=dict(type='X', depth=18)))
-    config_utils.merge_options(cfg, {'model.dpth': 50})
+    for _ in range(2):  # as a tool building several models does
+        cfg = Config(dict(model=dict(type='X', depth=18)))
+        config_utils.merge_options(cfg, {'model.dpth': 50,
+                                         'model.new.sub': 1})
     unrelated = TypeError("f() got an unexpected keyword argument 'depth'")
     assert config_utils.option_error(unrelated) is None
     assert config_utils.option_error(ValueError('dpth')) is None
+    # a new subtree is no argument of the class it lands in
+    assert config_utils.option_error(TypeError(
+        "X.__init__() got an unexpected keyword argument 'new'")) is None
     added = TypeError("X.__init__() got an unexpected keyword argument "
                       "'dpth'")
     assert config_utils.option_error(added) == (

@@ -277,8 +277,9 @@ def inspect_rows(args) -> dict:
             model, _ = build_segmentor(config, cfg_options=args.cfg_options)
             comp = model_components(model)
         except Exception as err:  # a config of another kind of model
-            sys.exit(f'error: {option_error(err)}' if option_error(err) else
-                     f'error: {config} is not a selective down-sampling '
+            if option_error(err):
+                raise  # a --cfg-options key: run_cli names it
+            sys.exit(f'error: {config} is not a selective down-sampling '
                      f'config: {err}')
         letter = letter_row(comp)
         name = letter['row'] if letter else \

@@ -73,8 +73,13 @@ def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
     train_cfg.max_iters?``. New keys are legitimate (a constructor's
     default, such as ``model.backbone.mask_head.threshold``), so these are
     hints, not errors."""
+    return _hints(_leaving_keys(cfg, options))
+
+
+def _hints(leaving) -> List[str]:
+    """:func:`misspelt_options`'s lines for ``_leaving_keys``' results."""
     lines = []
-    for key, names, node in _leaving_keys(cfg, options):
+    for key, names, node in leaving:
         close = difflib.get_close_matches(
             names[-1], [str(k) for k in node], n=1, cutoff=0.8)
         if close:
@@ -96,12 +101,16 @@ def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
     :func:`option_error`, not by a traceback. Returns ``cfg``."""
     if not options:
         return cfg
-    for line in misspelt_options(cfg, options):
+    leaving = list(_leaving_keys(cfg, options))
+    for line in _hints(leaving):
         print_log(f'--cfg-options {line}', logger='current',
                   level=logging.WARNING)
-    for key, names, _ in _leaving_keys(cfg, options):
-        if len(names) == len(key.split('.')):  # a new setting, not a new
-            _ADDED_OPTIONS.setdefault(names[-1], []).append(key)  # subtree
+    for key, names, _ in leaving:
+        if len(names) < len(key.split('.')):
+            continue  # a new subtree, not a new setting
+        added = _ADDED_OPTIONS.setdefault(names[-1], [])
+        if key not in added:  # once, however often the options are merged
+            added.append(key)
     cfg.merge_from_dict(options)
     return cfg
 
