@@ -22,9 +22,7 @@ import sys
 
 import torch
 from mmengine.config import DictAction
-from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
-from mmseg.registry import MODELS
 
 import mmselds  # noqa: F401  (registers modules; resolves mmseg:: bases)
 from mmselds.analysis.calibration import (CALIBRATION_KEY,
@@ -33,8 +31,8 @@ from mmselds.analysis.calibration import (CALIBRATION_KEY,
                                           threshold_for_ratio)
 from mmselds.utils.arguments import output_file, parent_made
 from mmselds.utils.checkpoint import load_model_checkpoint
-from mmselds.utils.config import merge_options, read_config
 from mmselds.utils.launch import run_cli
+from mmselds.utils.model_io import build_segmentor
 
 
 def parse_args():
@@ -70,11 +68,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = merge_options(read_config(args.config), args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    cfg.model.pretrained = None
-    cfg.model.backbone.pop('init_cfg', None)
-    model = MODELS.build(cfg.model)
+    model, cfg = build_segmentor(args.config, cfg_options=args.cfg_options)
     if not hasattr(model.backbone, 'mask_head'):
         sys.exit(f'error: {args.config} does not build a selective model '
                  f'(backbone {type(model.backbone).__name__})')
