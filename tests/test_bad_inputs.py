@@ -194,6 +194,14 @@ def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
     ('tools/analysis_tools/get_flops.py', 'model.backbone.zzz=1',
      "--cfg-options model.backbone.zzz: SelDSResNetV1c takes no argument "
      "'zzz'"),
+    # another type keeps the settings the config gave the old one
+    ('tools/analysis_tools/get_flops.py', 'model.backbone.type=ResNetV1c',
+     "--cfg-options model.backbone.type=ResNetV1c: ResNetV1c takes no "
+     "argument 'mask_head', a setting model.backbone keeps from the "
+     "config's SelDSResNetV1c (an option changes the type only, the other "
+     'settings stay); give the whole dict in a config that inherits this '
+     "one: model = dict(backbone=dict(_delete_=True, type='ResNetV1c', "
+     '...))'),
     # the ablation's row check takes any build error for another kind of
     # config, but this one is the option's
     ('tools/ablation.py', 'model.backbone.zzz=1',
@@ -242,3 +250,38 @@ def test_option_error_names_only_the_options_that_added_the_argument():
         "--cfg-options model.dpth: X takes no argument 'dpth'; the config "
         'has no such setting and the option adds it (misspelt, or an option '
         'of another class?)')
+
+
+def test_option_error_names_the_option_that_changed_a_type():
+    """An option that changes a dict's ``type`` keeps the dict's other
+    keys (mmengine merges): a key the new class does not take is named
+    with the option and the config line that replaces the dict; the same
+    type (with or without scope) or a key the option did not keep is not
+    explained that way."""
+    from mmengine.config import Config
+
+    from mmselds.utils import config as config_utils
+    cfg = Config(dict(model=dict(type='Seg', head=dict(type='A', rates=1)),
+                      heads=[dict(type='C', k=1)]))
+    config_utils.merge_options(cfg, {'model.head.type': 'mmseg.B',
+                                     'heads.0.type': 'D',
+                                     'model.type': 'mmseg.Seg'})
+    assert cfg.model.head == dict(type='mmseg.B', rates=1)
+    err = TypeError("A.__init__() got an unexpected keyword argument "
+                    "'rates'")
+    assert config_utils.option_error(err) is None  # not the new type
+    err = TypeError("B.__init__() got an unexpected keyword argument "
+                    "'rates'")
+    assert config_utils.option_error(err) == (
+        "--cfg-options model.head.type=mmseg.B: B takes no argument "
+        "'rates', a setting model.head keeps from the config's A (an option "
+        'changes the type only, the other settings stay); give the whole '
+        'dict in a config that inherits this one: model = dict(head=dict('
+        "_delete_=True, type='B', ...))")
+    assert config_utils.option_error(TypeError(
+        "B.__init__() got an unexpected keyword argument 'other'")) is None
+    assert config_utils.option_error(TypeError(
+        "D() got an unexpected keyword argument 'k'")).endswith(
+        "heads.0 = dict(_delete_=True, type='D', ...)")
+    assert config_utils.option_error(TypeError(
+        "Seg() got an unexpected keyword argument 'head'")) is None

@@ -7,7 +7,7 @@ import logging
 import os
 import os.path as osp
 import re
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.logging import print_log
@@ -91,6 +91,47 @@ def _hints(leaving) -> List[str]:
 # --cfg-options keys that added a setting the config did not have, by the
 # setting's name: what `option_error` explains (one tool run per process).
 _ADDED_OPTIONS: Dict[str, List[str]] = {}
+# --cfg-options keys that changed the `type` of a dict of the config, by
+# the new type: ('key=value', the old type, the dict's other keys).
+_RETYPED: Dict[str, List[Tuple[str, str, List[str]]]] = {}
+
+
+def _node(root, names):
+    """The value at ``names`` in nested dicts/lists ``root``, or None."""
+    for part in names:
+        if isinstance(root, (list, tuple)) and part.isdigit() \
+                and int(part) < len(root):
+            root = root[int(part)]
+        elif isinstance(root, Mapping) and part in root:
+            root = root[part]
+        else:
+            return None
+    return root
+
+
+def _short_type(value) -> str:
+    """'FCNHead' for 'FCNHead', 'mmseg.FCNHead' or the class itself."""
+    return getattr(value, '__name__', str(value)).split('.')[-1]
+
+
+def _record_retyped(cfg: Config, options: Mapping) -> None:
+    """Remember each option that gives a dict of ``cfg`` another
+    ``type``: mmengine then keeps the dict's other keys, which the new
+    class may not take."""
+    root = cfg.to_dict()
+    for key, value in options.items():
+        names = key.split('.')
+        if names[-1] != 'type' or len(names) < 2:
+            continue
+        owner = _node(root, names[:-1])
+        if not isinstance(owner, Mapping) or 'type' not in owner \
+                or _short_type(owner['type']) == _short_type(value):
+            continue
+        entry = (f'{key}={value}', _short_type(owner['type']),
+                 [k for k in owner if k != 'type'])
+        retyped = _RETYPED.setdefault(_short_type(value), [])
+        if entry not in retyped:
+            retyped.append(entry)
 
 
 def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
@@ -111,6 +152,7 @@ def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
         added = _ADDED_OPTIONS.setdefault(names[-1], [])
         if key not in added:  # once, however often the options are merged
             added.append(key)
+    _record_retyped(cfg, options)
     cfg.merge_from_dict(options)
     return cfg
 
@@ -120,24 +162,50 @@ def option_error(err: BaseException) -> Optional[str]:
     ``--cfg-options`` put into the config (``ResNet.__init__() got an
     unexpected keyword argument 'zzz'`` after ``model.backbone.zzz=1``):
     a message naming the option and, when the class mmengine was building
-    takes a name of close spelling, that name; None for any other
-    error."""
+    takes a name of close spelling, that name. For a keyword the config
+    gave the dict whose ``type`` an option changed
+    (``model.decode_head.type=FCNHead`` keeps ``SelDSASPPHead``'s
+    ``dilations``): a message naming the option and the config line that
+    replaces the whole dict. None for any other error."""
     found = re.search(r"(\S+)\(\) got an unexpected keyword argument "
                       r"'(\w+)'", str(err)) \
         if isinstance(err, TypeError) else None
-    if not found or found.group(2) not in _ADDED_OPTIONS:
+    if not found:
         return None
     name = found.group(2)
-    keys = ' or '.join(f'--cfg-options {k}' for k in _ADDED_OPTIONS[name])
     built = _built_class(err)
+    cls_name = built.__name__ if built else found.group(1).split('.')[0]
+    for key, old, kept in _RETYPED.get(cls_name, ()):
+        if name in kept:
+            owner = key.split('=')[0][:-len('.type')]
+            return (f'--cfg-options {key}: {cls_name} takes no argument '
+                    f'{name!r}, a setting {owner} keeps from the config\'s '
+                    f'{old} (an option changes the type only, the other '
+                    'settings stay); give the whole dict in a config that '
+                    'inherits this one: '
+                    + _replacing(owner.split('.'), cls_name))
+    if name not in _ADDED_OPTIONS:
+        return None
+    keys = ' or '.join(f'--cfg-options {k}' for k in _ADDED_OPTIONS[name])
     close = difflib.get_close_matches(name, _arguments_of(built), n=1,
                                       cutoff=0.7)
     hint = (f'did you mean {close[0]}?' if close else
             'misspelt, or an option of another class?')
-    cls_name = built.__name__ if built else found.group(1).split('.')[0]
     return (f'{keys}: {cls_name} takes no argument '
             f'{name!r}; the config has no such setting and the option adds '
             f'it ({hint})')
+
+
+def _replacing(names: List[str], cls_name: str) -> str:
+    """The config line that replaces the dict at ``names``:
+    ``model = dict(decode_head=dict(_delete_=True, type='FCNHead', ...))``
+    (a path through a list: the dict itself, with ``_delete_=True``)."""
+    inner = f"dict(_delete_=True, type='{cls_name}', ...)"
+    if any(part.isdigit() for part in names):
+        return f'{".".join(names)} = {inner}'
+    for part in reversed(names[1:]):
+        inner = f'dict({part}={inner})'
+    return f'{names[0]} = {inner}'
 
 
 def _built_class(err: BaseException):
