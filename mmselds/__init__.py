@@ -19,8 +19,8 @@ from .version import __version__  # noqa: F401
 
 # subpackages that need mm* packages: imported on first attribute access
 # (``mmselds.models``) when mmseg's import has not brought them in yet
-_SUBPACKAGES = ('analysis', 'datasets', 'engine', 'evaluation', 'models',
-                'utils', 'visualization')
+_SUBPACKAGES = ('analysis', 'apis', 'datasets', 'engine', 'evaluation',
+                'models', 'utils', 'visualization')
 
 
 def _fix_config_bases(mmengine) -> None:

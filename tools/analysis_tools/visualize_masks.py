@@ -31,11 +31,9 @@ import mmselds  # noqa: F401
 # isort: split
 import cv2
 from mmengine.config import DictAction
-from mmseg.apis import inference_model, init_model
 
+from mmselds.apis import inference_model, init_model
 from mmselds.utils.arguments import fraction, positive_int, torch_device
-from mmselds.utils.checkpoint import load_model_checkpoint
-from mmselds.utils.config import read_config
 from mmselds.utils.launch import run_cli
 from mmselds.visualization import mask_panel, palette_image
 
@@ -116,23 +114,11 @@ def draw(model, path: str, out_dir: str, min_height: int) -> str:
     return out
 
 
-def default_meta(model) -> dict:
-    """Classes and palette of the mmseg data set with the model's number of
-    classes (Cityscapes for 19), for checkpoints without ``dataset_meta``."""
-    from mmseg.utils import dataset_aliases, get_classes, get_palette
-    n = model.decode_head.num_classes
-    name = next((k for k in dataset_aliases if len(get_classes(k)) == n),
-                'cityscapes')
-    return dict(classes=get_classes(name), palette=get_palette(name))
-
-
 def main(argv=None):
     args = parse_args(argv)
     images = expand_images(args.images, args.out_dir)
-    model = init_model(read_config(args.config), None, args.device,
+    model = init_model(args.config, args.checkpoint, args.device,
                        cfg_options=args.cfg_options)
-    meta = load_model_checkpoint(model, args.checkpoint).get('meta', {})
-    model.dataset_meta = meta.get('dataset_meta') or default_meta(model)
     if not hasattr(model.backbone, 'mask_head'):
         raise SystemExit(f'error: {args.config} has no selective '
                          'down-sampling backbone: there is no mask to draw')
