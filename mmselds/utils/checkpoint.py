@@ -300,20 +300,16 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
             (mask if prefixes and k.startswith(prefixes) else other).append(k)
         source = (f'tools/model_converters/mmseg2selds.py (converted from '
                   f'{checkpoint["meta"].get("converted_from", "?")})')
-        if mask:
-            print_log(f'{path}: {len(mask)} tensors under '
-                      f'{_prefixes(mask, allowed_missing)} were filled with '
-                      f'their random initialisation by {source} and not '
-                      f'trained since, {UNTRAINED}',
-                      logger=logger, level=logging.WARNING)
-        if other:
-            print_log(f'{path}: {len(other)} tensors under '
-                      f'{_module_prefixes(other)} were filled with their '
-                      f'random initialisation by {source} and not trained '
-                      'since: the predictions and the accuracy measured '
-                      'with it are those of untrained layers; fine-tune it '
-                      'first (configs/selds/README.md)',
-                      logger=logger, level=logging.WARNING)
+        for keys, where, meaning in (
+                (mask, _prefixes(mask, allowed_missing), f', {UNTRAINED}'),
+                (other, _module_prefixes(other), ': the predictions and the '
+                 'accuracy measured with it are those of untrained layers; '
+                 'fine-tune it first (configs/selds/README.md)')):
+            if keys:
+                print_log(f'{path}: {len(keys)} tensors under {where} were '
+                          f'filled with their random initialisation by '
+                          f'{source} and not trained since{meaning}',
+                          logger=logger, level=logging.WARNING)
     if not diff.ok:
         print_log(message + ' (not strict: loading what fits)',
                   logger=logger, level=logging.WARNING)
