@@ -285,3 +285,44 @@ def test_option_error_names_the_option_that_changed_a_type():
         "heads.0 = dict(_delete_=True, type='D', ...)")
     assert config_utils.option_error(TypeError(
         "Seg() got an unexpected keyword argument 'head'")) is None
+
+
+def test_a_checkpoint_url_that_cannot_be_downloaded(tmp_path, monkeypatch):
+    """A checkpoint URL that cannot be fetched (no network: here a port
+    nothing listens on) is named with the reason and the cache file a
+    copy would be read from, not called a corrupt checkpoint."""
+    from mmselds.utils.checkpoint import (InvalidCheckpointError,
+                                          read_checkpoint)
+    from tests.helpers import free_port
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    url = f'http://127.0.0.1:{free_port()}/selds_r18-0123abcd.pth'
+    with pytest.raises(InvalidCheckpointError) as info:
+        read_checkpoint(url)
+    message = str(info.value)
+    assert message.startswith(f'downloading {url} failed (') and \
+        'no network?' in message, message
+    cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / \
+        'selds_r18-0123abcd.pth'
+    assert f'copy the file fetched elsewhere to {cached}' in message
+    assert 'corrupt' not in message
+
+
+@pytest.mark.parametrize('option', ['model.pretrained', 'load_from'])
+def test_train_tool_names_a_failed_download(tiny_data, tmp_path, option):
+    """tools/train.py with model.pretrained (the backbone's init, which
+    mmengine downloads itself) or load_from on a URL it cannot fetch: one
+    error line naming the URL (was: urllib's traceback, or 'not a valid
+    checkpoint (truncated or corrupt?)')."""
+    from tests.helpers import free_port
+    url = f'http://127.0.0.1:{free_port()}/resnet18_v1c-0123abcd.pth'
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / 'torch'))
+    proc = toolrun.run(
+        [sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir',
+         str(tmp_path / 'w'), '--cfg-options', *cfg_options(tiny_data),
+         'train_cfg.max_iters=1', f'{option}={url}'], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in out, out[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: downloading {url} failed (') and \
+        str(tmp_path / 'torch' / 'hub' / 'checkpoints') in last, out[-3000:]

@@ -675,3 +675,67 @@ def test_analysis_tools_name_a_checkpoint_that_does_not_fit(tmp_path,
             last = proc.stderr.strip().splitlines()[-1]
             assert last.startswith('error: ') and message in last, last
             assert 'Traceback' not in proc.stderr, tool
+
+
+def test_a_checkpoint_without_the_decision_buffers_is_a_notice(caplog):
+    """The mask head's decision buffers are DECISION_BUFFERS; a checkpoint
+    lacking only those (written before they existed) has a trained mask
+    head: a notice at INFO, for inference too, never the warning about a
+    random mask head; strict loading accepts it even where the mask head
+    is not allowed to be missing."""
+    from mmselds.models.mask_heads import DepthwiseMaskHead
+    from mmselds.utils.checkpoint import DECISION_BUFFERS
+    head = DepthwiseMaskHead(8, channels=(8, 8))
+    assert set(DECISION_BUFFERS) == {
+        name for name, _ in head.named_buffers(recurse=False)}
+    model, _ = build_segmentor(SELDS_DEMO)
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.endswith(DECISION_BUFFERS)}
+    assert len(state) == len(model.state_dict()) - 3
+    logger = logging.getLogger('test.old')
+    for inference, allowed in ((True, ('backbone.mask_head.',)),
+                               (False, ()), (True, ())):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger='test.old'):
+            diff = check_checkpoint(state, model, 'old.pth', logger=logger,
+                                    inference=inference,
+                                    allowed_missing=allowed)
+        assert diff.ok and len(diff.allowed_missing) == 3
+        record, = caplog.records
+        assert record.levelno == logging.INFO
+        assert record.getMessage().startswith(
+            'old.pth: the mask head has no calibrated_threshold/'
+            'ratio_updates/trained_ratio buffers'), record.getMessage()
+    # one weight of the mask head missing too: the mask head is untrained
+    del state[next(k for k in state if k.startswith('backbone.mask_head.')
+                   and k.endswith('.weight'))]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='test.old'):
+        check_checkpoint(state, model, 'old.pth', logger=logger,
+                         inference=True)
+    record, = caplog.records
+    assert record.levelno == logging.WARNING
+    assert 'old.pth: 4 tensors under backbone.mask_head.*' in \
+        record.getMessage() and 'random mask head' in record.getMessage()
+
+
+def test_a_training_state_without_the_decision_buffers_resumes(tmp_path):
+    """--resume accepts a training checkpoint of the same model that lacks
+    only the mask head's decision buffers (one that lacks the mask head is
+    not a state of this model)."""
+    from types import SimpleNamespace
+
+    from mmselds.engine.hooks import _not_a_resume_point
+    model, _ = build_segmentor(SELDS_DEMO)
+    runner = SimpleNamespace(model=model, hooks=[], cfg={})
+    for drop, why in (('.trained_ratio', None),
+                      ('.weight', 'it lacks')):
+        state = {k: v for k, v in model.state_dict().items()
+                 if not (k.startswith('backbone.mask_head.')
+                         and k.endswith(drop))}
+        path = str(tmp_path / 'state.pth')
+        torch.save(dict(state_dict=state, optimizer={}, message_hub={},
+                        meta=dict(iter=2)), path)
+        reason = _not_a_resume_point(runner, path)
+        assert (reason is None) if why is None else reason.startswith(why), \
+            reason

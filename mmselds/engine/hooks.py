@@ -6,8 +6,9 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from mmseg.registry import HOOKS
 
 from mmselds.utils.checkpoint import (ALLOWED_MISSING, check_checkpoint,
-                                      compare_state_dicts, model_state_of,
-                                      read_checkpoint, state_dict_of)
+                                      compare_state_dicts, decision_buffers,
+                                      model_state_of, read_checkpoint,
+                                      state_dict_of)
 
 
 @HOOKS.register_module()
@@ -123,6 +124,7 @@ def _not_a_resume_point(runner, path: str) -> Optional[str]:
     lacks = compare_state_dicts(state_dict_of(ckpt, path),
                                 model_state_of(runner.model),
                                 allowed).allowed_missing
+    lacks = [k for k in lacks if k not in decision_buffers(lacks)]
     if lacks:
         return f'it lacks {len(lacks)} tensors of the model ({lacks[0]}, ...)'
     meta = ckpt.get('meta') or {}

@@ -21,6 +21,17 @@ from mmengine.runner.checkpoint import _load_checkpoint
 # Parameters an mmseg DeepLabV3 / ResNetV1c checkpoint cannot have: the
 # selective backbone's mask head and pooling start from their initialisation.
 ALLOWED_MISSING = ('backbone.mask_head.', 'backbone.pooling.')
+# the mask head's buffers for its evaluation-time decision
+# (``BaseMaskHead``), which checkpoints written before they existed lack:
+# without them evaluation uses the expected-ratio rule, as for a
+# checkpoint whose training never recorded a ratio
+DECISION_BUFFERS = ('trained_ratio', 'calibrated_threshold', 'ratio_updates')
+
+
+def decision_buffers(keys: Sequence[str]) -> List[str]:
+    """The keys among ``keys`` that are a mask head's decision buffers."""
+    return [k for k in keys if '.mask_head.' in f'.{k}'
+            and k.rsplit('.', 1)[-1] in DECISION_BUFFERS]
 
 
 class InvalidCheckpointError(ValueError):
@@ -33,6 +44,33 @@ class CheckpointMismatchError(ValueError):
 
 def _is_remote(path: str) -> bool:
     return '://' in str(path)
+
+
+def download_error(err: BaseException) -> Optional[str]:
+    """For a network error raised while a checkpoint was downloaded
+    (``load_from``, ``model.pretrained``, an ``init_cfg`` of type
+    ``Pretrained``, a URL given to a tool): a message naming the URL, the
+    reason and the file in the download cache where a copy fetched
+    elsewhere would be used; None for any other error."""
+    if not isinstance(err, OSError):  # URLError, ConnectionError, timeouts
+        return None
+    url = cached = None
+    tb = err.__traceback__
+    while tb is not None:  # mmengine's load_url / torch.hub's frames
+        names = tb.tb_frame.f_locals
+        if isinstance(names.get('url'), str) and '://' in names['url']:
+            url = names['url']
+        if isinstance(names.get('cached_file'), str):
+            cached = names['cached_file']
+        tb = tb.tb_next
+    if url is None:
+        return None
+    reason = getattr(err, 'reason', None) or err
+    where = (f'copy the file fetched elsewhere to {cached}' if cached else
+             'download it elsewhere')
+    return (f'downloading {url} failed ({reason}): no network? On a machine '
+            f'without one, {where}, or give a local file instead '
+            '(configs/selds/README.md)')
 
 
 def read_checkpoint(path: str, map_location='cpu') -> dict:
@@ -56,6 +94,9 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
         ckpt = _load_checkpoint(path, map_location=map_location) \
             if _is_remote(path) else _load_local(path, map_location)
     except Exception as err:  # unpickling can fail in many ways
+        failed = download_error(err) if _is_remote(path) else None
+        if failed:
+            raise InvalidCheckpointError(failed) from err
         kind = None if _is_remote(path) else file_kind(path)
         if kind:
             hint = _KIND_HINTS.get(kind, 'arguments in the wrong order? The '
@@ -194,7 +235,8 @@ def compare_state_dicts(
         allowed_missing: Sequence[str] = ALLOWED_MISSING) -> StateDictDiff:
     """Compare a checkpoint's state dict with a model's, by name, after
     stripping a leading ``module.`` on both sides. Model keys that start
-    with one of ``allowed_missing`` may be absent from the checkpoint."""
+    with one of ``allowed_missing``, and a mask head's decision buffers,
+    may be absent from the checkpoint."""
     ckpt = strip_prefix(checkpoint_state)
     model = strip_prefix(model_state)
     allowed = tuple(allowed_missing)
@@ -202,7 +244,7 @@ def compare_state_dicts(
     for key, value in model.items():
         if key not in ckpt:
             (diff.allowed_missing if allowed and key.startswith(allowed)
-             else diff.missing).append(key)
+             or decision_buffers([key]) else diff.missing).append(key)
         elif tuple(ckpt[key].shape) != tuple(value.shape):
             diff.mismatched.append(
                 (key, tuple(ckpt[key].shape), tuple(value.shape)))
@@ -266,12 +308,16 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
     Keys under ``allowed_missing`` that the checkpoint lacks get a one-line
     notice: expected when training starts from an mmseg checkpoint, a
     warning with ``inference=True`` (testing, analysis: the mask head is
-    then untrained). A checkpoint written by
+    then untrained). When they are only the mask head's decision
+    buffers (``DECISION_BUFFERS``: a checkpoint written before they
+    existed), the notice says that evaluation uses the expected-ratio
+    rule. A checkpoint written by
     ``tools/model_converters/mmseg2selds.py`` has those keys, filled with
-    their initialisation; its meta lists them, and with ``inference=True``
-    it gets the same warning. Any other missing key, an unexpected key or
-    a shape mismatch raises ``CheckpointMismatchError`` (a ``ValueError``)
-    naming the first ones, or, with ``strict=False``, a warning.
+    their initialisation; its meta lists them, and with
+    ``inference=True`` it gets the same warning. Any other missing key,
+    an unexpected key or a shape mismatch raises
+    ``CheckpointMismatchError`` (a ``ValueError``) naming the first ones,
+    or, with ``strict=False``, a warning.
     """
     diff = compare_state_dicts(state_dict_of(checkpoint, path),
                                model_state_of(model), allowed_missing)
@@ -282,7 +328,15 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
             'trained with? To load what fits anyway: --no-strict-load '
             'of tools/train.py and tools/test.py, strict=False in '
             'CheckLoadFromHook)')
-    if diff.allowed_missing:
+    buffers = decision_buffers(diff.allowed_missing)
+    if diff.allowed_missing and len(buffers) == len(diff.allowed_missing):
+        # a trained mask head, written before these buffers existed
+        names = sorted({k.rsplit('.', 1)[-1] for k in buffers})
+        print_log(f'{path}: the mask head has no {"/".join(names)} buffers '
+                  '(written before they existed): evaluation down-samples '
+                  'by the expected-ratio rule; tools/misc/calibrate_mask.py '
+                  'stores a threshold', logger=logger, level=logging.INFO)
+    elif diff.allowed_missing:
         what = (f'{path}: {len(diff.allowed_missing)} tensors under '
                 f'{_prefixes(diff.allowed_missing, allowed_missing)} are not '
                 'in the checkpoint and keep their ')

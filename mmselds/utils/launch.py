@@ -113,11 +113,14 @@ def run_cli(main: Callable[[], object]):
     """Run a tool's ``main``: a config path that is not a config file, a
     checkpoint that cannot be read or does not fit the model, a data
     folder without images, or one the data generator will not write into,
-    or a ``--cfg-options`` key that adds an argument a class does not take
-    (:func:`~mmselds.utils.config.option_error`) ends the tool with one
-    ``error: ...`` line and exit status 1 instead of a traceback."""
+    a ``--cfg-options`` key that adds an argument a class does not take
+    (:func:`~mmselds.utils.config.option_error`), or a checkpoint download
+    that fails (:func:`~mmselds.utils.checkpoint.download_error`: no
+    network) ends the tool with one ``error: ...`` line and exit status 1
+    instead of a traceback."""
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
-                                          InvalidCheckpointError)
+                                          InvalidCheckpointError,
+                                          download_error)
     try:
         result = main()
     except (InvalidCheckpointError, CheckpointMismatchError,
@@ -125,6 +128,11 @@ def run_cli(main: Callable[[], object]):
         sys.exit(f'error: {err}')
     except TypeError as err:
         message = option_error(err)
+        if message is None:
+            raise
+        sys.exit(f'error: {message}')
+    except OSError as err:
+        message = download_error(err)
         if message is None:
             raise
         sys.exit(f'error: {message}')
