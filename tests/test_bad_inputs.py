@@ -326,3 +326,75 @@ def test_train_tool_names_a_failed_download(tiny_data, tmp_path, option):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f'error: downloading {url} failed (') and \
         str(tmp_path / 'torch' / 'hub' / 'checkpoints') in last, out[-3000:]
+
+
+@pytest.mark.parametrize('option, message', [
+    ('model.backbone.mask_head.channels=32',
+     'DepthwiseMaskHead: channels must be two positive hidden widths (c1, '
+     'c2), e.g. (128, 64), got 32'),
+    ('model.backbone.mask_head.threshold=high',
+     "DepthwiseMaskHead: threshold must be None or a number in [0, 1], got "
+     "'high'"),
+    ('model.backbone.execution=sparce',
+     "SelDSResNetV1c: unknown execution mode 'sparce'; expected one of "
+     "('auto', 'dense', 'sparse')"),
+    (None, "DepthwiseMaskHead takes no argument 'treshold' (did you mean "
+     'threshold?)')])
+def test_a_value_a_class_refuses_is_one_error_line(tmp_path, option,
+                                                   message):
+    """A value one of the project's classes checks, given in the config
+    or by --cfg-options, and a keyword a class does not take written in a
+    config file: one error line led by the class, no traceback."""
+    config = SELDS_DEMO
+    if option is None:
+        config = tmp_path / 'mine.py'
+        config.write_text(f'_base_ = [{SELDS_DEMO!r}]\nmodel = dict(backbone='
+                          'dict(mask_head=dict(treshold=0.6)))\n')
+    proc = toolrun.run(
+        [sys.executable, 'tools/analysis_tools/get_flops.py', str(config),
+         '--shape', '64', '128'] + (['--cfg-options', option] if option
+                                    else []),
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in out, out[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f'error: {message}', \
+        out[-3000:]
+
+
+class _Checked:
+    def __init__(self, size=1, bug=False):
+        if bug:
+            dict(a=1).get('a', default=2)  # a call with a wrong keyword
+        if size < 0:
+            raise ValueError(f'size must be >= 0, got {size}')
+
+
+def test_argument_error_keeps_the_traceback_of_bugs(monkeypatch):
+    """argument_error explains an unexpected keyword of the class being
+    built (any class), and a check a class of this package raised while
+    being built; a call error inside a constructor (a bug), an error of
+    a class outside the package, or one not raised while building keep
+    their tracebacks (None)."""
+    from mmengine.registry import Registry, build_from_cfg
+
+    from mmselds.utils import config as config_utils
+    registry = Registry('argument_error_test')
+    registry.register_module(module=_Checked)
+
+    def error_of(**cfg):
+        try:
+            build_from_cfg(dict(type='_Checked', **cfg), registry)
+        except (TypeError, ValueError) as err:
+            return err
+        raise AssertionError('built')
+
+    assert config_utils.argument_error(error_of(sise=2)) == \
+        "_Checked takes no argument 'sise' (did you mean size?)"
+    assert config_utils.argument_error(error_of(size=-1)) is None
+    assert config_utils.argument_error(error_of(bug=True)) is None
+    monkeypatch.setattr(config_utils, '_PACKAGE', os.path.dirname(
+        os.path.abspath(__file__)) + os.sep)  # as if this were mmselds
+    assert config_utils.argument_error(error_of(size=-1)) == \
+        '_Checked: size must be >= 0, got -1'
+    assert config_utils.argument_error(error_of(bug=True)) is None
+    assert config_utils.argument_error(ValueError('size')) is None

@@ -7,6 +7,7 @@ import logging
 import os
 import os.path as osp
 import re
+import traceback
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from mmengine.config import Config
@@ -194,6 +195,50 @@ def option_error(err: BaseException) -> Optional[str]:
     return (f'{keys}: {cls_name} takes no argument '
             f'{name!r}; the config has no such setting and the option adds '
             f'it ({hint})')
+
+
+def argument_error(err: BaseException) -> Optional[str]:
+    """For an error in a constructor argument while mmengine's registry
+    built a class from the config: a keyword the class does not take
+    (``DepthwiseMaskHead takes no argument 'treshold' (did you mean
+    threshold?)``, whatever the class), or a ``ValueError``/``TypeError``
+    one of this project's classes raised on a value (``threshold must be
+    None or a number in [0, 1], got 'high'``), led by the class's name.
+    None for any other error: those keep their traceback."""
+    if not isinstance(err, (ValueError, TypeError)):
+        return None
+    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+    if not any(f.f_code.co_name == 'build_from_cfg' for f in frames):
+        return None
+    built = _built_class(err)
+    innermost = frames[-1]
+    found = re.search(r"(\S+)\(\) got an unexpected keyword argument "
+                      r"'(\w+)'", str(err)) \
+        if isinstance(err, TypeError) else None
+    if found and built is not None and found.group(1).split('.')[0] in {
+            k.__name__ for k in built.__mro__} and (
+            innermost.f_code.co_name == 'build_from_cfg' or (
+                innermost.f_code.co_name == '__init__'
+                and isinstance(innermost.f_locals.get('self'), built))):
+        name = found.group(2)
+        close = difflib.get_close_matches(name, _arguments_of(built), n=1,
+                                          cutoff=0.7)
+        return (f'{built.__name__} takes no argument {name!r}'
+                + (f' (did you mean {close[0]}?)' if close else ''))
+    if not osp.abspath(innermost.f_code.co_filename).startswith(_PACKAGE) \
+            or re.search(_CALL_ERRORS, str(err)):
+        return None  # not a check of ours: a bug, keep its traceback
+    message = str(err)
+    if built is None or message.startswith(built.__name__):
+        return message
+    return f'{built.__name__}: {message}'
+
+
+# what Python says of a call with wrong arguments (a bug, not a check)
+_CALL_ERRORS = (r'\(\) (got an unexpected keyword|got multiple values|'
+                r'missing \d+ required|takes )')
+# the mmselds package folder: errors raised in its files
+_PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__))) + os.sep
 
 
 def _replacing(names: List[str], cls_name: str) -> str:

@@ -20,8 +20,8 @@ from mmengine.logging import print_log
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
 from mmselds.datasets.synthetic_cityscapes import (GeneratedDataError,
                                                    read_record)
-from mmselds.utils.config import (InvalidConfigError, merge_options,
-                                  option_error, read_config)
+from mmselds.utils.config import (InvalidConfigError, argument_error,
+                                  merge_options, option_error, read_config)
 
 
 def load_config(args, mode: Optional[str] = None) -> Config:
@@ -114,7 +114,9 @@ def run_cli(main: Callable[[], object]):
     checkpoint that cannot be read or does not fit the model, a data
     folder without images, or one the data generator will not write into,
     a ``--cfg-options`` key that adds an argument a class does not take
-    (:func:`~mmselds.utils.config.option_error`), or a checkpoint download
+    (:func:`~mmselds.utils.config.option_error`), an argument value one
+    of the project's classes refuses as the config is built
+    (:func:`~mmselds.utils.config.argument_error`), or a checkpoint download
     that fails (:func:`~mmselds.utils.checkpoint.download_error`: no
     network) ends the tool with one ``error: ...`` line and exit status 1
     instead of a traceback."""
@@ -126,8 +128,8 @@ def run_cli(main: Callable[[], object]):
     except (InvalidCheckpointError, CheckpointMismatchError,
             GeneratedDataError, InvalidConfigError, NoImagesError) as err:
         sys.exit(f'error: {err}')
-    except TypeError as err:
-        message = option_error(err)
+    except (TypeError, ValueError) as err:
+        message = option_error(err) or argument_error(err)
         if message is None:
             raise
         sys.exit(f'error: {message}')

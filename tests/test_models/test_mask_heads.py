@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,14 @@ def test_eval_threshold_trades_ratio():
 
 
 def test_bad_arguments():
+    for cls in (CADMaskHead, DepthwiseMaskHead):
+        for channels in (32, (32, 16, 8), (32, 0), (32.0, 16), '32',
+                         (True, 16)):
+            with pytest.raises(ValueError, match=re.escape(
+                    f'{cls.__name__}: channels must be two positive hidden '
+                    f'widths (c1, c2), e.g. (128, 64), got {channels!r}')):
+                cls(8, channels=channels)
+        assert cls(8, channels=[4, np.int64(2)]).convs[0] is not None
     for tau in (0, float('nan'), float('inf'), '1', True):
         with pytest.raises(ValueError, match='tau must be a positive number'):
             CADMaskHead(8, tau=tau)

@@ -5,7 +5,7 @@ cell grid is (h/2) x (w/2). Logit 1 is "down-sample".
 """
 import math
 import numbers
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -195,6 +195,18 @@ class BaseMaskHead(BaseModule):
         return (prob > threshold).to(logits.dtype)
 
 
+def hidden_widths(channels, cls: str) -> Tuple[int, int]:
+    """``channels`` as the two hidden widths of a mask head, or a
+    ``ValueError`` that names the argument."""
+    if isinstance(channels, (str, bytes)) or not hasattr(
+            channels, '__len__') or len(channels) != 2 or not all(
+            isinstance(c, numbers.Integral) and not isinstance(c, bool)
+            and c > 0 for c in channels):
+        raise ValueError(f'{cls}: channels must be two positive hidden '
+                         f'widths (c1, c2), e.g. (128, 64), got {channels!r}')
+    return int(channels[0]), int(channels[1])
+
+
 def conv_block(in_channels: int, out_channels: int,
                norm_cfg: Optional[dict] = None) -> nn.Sequential:
     """3x3 conv (+ norm) + ReLU."""
@@ -241,7 +253,7 @@ class CADMaskHead(BaseMaskHead):
     def __init__(self, in_channels: int = 512, channels=(128, 64),
                  norm_cfg: Optional[dict] = None, **kwargs):
         super().__init__(in_channels, **kwargs)
-        c1, c2 = channels
+        c1, c2 = hidden_widths(channels, type(self).__name__)
         self.convs = nn.Sequential(
             conv_block(in_channels, c1, norm_cfg),
             conv_block(c1, c2, norm_cfg), nn.MaxPool2d(2),
@@ -271,7 +283,7 @@ class DepthwiseMaskHead(BaseMaskHead):
     def __init__(self, in_channels: int = 512, channels=(128, 64),
                  norm_cfg: Optional[dict] = dict(type='BN'), **kwargs):
         super().__init__(in_channels, **kwargs)
-        c1, c2 = channels
+        c1, c2 = hidden_widths(channels, type(self).__name__)
         self.convs = nn.Sequential(
             separable(in_channels, c1, norm_cfg),
             separable(c1, c2, norm_cfg), nn.MaxPool2d(2),
