@@ -194,6 +194,12 @@ def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
     ('tools/analysis_tools/get_flops.py', 'model.backbone.zzz=1',
      "--cfg-options model.backbone.zzz: SelDSResNetV1c takes no argument "
      "'zzz'"),
+    # mmengine's runner calls DataLoader itself, inside the loop's build:
+    # the class named is DataLoader, not the loop
+    ('tools/train.py', 'train_dataloader.batch_sizee=2',
+     "--cfg-options train_dataloader.batch_sizee: DataLoader takes no "
+     "argument 'batch_sizee'; the config has no such setting and the "
+     'option adds it (did you mean batch_size?)'),
     # another type keeps the settings the config gave the old one
     ('tools/analysis_tools/get_flops.py', 'model.backbone.type=ResNetV1c',
      "--cfg-options model.backbone.type=ResNetV1c: ResNetV1c takes no "

@@ -174,7 +174,7 @@ def option_error(err: BaseException) -> Optional[str]:
     if not found:
         return None
     name = found.group(2)
-    built = _built_class(err)
+    built = _called_class(err, found.group(1).split('.')[0])
     cls_name = built.__name__ if built else found.group(1).split('.')[0]
     for key, old, kept in _RETYPED.get(cls_name, ()):
         if name in kept:
@@ -251,6 +251,24 @@ def _replacing(names: List[str], cls_name: str) -> str:
     for part in reversed(names[1:]):
         inner = f'dict({part}={inner})'
     return f'{names[0]} = {inner}'
+
+
+def _called_class(err: BaseException, name: str):
+    """The class named ``name`` (from ``Name.__init__() got an unexpected
+    keyword argument``) that ``err`` was raised on: the class mmengine's
+    registry was building when ``name`` is it or one of its bases, else a
+    class of that name in the scope of the raising frames (``DataLoader``,
+    which mmengine's runner calls directly while it builds the loop), or
+    None."""
+    built = _built_class(err)
+    if built is not None and name in {k.__name__ for k in built.__mro__}:
+        return built
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
+        for scope in (frame.f_locals, frame.f_globals):
+            found = scope.get(name)
+            if isinstance(found, type):
+                return found
+    return None
 
 
 def _built_class(err: BaseException):
