@@ -146,3 +146,29 @@ def test_non_finite_images_are_an_error(bad):
     # finite images pass
     with torch.no_grad():
         model.eval().predict(x.nan_to_num(0, 0, 0), data)
+
+
+def test_slide_inference_crops_are_checked():
+    """Slide inference with a crop_size that is not a multiple of 16 is an
+    error naming crop_size and a size that fits, at build and when
+    test_cfg changes later (was: the backbone's input-size error, which
+    advises size_divisor, already set); a fitting crop slides and gives
+    each image one ratio."""
+    for crop in ((60, 120), (64, 0), 64):
+        with pytest.raises(ValueError, match='test_cfg: .*crop_size'):
+            build(SELDS_CFG, test_cfg=dict(mode='slide', crop_size=crop,
+                                           stride=(32, 64)))
+    with pytest.raises(ValueError, match=r'crop_size=\(60, 120\) for slide '
+                       r'inference; .* e\.g\. crop_size=\(64, 128\)'):
+        build(SELDS_CFG, test_cfg=dict(mode='slide', crop_size=(60, 120),
+                                       stride=(30, 60)))
+    model = build(SELDS_CFG, test_cfg=dict(mode='slide', crop_size=(32, 64),
+                                           stride=(16, 32))).eval()
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        results = model.predict(x, samples(2, 64, 128))
+    assert results[0].pred_sem_seg.data.shape == (1, 64, 128)
+    assert 0.0 <= results[0].ds_ratio <= 1.0
+    model.test_cfg.crop_size = (40, 64)
+    with pytest.raises(ValueError, match=r'e\.g\. crop_size=\(48, 64\)'):
+        model.predict(x, samples(2, 64, 128))

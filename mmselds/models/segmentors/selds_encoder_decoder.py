@@ -8,6 +8,25 @@ from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
 
+def check_slide_crop(test_cfg) -> None:
+    """Slide inference feeds the backbone crops of ``test_cfg.crop_size``
+    (smaller images whole, padded by ``size_divisor``): a ``ValueError``
+    naming ``crop_size`` unless both sides are multiples of 16, the
+    selective backbone's 2x2 cells of the OS8 map."""
+    crop = test_cfg.get('crop_size')
+    try:
+        h, w = (int(c) for c in crop)
+    except (TypeError, ValueError):
+        raise ValueError(f'test_cfg: slide inference needs crop_size=(h, w), '
+                         f'got {crop!r}') from None
+    if h <= 0 or w <= 0 or h % 16 or w % 16:
+        fit = tuple(max(16, -(-c // 16) * 16) for c in (h, w))
+        raise ValueError(
+            f'test_cfg: crop_size={tuple(crop)} for slide inference; a '
+            'selective backbone needs crops whose sides are multiples of 16 '
+            f'(2x2 cells of the OS8 map): e.g. crop_size={fit}')
+
+
 @MODELS.register_module()
 class SelDSEncoderDecoder(EncoderDecoder):
     """``EncoderDecoder`` for a selective down-sampling backbone.
@@ -52,6 +71,13 @@ class SelDSEncoderDecoder(EncoderDecoder):
             for name, param in self.named_parameters():
                 param.requires_grad_(self._trainable(name))
         self._masks: List[Tensor] = []
+        if (self.test_cfg or {}).get('mode') == 'slide':
+            check_slide_crop(self.test_cfg)
+
+    def slide_inference(self, inputs: Tensor,
+                        batch_img_metas: List[dict]) -> Tensor:
+        check_slide_crop(self.test_cfg)  # test_cfg may change after build
+        return super().slide_inference(inputs, batch_img_metas)
 
     def _trainable(self, name: str) -> bool:
         return any(name == p or name.startswith(p + '.')
