@@ -404,3 +404,47 @@ def test_argument_error_keeps_the_traceback_of_bugs(monkeypatch):
         '_Checked: size must be >= 0, got -1'
     assert config_utils.argument_error(error_of(bug=True)) is None
     assert config_utils.argument_error(ValueError('size')) is None
+
+
+def test_a_fine_tuning_config_without_its_checkpoint(tiny_data, tmp_path):
+    """The demo's fine-tuning configs (-ft) name what they fine-tune
+    (CheckLoadFromHook's fine_tunes): without load_from, or --resume with
+    nothing to resume, tools/train.py stops with one line saying so (was:
+    a run from random initialisation); the option it names trains
+    anyway; testing does not need it."""
+    from types import SimpleNamespace
+
+    from mmselds.engine.hooks import CheckLoadFromHook
+    from mmselds.utils.config import InvalidConfigError, read_config
+    ft = os.path.join(ROOT, 'configs', 'demo', 'deeplabv3-selds-cad_r18-'
+                      'd8_1xb8-200it-ft_synthcity-128x256.py')
+    cfg = read_config(ft)
+    hook = CheckLoadFromHook(**{k: v for k, v in cfg.custom_hooks[0].items()
+                                if k != 'type'})
+    runner = SimpleNamespace(_load_from=None, _resume=True,
+                             work_dir=str(tmp_path), cfg=cfg)
+    with pytest.raises(InvalidConfigError, match=r'^this config fine-tunes '
+                       r'the dense OS8 demo model .* and no checkpoint is '
+                       r'given: set load_from \(--cfg-options load_from='
+                       r'PATH\); to train it from random initialisation '
+                       r'anyway: --cfg-options custom_hooks\.0\.fine_tunes'
+                       r'=None$'):
+        hook.before_run(runner)
+    CheckLoadFromHook(fine_tunes='x', inference=True).before_run(runner)
+    CheckLoadFromHook().before_run(runner)  # no fine_tunes: no check
+
+    def train(*options):
+        return toolrun.run(
+            [sys.executable, 'tools/train.py', ft, '--work-dir',
+             str(tmp_path / 'w'), '--cfg-options', *cfg_options(tiny_data),
+             'train_cfg.max_iters=1', 'train_dataloader.batch_size=2',
+             *options], cwd=ROOT, capture_output=True, text=True,
+            timeout=300)
+    proc = train()
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        'error: this config fine-tunes the dense OS8 demo model'), \
+        proc.stderr[-3000:]
+    proc = train('custom_hooks.0.fine_tunes=None')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / 'w' / 'iter_1.pth').is_file()

@@ -9,6 +9,7 @@ from mmselds.utils.checkpoint import (ALLOWED_MISSING, check_checkpoint,
                                       compare_state_dicts, decision_buffers,
                                       model_state_of, read_checkpoint,
                                       state_dict_of)
+from mmselds.utils.config import InvalidConfigError
 
 
 @HOOKS.register_module()
@@ -43,14 +44,22 @@ class CheckLoadFromHook(Hook):
             tensors are then a warning that the mask head is untrained, as
             are the tensors a checkpoint converted by ``mmseg2selds.py``
             lists as filled with their initialisation. Default: False.
+        fine_tunes (str, optional): what a fine-tuning config starts from
+            (``'the dense OS8 demo model (tools/demo.py passes ...)'``):
+            training without ``load_from`` (and without a checkpoint to
+            ``--resume`` from) is then an ``InvalidConfigError`` that says
+            so, instead of a run from random initialisation.
+            Default: None.
     """
 
     priority = 'VERY_LOW'
 
     def __init__(self, strict: bool = True,
                  allowed_missing: Sequence[str] = ALLOWED_MISSING,
-                 inference: bool = False):
+                 inference: bool = False,
+                 fine_tunes: Optional[str] = None):
         self.strict = strict
+        self.fine_tunes = fine_tunes
         self.allowed_missing = tuple(allowed_missing)
         self.inference = inference
         self._path: Optional[str] = None
@@ -70,6 +79,18 @@ class CheckLoadFromHook(Hook):
         self._path = self.checkpoint_path(runner)
         if self._path:
             read_checkpoint(self._path)  # ValueError naming a bad file
+        elif self.fine_tunes and not self.inference:
+            hooks = (getattr(runner, 'cfg', None) or {}).get(
+                'custom_hooks') or []
+            index = next((i for i, h in enumerate(hooks) if h.get('type') in
+                          ('CheckLoadFromHook', type(self))), None)
+            anyway = '' if index is None else (
+                '; to train it from random initialisation anyway: '
+                f'--cfg-options custom_hooks.{index}.fine_tunes=None')
+            raise InvalidConfigError(
+                f'this config fine-tunes {self.fine_tunes}, and no '
+                'checkpoint is given: set load_from (--cfg-options '
+                f'load_from=PATH){anyway}')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         path = self._path or 'the loaded checkpoint'
