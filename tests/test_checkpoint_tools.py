@@ -334,6 +334,9 @@ def test_publish_model(tmp_path, capsys):
         [str(src), str(tmp_path / 'out' / 'selds_r18.pth')])
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == final
+    # float32 0.42 is 0.41999998688697815: printed to 4 digits
+    assert 'mask calibration: trained_ratio=0.42, calibrated_threshold=None' \
+        in printed, printed
     sha = hashlib.sha256(open(final, 'rb').read()).hexdigest()
     assert final == str(tmp_path / 'out' / f'selds_r18-{sha[:8]}.pth')
     assert os.listdir(tmp_path / 'out') == [osp.basename(final)]
@@ -396,8 +399,11 @@ def test_mmseg2selds_converts_a_deeplabv3_checkpoint(tmp_path, capsys):
     assert done['initialised'] and all(
         k.startswith(('backbone.mask_head.', 'backbone.pooling.'))
         for k in done['initialised'])
-    for key in done['initialised']:
-        assert f'  {key}\n' in out
+    # a conversion that fits: the untouched tensors by module, one line
+    assert f"{len(done['initialised'])} tensors not in the source (or of " \
+        "another shape) keep the config's initialisation (missing keys): " \
+        'backbone.mask_head.* (' in out, out
+    assert not any(f'  {key}\n' in out for key in done['initialised'])
     ckpt = torch.load(dst, map_location='cpu', weights_only=False)
     assert set(ckpt) == {'meta', 'state_dict'}
     selds, _ = build_segmentor(SELDS_DEMO)
@@ -458,6 +464,11 @@ def test_mmseg2selds_output_is_its_own_summary(tmp_path):
     assert 'KaimingInit' not in out and 'mmengine - INFO' not in out, \
         out[:3000]
     assert len(out.splitlines()) < 80 and 'wrote ' in out
+    # the tensors the source lacks, by module, on one line
+    assert re.search(r"^\d+ tensors not in the source \(or of another "
+                     r"shape\) keep the config's initialisation \(missing "
+                     r"keys\): backbone\.mask_head\.\* \(\d+\), "
+                     r"backbone\.pooling\.\* \(\d+\)$", out, re.M), out[-3000:]
 
 
 def test_mmseg2selds_maps_a_bare_backbone(tmp_path, capsys, caplog):

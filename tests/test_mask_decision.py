@@ -84,6 +84,7 @@ def test_test_tool_down_samples_as_training_did(trained, demo_data,
 
     out = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path)
     assert abs(ratio_of(out) - end) <= 0.05, (ratio_of(out), end)
+    assert 'mask decision: expected ratio: per image' in out, out[-3000:]
     # deterministic: the same checkpoint tests to the same numbers
     again = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path)
     assert metrics_of(out) == metrics_of(again)
@@ -99,6 +100,8 @@ def test_test_tool_down_samples_as_training_did(trained, demo_data,
         out = run_test(SELDS_DEMO, ckpt, demo_data, tmp_path,
                        f'model.backbone.mask_head.threshold={threshold}')
         assert ratio_of(out) == ratio
+        assert f'mask decision: P(down-sample) > {threshold:g} (explicit ' \
+            'threshold)' in out
 
 
 @pytest.mark.slow
@@ -117,8 +120,11 @@ def test_calibrate_mask_tool(trained, demo_data, tmp_path):
     assert float(new['state_dict'][
         'backbone.mask_head.calibrated_threshold']) == pytest.approx(
             threshold)
-    # tools/test.py uses the calibration with no extra option
-    ratio = ratio_of(run_test(SELDS_DEMO, out_path, demo_data, tmp_path))
+    # tools/test.py uses the calibration with no extra option, and says so
+    out = run_test(SELDS_DEMO, out_path, demo_data, tmp_path)
+    assert f'mask decision: P(down-sample) > {threshold:.4g} (calibrated ' \
+        'threshold)' in out, out[-3000:]
+    ratio = ratio_of(out)
     assert abs(ratio - 0.25) < 0.15, ratio
     assert abs(ratio - end) > 0.1  # it did change the decision
     # without --ratio: the trained ratio; --clear: back to the rule

@@ -8,7 +8,7 @@ from mmseg.registry import HOOKS
 from mmselds.utils.checkpoint import (ALLOWED_MISSING, check_checkpoint,
                                       compare_state_dicts, decision_buffers,
                                       model_state_of, read_checkpoint,
-                                      state_dict_of)
+                                      state_dict_of, unwrap)
 from mmselds.utils.config import InvalidConfigError
 
 
@@ -107,6 +107,15 @@ class CheckLoadFromHook(Hook):
             own = model_state_of(runner.model)
             for key in diff.allowed_missing:
                 state[key] = own[key]
+
+    def before_test(self, runner) -> None:
+        """Log the mask decision the test runs with (explicit threshold,
+        the checkpoint's calibrated one, or the expected-ratio rule)."""
+        backbone = getattr(unwrap(runner.model), 'backbone', None)
+        head = getattr(backbone, 'mask_head', None)
+        if head is not None and hasattr(head, 'decision_rule'):
+            print_log(f'mask decision: {head.decision_rule()}',
+                      logger=runner.logger)
 
 
 def add_hook(cfg, hook_type: str, **options):

@@ -291,10 +291,16 @@ def converted_untrained(checkpoint: Mapping) -> List[str]:
     return [k for k in meta.get('initialised') or () if isinstance(k, str)]
 
 
-def _module_prefixes(keys: Sequence[str]) -> str:
-    """'decode_head.*, backbone.layer4.*': the modules ``keys`` are in."""
-    return ', '.join(sorted({'.'.join(k.split('.')[:2 if k.startswith(
-        'backbone.') else 1]) + '.*' for k in keys}))
+def module_prefixes(keys: Sequence[str], counts: bool = False) -> str:
+    """'backbone.layer4.*, decode_head.*': the modules ``keys`` are in
+    (with ``counts``: 'backbone.layer4.* (30), decode_head.* (8)')."""
+    found: Dict[str, int] = {}
+    for k in keys:
+        depth = 2 if k.startswith('backbone.') else 1
+        prefix = '.'.join(k.split('.')[:depth]) + '.*'
+        found[prefix] = found.get(prefix, 0) + 1
+    return ', '.join(p + (f' ({found[p]})' if counts else '')
+                     for p in sorted(found))
 
 
 def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
@@ -356,7 +362,7 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
                   f'{checkpoint["meta"].get("converted_from", "?")})')
         for keys, where, meaning in (
                 (mask, _prefixes(mask, allowed_missing), f', {UNTRAINED}'),
-                (other, _module_prefixes(other), ': the predictions and the '
+                (other, module_prefixes(other), ': the predictions and the '
                  'accuracy measured with it are those of untrained layers; '
                  'fine-tune it first (configs/selds/README.md)')):
             if keys:

@@ -115,7 +115,8 @@ def process_checkpoint(in_file: str, out_file: str) -> str:
     print(f'dropped: {", ".join(dropped) if dropped else "nothing"}')
     if calib:
         print('mask calibration: ' + ', '.join(
-            f'{k}={v}' for k, v in calib.items() if k in CALIBRATION))
+            f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+            for k, v in calib.items() if k in CALIBRATION))
     return final
 
 

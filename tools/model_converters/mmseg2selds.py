@@ -40,8 +40,8 @@ sys.path.insert(0, ROOT)  # run from any directory without installing
 
 import mmselds
 from mmselds.utils.checkpoint import (ALLOWED_MISSING, CheckpointMismatchError,
-                                      compare_state_dicts, read_checkpoint,
-                                      state_dict_of)
+                                      compare_state_dicts, module_prefixes,
+                                      read_checkpoint, state_dict_of)
 from mmselds.utils.evaluation import quiet_logger
 from mmselds.utils.launch import run_cli
 from mmselds.utils.model_io import build_segmentor
@@ -151,15 +151,18 @@ def main(argv=None):
               'initialisation, the others are dropped, all listed below)',
               file=sys.stderr)
     print(f'copied {len(done["copied"])} tensors')
+    # by module; each key too when the source did not fit (those matter)
+    listed = not done['diff'].ok
     print(f'{len(done["initialised"])} tensors not in the source (or of '
           'another shape) keep the config\'s initialisation (missing '
-          'keys):')
-    for k in done['initialised']:
+          f'keys): {module_prefixes(done["initialised"], counts=True)}')
+    for k in done['initialised'] if listed else ():
         print(f'  {k}')
     if done['dropped']:
         print(f'{len(done["dropped"])} tensors of the source have no place '
-              'in the model and are dropped (unexpected keys):')
-        for k in done['dropped']:
+              'in the model and are dropped (unexpected keys): '
+              f'{module_prefixes(done["dropped"], counts=True)}')
+        for k in done['dropped'] if listed else ():
             print(f'  {k}')
     else:
         print('no tensor of the source is dropped')
