@@ -448,3 +448,19 @@ def test_a_fine_tuning_config_without_its_checkpoint(tiny_data, tmp_path):
     proc = train('custom_hooks.0.fine_tunes=None')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / 'w' / 'iter_1.pth').is_file()
+
+
+def test_train_tool_refuses_sparse_execution(tiny_data, tmp_path):
+    """Training with model.backbone.execution=sparse (BatchNorm statistics
+    that cannot train): one error line before the first iteration (was:
+    a traceback from inside the first forward)."""
+    proc = toolrun.run(
+        [sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir',
+         str(tmp_path), '--cfg-options', *cfg_options(tiny_data),
+         'train_cfg.max_iters=1', 'model.backbone.execution=sparse'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in out, out[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: execution='sparse' in training mode"), out[-3000:]
+    assert 'Iter(train)' not in out

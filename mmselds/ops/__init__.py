@@ -2,9 +2,10 @@
 from .combine import (SelectiveOutputs, mixed_broadcast, mixed_cat,
                       mixed_global_avg_pool)
 from .feature import MixedFeature, blend, upsample2
-from .functional import (batch_norm_affine, fold_batch_norm, low_res_dilation,
-                         selective_apply, selective_batch_norm,
-                         selective_conv2d, selective_entrance_conv2d)
+from .functional import (SparseTrainingError, batch_norm_affine,
+                         fold_batch_norm, low_res_dilation, selective_apply,
+                         selective_batch_norm, selective_conv2d,
+                         selective_entrance_conv2d)
 from .kernels import gather_linear, release_workspace, rows_linear
 from .mask import (EXECUTION_MODES, CellMask, expected_ratio_mask,
                    random_cell_mask)
@@ -15,7 +16,8 @@ from .runner import (clear_sparse_weights, dense_layers, flatten_layers,
 
 __all__ = [
     'CellMask', 'EXECUTION_MODES', 'MixedFeature', 'POOLING_MODES',
-    'SelectivePooling', 'as_pooling', 'batch_norm_affine', 'blend',
+    'SelectivePooling', 'SparseTrainingError',
+    'as_pooling', 'batch_norm_affine', 'blend',
     'clear_sparse_weights', 'dense_layers', 'sparse_weights',
     'expected_ratio_mask', 'flatten_layers', 'is_conv_module',
     'layers_macs', 'mixed_broadcast', 'mixed_cat',

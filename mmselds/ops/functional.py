@@ -24,6 +24,16 @@ from .mask import CellMask
 from .pooling import PoolSpec, SelectivePooling, as_pooling
 from .versions import version
 
+# sparse execution folds BatchNorm into its running statistics
+SPARSE_TRAINING = (
+    'sparse execution applies BatchNorm with running statistics only: '
+    "train with execution='auto' (dense emulation in training, sparse in "
+    "evaluation) or 'dense', or freeze the norm layers (norm_eval=True)")
+
+
+class SparseTrainingError(RuntimeError):
+    """Sparse execution asked to train BatchNorm statistics."""
+
 
 def low_res_dilation(dilation: int) -> int:
     """Dilation of the OS16 conv standing for an OS8 conv of ``dilation``."""
@@ -278,10 +288,7 @@ def selective_batch_norm(feat: MixedFeature, bn: _BatchNorm) -> MixedFeature:
     if feat.execution == 'dense':
         return feat.new(bn(feat.data))
     if bn.training or bn.running_mean is None:
-        raise RuntimeError(
-            'sparse execution applies BatchNorm with running statistics '
-            'only: put the norm layers in eval mode (or norm_eval=True), or '
-            'use execution="dense" for training')
+        raise SparseTrainingError(SPARSE_TRAINING)
     scale, shift = batch_norm_affine(bn)
     return feat.new(torch.addcmul(shift, feat.data, scale))
 

@@ -20,6 +20,7 @@ from mmengine.logging import print_log
 from mmselds.datasets.checks import NoImagesError, check_dataloader_images
 from mmselds.datasets.synthetic_cityscapes import (GeneratedDataError,
                                                    read_record)
+from mmselds.ops import SparseTrainingError
 from mmselds.utils.config import (InvalidConfigError, argument_error,
                                   merge_options, option_error, read_config)
 
@@ -116,17 +117,19 @@ def run_cli(main: Callable[[], object]):
     a ``--cfg-options`` key that adds an argument a class does not take
     (:func:`~mmselds.utils.config.option_error`), an argument value one
     of the project's classes refuses as the config is built
-    (:func:`~mmselds.utils.config.argument_error`), or a checkpoint download
+    (:func:`~mmselds.utils.config.argument_error`), a checkpoint download
     that fails (:func:`~mmselds.utils.checkpoint.download_error`: no
-    network) ends the tool with one ``error: ...`` line and exit status 1
-    instead of a traceback."""
+    network), or training with sparse execution
+    (:class:`~mmselds.ops.SparseTrainingError`) ends the tool with one
+    ``error: ...`` line and exit status 1 instead of a traceback."""
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
                                           InvalidCheckpointError,
                                           download_error)
     try:
         result = main()
     except (InvalidCheckpointError, CheckpointMismatchError,
-            GeneratedDataError, InvalidConfigError, NoImagesError) as err:
+            GeneratedDataError, InvalidConfigError, NoImagesError,
+            SparseTrainingError) as err:
         sys.exit(f'error: {err}')
     except (TypeError, ValueError) as err:
         message = option_error(err) or argument_error(err)

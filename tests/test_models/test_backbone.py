@@ -142,8 +142,25 @@ def test_execution_auto_and_attribute():
 
 
 def test_sparse_training_needs_eval_norms():
-    model = selds_backbone(18, execution='sparse').train()
-    with pytest.raises(RuntimeError, match='eval mode'):
+    """Sparse execution folds BatchNorm into its running statistics:
+    train() with norm layers of stages 3-4 that would train is an error
+    naming the first one and the ways out; frozen norms (norm_eval) train
+    sparse; a norm layer switched to training behind the model's back
+    fails at the forward with the same explanation."""
+    from mmselds.ops import SparseTrainingError
+    model = selds_backbone(18, execution='sparse')
+    with pytest.raises(SparseTrainingError, match=r"^execution='sparse' in "
+                       r'training mode, with \d+ norm layers of stages 3-4 '
+                       r'training \(layer3\.0\.bn1, \.\.\.\): .*'
+                       r"execution='auto'.*norm_eval=True"):
+        model.train()
+    model.eval()  # evaluation is what sparse execution is for
+    frozen = selds_backbone(18, execution='sparse', norm_eval=True).train()
+    out = frozen(torch.randn(1, 3, 64, 64))
+    out[-1].sum().backward()
+    assert frozen.layer4[0].conv2.weight.grad is not None
+    model.layer3[0].bn1.train()
+    with pytest.raises(SparseTrainingError, match='running statistics'):
         model(torch.randn(1, 3, 64, 64))
 
 

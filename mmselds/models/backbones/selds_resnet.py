@@ -6,11 +6,13 @@ import torch.utils.checkpoint as cp
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck, ResNetV1c
 from mmseg.registry import MODELS
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmselds.ops import (CellMask, MixedFeature, SelectiveOutputs,
-                         clear_sparse_weights, dense_layers, layers_macs,
-                         pooling_macs_per_value, release_workspace,
-                         run_residual_block)
+                         SparseTrainingError, clear_sparse_weights,
+                         dense_layers, layers_macs, pooling_macs_per_value,
+                         release_workspace, run_residual_block)
+from mmselds.ops.functional import SPARSE_TRAINING
 
 EXECUTIONS = ('auto', 'dense', 'sparse')
 OS8_STRIDES = (1, 2, 1, 1)
@@ -170,9 +172,20 @@ class SelDSResNetV1c(ResNetV1c):
         module like ``nn.Module.train`` (mmseg's returns None). Drops the
         folded weights sparse inference keeps (:func:`clear_sparse_weights`):
         training may change weights without a new tensor version (fused
-        optimisers, BatchNorm statistics), so an ``eval()`` refolds them."""
+        optimisers, BatchNorm statistics), so an ``eval()`` refolds them.
+        Training with ``execution='sparse'`` and norm layers of stages 3-4
+        that train is a ``SparseTrainingError``."""
         super().train(mode)
         clear_sparse_weights(self)
+        if mode and self.execution == 'sparse':
+            training = [name for name, m in self.named_modules()
+                        if isinstance(m, _BatchNorm) and m.training
+                        and name.startswith(('layer3.', 'layer4.'))]
+            if training:  # before a forward fails on the first of them
+                raise SparseTrainingError(
+                    f"execution='sparse' in training mode, with "
+                    f'{len(training)} norm layers of stages 3-4 training '
+                    f'({training[0]}, ...): {SPARSE_TRAINING}')
         return self
 
     def effective_execution(self) -> str:
