@@ -2,6 +2,8 @@
 no images (train, test and the analysis tools), visualize_masks.py's
 threshold and unreadable images."""
 import os
+import re
+import shutil
 import sys
 
 import pytest
@@ -70,6 +72,42 @@ def test_check_covers_only_the_data_the_run_reads(tmp_path):
     with pytest.raises(NoImagesError, match='train_dataloader: the image '
                        'folder .*leftImg8bit/train does not exist'):
         check_run_data(demo_cfg(root), 'train')
+
+
+def test_check_names_images_without_labels(tmp_path):
+    """Images whose label files are missing (real Cityscapes before its
+    converter writes *_labelTrainIds.png, or no gtFine folder) are named
+    before anything is built (was: mmengine's FileNotFoundError from a
+    data-loading step); a pipeline without LoadAnnotations (a split
+    without labels, the test-server recipe) needs none."""
+    import glob
+    root = str(tmp_path / 'no_labels')
+    generate(root, num_train=2, num_val=2, size=(64, 128))
+    labels = sorted(glob.glob(f'{root}/gtFine/val/*/*_labelTrainIds.png'))
+    os.remove(labels[1])
+    with pytest.raises(NoImagesError, match=(
+            r'^test_dataloader: 1 of the 2 images have no label file '
+            r'\(\*_gtFine_labelTrainIds\.png in .*gtFine/val\), e\.g\. '
+            + re.escape(labels[1]) + r'; for Cityscapes, tools/dataset_'
+            r'converters/cityscapes\.py DATA_ROOT writes them')):
+        check_run_data(demo_cfg(root), 'test')
+    shutil.rmtree(f'{root}/gtFine/train')
+    with pytest.raises(NoImagesError, match='train_dataloader: 2 of the 2 '
+                       'images have no label file'):
+        check_run_data(demo_cfg(root), 'train')
+    cfg = demo_cfg(root)  # the test-server recipe's pipeline: no labels
+    cfg.test_dataloader.dataset.pipeline = [
+        dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]
+    check_run_data(cfg, 'test')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline  # nested
+    with pytest.raises(NoImagesError, match='1 of the 2 images'):
+        check_run_data(cfg, 'test')
+    # through a tool
+    _, out = run_failing([sys.executable, 'tools/train.py', SELDS_DEMO,
+                          '--work-dir', tmp_path / 'w', '--cfg-options',
+                          *cfg_options(root)])
+    assert 'Traceback' not in out and 'error: train_dataloader: 2 of the ' \
+        '2 images have no label file' in out, out[-3000:]
 
 
 def test_train_test_and_get_flops_name_the_empty_folder(

@@ -17,7 +17,8 @@ LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
 class NoImagesError(FileNotFoundError):
-    """A data set's image folder is missing or holds no images."""
+    """A data set's image folder is missing or holds no images, or its
+    images lack the label files its pipeline loads."""
 
 
 def _dataset_class(dataset_type):
@@ -51,8 +52,11 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
     """Raise :class:`NoImagesError` if an mmseg data set config
     (``BaseSegDataset`` and subclasses such as ``CityscapesDataset``, or a
     wrapper of them) would find no image: the image folder is missing or
-    holds no ``*{img_suffix}`` file, or its ``ann_file`` lists nothing.
-    Data sets of other kinds and remote storage are not checked."""
+    holds no ``*{img_suffix}`` file, or its ``ann_file`` lists nothing;
+    or if its pipeline loads labels (``LoadAnnotations``) and images lack
+    their ``*{seg_map_suffix}`` file (real Cityscapes before its
+    converter). Data sets of other kinds and remote storage are not
+    checked."""
     if dataset is None:
         return
     if dataset.get('dataset') is not None:  # RepeatDataset & co.
@@ -92,12 +96,45 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
     if not osp.isdir(img_dir or '.'):
         raise NoImagesError(f'{where}: the image folder {img_dir} does not '
                             f'exist {settings}')
-    for _, _, files in os.walk(img_dir or '.', followlinks=True):
-        if any(name.endswith(suffix) for name in files):
-            return
-    raise NoImagesError(
-        f'{where}: the image folder {img_dir} holds no images (no '
-        f'*{suffix} file in it or its subfolders) {settings}')
+    images = [osp.relpath(osp.join(root, name), img_dir or '.')
+              for root, _, files in os.walk(img_dir or '.', followlinks=True)
+              for name in sorted(files) if name.endswith(suffix)]
+    if not images:
+        raise NoImagesError(
+            f'{where}: the image folder {img_dir} holds no images (no '
+            f'*{suffix} file in it or its subfolders) {settings}')
+    seg_prefix = (dataset.get('data_prefix') or {}).get('seg_map_path')
+    if seg_prefix is None or not _loads_annotations(dataset.get('pipeline')):
+        return
+    seg_suffix = dataset.get('seg_map_suffix',
+                             _default(cls, 'seg_map_suffix', '.png'))
+    seg_dir = _join(data_root, seg_prefix)
+    missing = [osp.join(seg_dir, name[:-len(suffix)] + seg_suffix)
+               for name in images]
+    missing = [path for path in missing if not osp.isfile(path)]
+    if missing:
+        hint = ('; for Cityscapes, tools/dataset_converters/cityscapes.py '
+                'DATA_ROOT writes them' if 'labelTrainIds' in seg_suffix
+                else '')
+        raise NoImagesError(
+            f'{where}: {len(missing)} of the {len(images)} images have no '
+            f'label file (*{seg_suffix} in {seg_dir}), e.g. {missing[0]}'
+            f'{hint} (data_prefix.seg_map_path=\'{seg_prefix}\'; a split '
+            'without labels needs a pipeline without LoadAnnotations)')
+
+
+def _loads_annotations(pipeline) -> bool:
+    """Whether a pipeline (nested lists and dicts, as ``TestTimeAug``'s)
+    has a ``LoadAnnotations`` step."""
+    if isinstance(pipeline, dict):
+        kind = pipeline.get('type')
+        name = getattr(kind, '__name__', str(kind)).split('.')[-1]
+        return name == 'LoadAnnotations' or any(
+            _loads_annotations(v) for v in pipeline.values()
+            if isinstance(v, (list, tuple, dict)))
+    if isinstance(pipeline, (list, tuple)):
+        return any(_loads_annotations(step) for step in pipeline)
+    return False
 
 
 def check_dataloader_images(cfg, loaders: Optional[Sequence[str]] = None
