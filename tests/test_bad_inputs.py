@@ -202,6 +202,33 @@ def test_misspelt_cfg_options_get_a_hint():
         'train_dataloader.batch_size?']
 
 
+def test_an_option_on_a_config_variable_gets_a_hint():
+    """A top-level --cfg-options key that is a variable of the config file
+    (data_root, crop_size, iters) was used when the file was read:
+    changing it changes nothing, which mmengine does silently; the hint
+    names the settings holding its value (not other variables). Runtime
+    keys (work_dir, load_from) and nested keys get none."""
+    from mmselds.utils.config import read_config, spent_variables
+    cfg = read_config(SELDS_DEMO)
+    lines = spent_variables(cfg, {
+        'data_root': '/data', 'crop_size': (64, 64), 'iters': 3,
+        'work_dir': 'w', 'load_from': 'x.pth', 'model.pretrained': None,
+        'new_variable': 1})
+    assert lines == [
+        'data_root: a variable of the config file, used when the file was '
+        'read; changing it changes nothing that runs: set the settings that '
+        'hold its value instead: train_dataloader.dataset.data_root, '
+        'val_dataloader.dataset.data_root, test_dataloader.dataset.data_root',
+        'crop_size: a variable of the config file, used when the file was '
+        'read; changing it changes nothing that runs: set the settings that '
+        'hold its value instead: model.data_preprocessor.size, '
+        'train_dataloader.dataset.pipeline.3.crop_size',
+        'iters: a variable of the config file, used when the file was read; '
+        'changing it changes nothing that runs: set the settings that hold '
+        'its value instead: param_scheduler.1.end, train_cfg.max_iters, '
+        'train_cfg.val_interval, default_hooks.checkpoint.interval']
+
+
 def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
     proc = toolrun.run(
         [sys.executable, 'tools/train.py', SELDS_DEMO, '--work-dir',

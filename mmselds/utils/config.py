@@ -89,6 +89,57 @@ def _hints(leaving) -> List[str]:
     return lines
 
 
+# top-level keys something reads after the config is read: mmengine's
+# Runner (its arguments) and the tools; any other top-level key with a
+# plain value is a variable of the config file (data_root, crop_size)
+RUNTIME_KEYS = frozenset((
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader',
+    'test_dataloader', 'train_cfg', 'val_cfg', 'test_cfg', 'auto_scale_lr',
+    'optim_wrapper', 'param_scheduler', 'val_evaluator', 'test_evaluator',
+    'default_hooks', 'custom_hooks', 'data_preprocessor', 'load_from',
+    'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level',
+    'visualizer', 'default_scope', 'randomness', 'experiment_name',
+    'custom_imports', 'tta_model', 'tta_pipeline'))
+
+
+def spent_variables(cfg: Config, options: Mapping) -> List[str]:
+    """One line for each top-level ``--cfg-options`` key that is a
+    variable of the config file (``data_root=DIR``): the file used its
+    value when it was read, so the option changes nothing that runs; the
+    line names the settings that hold that value (the ones to set)."""
+    root = cfg.to_dict()
+    lines = []
+    for key in options:
+        if '.' in key or key in RUNTIME_KEYS or key not in root:
+            continue
+        value = root[key]
+        if not isinstance(value, (str, int, float, tuple, list)) or \
+                isinstance(value, bool):
+            continue
+        uses = [path for path in _paths_holding(root, value)
+                if path.split('.')[0] in RUNTIME_KEYS]
+        if uses:
+            shown = ', '.join(uses[:4]) + (
+                f' ... ({len(uses) - 4} more)' if len(uses) > 4 else '')
+            lines.append(
+                f'{key}: a variable of the config file, used when the file '
+                f'was read; changing it changes nothing that runs: set '
+                f'the settings that hold its value instead: {shown}')
+    return lines
+
+
+def _paths_holding(node, value, path: str = ''):
+    """The dotted paths in nested dicts/lists whose value equals
+    ``value``."""
+    if node == value and path and type(node) is type(value):
+        yield path
+        return
+    items = node.items() if isinstance(node, Mapping) else enumerate(
+        node) if isinstance(node, (list, tuple)) else ()
+    for k, v in items:
+        yield from _paths_holding(v, value, f'{path}.{k}' if path else str(k))
+
+
 # --cfg-options keys that added a setting the config did not have, by the
 # setting's name: what `option_error` explains (one tool run per process).
 _ADDED_OPTIONS: Dict[str, List[str]] = {}
@@ -144,7 +195,7 @@ def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
     if not options:
         return cfg
     leaving = list(_leaving_keys(cfg, options))
-    for line in _hints(leaving):
+    for line in _hints(leaving) + spent_variables(cfg, options):
         print_log(f'--cfg-options {line}', logger='current',
                   level=logging.WARNING)
     for key, names, _ in leaving:
