@@ -27,6 +27,15 @@ def test_errors():
         SparsityLoss('l1')
     with pytest.raises(ValueError, match='needs target'):
         SparsityLoss('target')
+    for target in ('0.5', 1.5, True, float('nan')):
+        with pytest.raises(ValueError, match='needs target in'):
+            SparsityLoss('target', target=target)
+    for weight in (-1, float('inf'), float('nan'), '1', None):
+        with pytest.raises(ValueError, match=r'loss_weight must be a number '
+                           r'>= 0 \(0 turns the loss off\), got'):
+            SparsityLoss('target-free', loss_weight=weight)
+    assert SparsityLoss('target-free', loss_weight=0)(
+        torch.zeros(1, 1, 2, 2)) == 0
     with pytest.raises(ValueError, match='takes no target'):
         SparsityLoss('target-free', target=0.5)
     with pytest.raises(ValueError, match='must contain "loss"'):

@@ -1,3 +1,5 @@
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -5,6 +7,10 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 SPARSITY_MODES = ('target', 'target-free')
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @MODELS.register_module()
@@ -29,9 +35,13 @@ class SparsityLoss(nn.Module):
         if mode not in SPARSITY_MODES:
             raise ValueError(f'unknown sparsity loss mode {mode!r}; expected '
                              f'one of {SPARSITY_MODES}')
-        if mode == 'target' and (target is None or not 0 <= target <= 1):
+        if mode == 'target' and not (_real(target) and 0 <= target <= 1):
             raise ValueError('the target sparsity loss needs target in '
                              f'[0, 1], got {target!r}')
+        if not (_real(loss_weight) and math.isfinite(loss_weight)
+                and loss_weight >= 0):
+            raise ValueError('loss_weight must be a number >= 0 (0 turns '
+                             f'the loss off), got {loss_weight!r}')
         if mode == 'target-free' and target is not None:
             raise ValueError('the target-free sparsity loss takes no target')
         if 'loss' not in loss_name:
