@@ -172,3 +172,22 @@ def test_slide_inference_crops_are_checked():
     model.test_cfg.crop_size = (40, 64)
     with pytest.raises(ValueError, match=r'e\.g\. crop_size=\(48, 64\)'):
         model.predict(x, samples(2, 64, 128))
+
+
+def test_sparse_execution_trains_what_train_only_leaves_trainable():
+    """train_only freezes the modules it does not train after the
+    backbone's train(): sparse execution is checked once they are frozen,
+    so training only the decode head on a frozen sparse backbone works,
+    and training the backbone's stages 3-4 sparse is refused."""
+    from mmselds.ops import SparseTrainingError
+    model = build(SELDS_CFG, train_only=('decode_head',))
+    model.backbone.execution = 'sparse'
+    model.train()
+    assert not model.backbone.layer3[0].bn1.training
+    losses = model.loss(torch.randn(2, 3, 64, 128), samples(2, 64, 128))
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    assert model.decode_head.conv_seg.weight.grad is not None
+    model = build(SELDS_CFG, train_only=('backbone',))
+    model.backbone.execution = 'sparse'
+    with pytest.raises(SparseTrainingError, match='layer3.0.bn1'):
+        model.train()

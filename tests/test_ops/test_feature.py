@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmselds.ops import (CellMask, MixedFeature, selective_apply,
-                         selective_conv2d, selective_entrance_conv2d)
+from mmselds.ops import (CellMask, MixedFeature, SparseTrainingError,
+                         selective_apply, selective_conv2d,
+                         selective_entrance_conv2d)
 from tests import reference as ref
 
 
@@ -98,7 +99,7 @@ def test_batchnorm_training_statistics_of_densified_map():
 
 def test_sparse_refuses_training_batchnorm():
     x, _, cells = make('sparse')
-    with pytest.raises(RuntimeError, match='eval mode'):
+    with pytest.raises(SparseTrainingError, match='running statistics'):
         selective_apply(MixedFeature.from_dense(x, cells), nn.BatchNorm2d(3))
 
 

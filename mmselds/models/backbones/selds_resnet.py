@@ -127,6 +127,7 @@ class SelDSResNetV1c(ResNetV1c):
         super().__init__(**kwargs)
         self._check_layout()
         self.execution = execution
+        self.defer_sparse_check = False
         width = self.base_channels * 2 * self.block.expansion
         for name, cfg, example in (
                 ('mask_head', mask_head, "dict(type='DepthwiseMaskHead')"),
@@ -177,16 +178,28 @@ class SelDSResNetV1c(ResNetV1c):
         that train is a ``SparseTrainingError``."""
         super().train(mode)
         clear_sparse_weights(self)
-        if mode and self.execution == 'sparse':
-            training = [name for name, m in self.named_modules()
-                        if isinstance(m, _BatchNorm) and m.training
-                        and name.startswith(('layer3.', 'layer4.'))]
-            if training:  # before a forward fails on the first of them
-                raise SparseTrainingError(
-                    f"execution='sparse' in training mode, with "
-                    f'{len(training)} norm layers of stages 3-4 training '
-                    f'({training[0]}, ...): {SPARSE_TRAINING}')
+        if not getattr(self, 'defer_sparse_check', False):
+            self.check_sparse_training()
         return self
+
+    def check_sparse_training(self) -> None:
+        """Raise ``SparseTrainingError`` when sparse execution would
+        train a norm layer of stages 3-4 (it folds them into their running
+        statistics), before a forward fails on the first of them. A
+        segmentor that freezes modules after ``train()``
+        (``SelDSEncoderDecoder(train_only=...)``) sets
+        ``defer_sparse_check`` and calls this itself once they are
+        frozen."""
+        if not self.training or self.execution != 'sparse':
+            return
+        training = [name for name, m in self.named_modules()
+                    if isinstance(m, _BatchNorm) and m.training
+                    and name.startswith(('layer3.', 'layer4.'))]
+        if training:
+            raise SparseTrainingError(
+                f"execution='sparse' in training mode, with "
+                f'{len(training)} norm layers of stages 3-4 training '
+                f'({training[0]}, ...): {SPARSE_TRAINING}')
 
     def effective_execution(self) -> str:
         """The execution of the next forward: ``'auto'`` resolves to dense

@@ -84,13 +84,24 @@ class SelDSEncoderDecoder(EncoderDecoder):
                    for p in self.train_only)
 
     def train(self, mode: bool = True):
-        super().train(mode)
+        # the backbone's sparse-execution check once train_only froze
+        # the modules it does not train
+        checks = hasattr(self.backbone, 'check_sparse_training')
+        if checks:
+            self.backbone.defer_sparse_check = True
+        try:
+            super().train(mode)
+        finally:
+            if checks:
+                self.backbone.defer_sparse_check = False
         if mode and self.train_only:
             for name, module in self.named_modules():
                 if not name or self._trainable(name) or any(
                         p.startswith(name + '.') for p in self.train_only):
                     continue  # trained, or holds a trained module
                 module.eval()
+        if checks:
+            self.backbone.check_sparse_training()
         return self
 
     @staticmethod
