@@ -278,6 +278,8 @@ def test_train_tool_hints_at_a_misspelt_option(tiny_data, tmp_path):
     ('tools/ablation.py', 'model.backbone.zzz=1',
      "--cfg-options model.backbone.zzz: SelDSResNetV1c takes no argument "
      "'zzz'"),
+    ('tools/ablation.py', 'model.backbone.mask_head.channels=32',
+     'DepthwiseMaskHead: channels must be two positive hidden widths'),
 ])
 def test_an_option_no_class_takes_is_one_error_line(tiny_data, tmp_path,
                                                     tool, option, message):
@@ -432,10 +434,19 @@ def test_a_value_a_class_refuses_is_one_error_line(tmp_path, option,
         out[-3000:]
 
 
-class _Checked:
-    def __init__(self, size=1, bug=False):
-        if bug:
+class _Base:
+    def __init__(self, size=1):
+        self.size = size
+
+
+class _Checked(_Base):
+    def __init__(self, size=1, bug=None):
+        if bug == 'call':
             dict(a=1).get('a', default=2)  # a call with a wrong keyword
+        if bug == 'operand':
+            size = None + size  # not a check: a bug
+        if bug == 'base':
+            super().__init__(sise=size)  # a keyword the config did not give
         if size < 0:
             raise ValueError(f'size must be >= 0, got {size}')
 
@@ -462,12 +473,14 @@ def test_argument_error_keeps_the_traceback_of_bugs(monkeypatch):
     assert config_utils.argument_error(error_of(sise=2)) == \
         "_Checked takes no argument 'sise' (did you mean size?)"
     assert config_utils.argument_error(error_of(size=-1)) is None
-    assert config_utils.argument_error(error_of(bug=True)) is None
+    for bug in ('call', 'operand', 'base'):
+        assert config_utils.argument_error(error_of(bug=bug)) is None, bug
     monkeypatch.setattr(config_utils, '_PACKAGE', os.path.dirname(
         os.path.abspath(__file__)) + os.sep)  # as if this were mmselds
     assert config_utils.argument_error(error_of(size=-1)) == \
         '_Checked: size must be >= 0, got -1'
-    assert config_utils.argument_error(error_of(bug=True)) is None
+    for bug in ('call', 'operand', 'base'):
+        assert config_utils.argument_error(error_of(bug=bug)) is None, bug
     assert config_utils.argument_error(ValueError('size')) is None
 
 

@@ -57,7 +57,7 @@ from mmselds.analysis.ratio_rule import fixed_ratio_rule, largest_tie
 from mmselds.analysis.report import ablation_curve_lines, ablation_table
 from mmselds.datasets import generate_with_progress, is_generated, read_record
 from mmselds.utils.arguments import non_negative_int, summary
-from mmselds.utils.config import option_error
+from mmselds.utils.config import argument_error, option_error
 from mmselds.utils.evaluation import build_test_loader, evaluate, load_batches
 from mmselds.utils.launch import run_cli, train_or_reuse
 from mmselds.utils.model_io import build_segmentor
@@ -277,8 +277,8 @@ def inspect_rows(args) -> dict:
             model, _ = build_segmentor(config, cfg_options=args.cfg_options)
             comp = model_components(model)
         except Exception as err:  # a config of another kind of model
-            if option_error(err):
-                raise  # a --cfg-options key: run_cli names it
+            if option_error(err) or argument_error(err):
+                raise  # a setting a class refuses: run_cli names it
             sys.exit(f'error: {config} is not a selective down-sampling '
                      f'config: {err}')
         letter = letter_row(comp)

@@ -3,6 +3,7 @@
 mmengine's traceback."""
 import difflib
 import inspect
+import linecache
 import logging
 import os
 import os.path as osp
@@ -249,25 +250,28 @@ def option_error(err: BaseException) -> Optional[str]:
 
 
 def argument_error(err: BaseException) -> Optional[str]:
-    """For an error in a constructor argument while mmengine's registry
-    built a class from the config: a keyword the class does not take
-    (``DepthwiseMaskHead takes no argument 'treshold' (did you mean
-    threshold?)``, whatever the class), or a ``ValueError``/``TypeError``
-    one of this project's classes raised on a value (``threshold must be
-    None or a number in [0, 1], got 'high'``), led by the class's name.
-    None for any other error: those keep their traceback."""
+    """For an error in a constructor argument of the config while
+    mmengine's registry built a class from it: a keyword of the config
+    the class does not take (``DepthwiseMaskHead takes no argument
+    'treshold' (did you mean threshold?)``, whatever the class), or a
+    ``ValueError``/``TypeError`` that a ``raise`` statement of this
+    project raised on a value (``threshold must be None or a number in
+    [0, 1], got 'high'``), led by the class's name. None for any other
+    error, bugs included: those keep their traceback."""
     if not isinstance(err, (ValueError, TypeError)):
         return None
-    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
-    if not any(f.f_code.co_name == 'build_from_cfg' for f in frames):
+    frames = list(traceback.walk_tb(err.__traceback__))
+    builds = [f for f, _ in frames if f.f_code.co_name == 'build_from_cfg']
+    if not builds:
         return None
     built = _built_class(err)
-    innermost = frames[-1]
+    innermost, line = frames[-1]
     found = re.search(r"(\S+)\(\) got an unexpected keyword argument "
                       r"'(\w+)'", str(err)) \
         if isinstance(err, TypeError) else None
     if found and built is not None and found.group(1).split('.')[0] in {
-            k.__name__ for k in built.__mro__} and (
+            k.__name__ for k in built.__mro__} and \
+            found.group(2) in (builds[-1].f_locals.get('args') or ()) and (
             innermost.f_code.co_name == 'build_from_cfg' or (
                 innermost.f_code.co_name == '__init__'
                 and isinstance(innermost.f_locals.get('self'), built))):
@@ -276,8 +280,10 @@ def argument_error(err: BaseException) -> Optional[str]:
                                           cutoff=0.7)
         return (f'{built.__name__} takes no argument {name!r}'
                 + (f' (did you mean {close[0]}?)' if close else ''))
-    if not osp.abspath(innermost.f_code.co_filename).startswith(_PACKAGE) \
-            or re.search(_CALL_ERRORS, str(err)):
+    source = innermost.f_code.co_filename
+    if not osp.abspath(source).startswith(_PACKAGE) \
+            or not linecache.getline(source, line).lstrip().startswith(
+                'raise ') or re.search(_CALL_ERRORS, str(err)):
         return None  # not a check of ours: a bug, keep its traceback
     message = str(err)
     if built is None or message.startswith(built.__name__):
