@@ -59,6 +59,10 @@ def test_init_model_and_inference_model(checkpoints):
 
 
 def test_init_model_without_checkpoint_takes_the_config_classes():
+    """Class names the checkpoint does not carry come from the config's
+    test data set: its metainfo over its class's, through wrappers; the
+    Cityscapes fallback (with a warning) only when the config has none
+    for the model's number of classes."""
     from mmengine.config import Config
     from mmseg.datasets import CityscapesDataset
 
@@ -71,6 +75,22 @@ def test_init_model_without_checkpoint_takes_the_config_classes():
     assert isinstance(cfg, Config) and cfg.to_dict() == before  # a copy
     assert model.backbone.execution == 'dense'
     assert tuple(model.dataset_meta['classes']) == \
+        CityscapesDataset.METAINFO['classes']
+    mine = tuple(f'mine{i}' for i in range(19))
+    dataset = copy.deepcopy(cfg.test_dataloader.dataset)
+    dataset.metainfo = dict(classes=mine, palette=[[i] * 3
+                                                   for i in range(19)])
+    cfg.test_dataloader.dataset = dict(type='RepeatDataset', times=2,
+                                       dataset=dataset)
+    assert tuple(init_model(cfg, device='cpu').dataset_meta['classes']) == \
+        mine
+    cfg.test_dataloader.dataset = dict(type='ConcatDataset',
+                                       datasets=[dataset, dataset])
+    assert tuple(init_model(cfg, device='cpu').dataset_meta['classes']) == \
+        mine
+    dataset.metainfo = dict(classes=mine[:5])  # not the model's 19
+    cfg.val_dataloader.dataset = dataset
+    assert tuple(init_model(cfg, device='cpu').dataset_meta['classes']) == \
         CityscapesDataset.METAINFO['classes']
 
 
@@ -106,6 +126,18 @@ def test_inferencer(checkpoints, tmp_path):
     with pytest.raises(CheckpointMismatchError,
                        match=r'decode_head\.conv_seg\.weight'):
         SelDSInferencer(SELDS_DEMO, str(folder / 'bad.pth'), device='cpu')
+    from mmselds.utils.checkpoint import InvalidCheckpointError
+    with pytest.raises(InvalidCheckpointError, match='missing.pth'):
+        SelDSInferencer(SELDS_DEMO, str(tmp_path / 'missing.pth'),
+                        device='cpu')
+    # without a checkpoint: the config's class names (mmseg's inferencer
+    # takes Cityscapes')
+    from mmselds.utils.config import read_config
+    cfg = read_config(SELDS_DEMO)
+    mine = tuple(f'mine{i}' for i in range(19))
+    cfg.test_dataloader.dataset.metainfo = dict(classes=mine)
+    bare = SelDSInferencer(cfg, device='cpu', show_progress=False)
+    assert tuple(bare.model.dataset_meta['classes']) == mine
 
 
 def test_readme_snippet_runs(checkpoints, tmp_path, monkeypatch):

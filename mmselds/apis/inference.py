@@ -15,7 +15,6 @@ import torch
 from mmengine.config import Config
 from mmseg.apis import MMSegInferencer
 
-from ..utils.checkpoint import check_checkpoint
 from ..utils.model_io import build_segmentor
 
 
@@ -47,10 +46,11 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
 
 class SelDSInferencer(MMSegInferencer):
     """``MMSegInferencer`` (same arguments, results and outputs) that
-    checks the checkpoint against the config before it loads it: with
-    ``strict=True`` a tensor that does not fit is a ``ValueError``
+    loads as :func:`init_model` does: a missing or unreadable file is an
+    ``InvalidCheckpointError`` naming it, and with ``strict=True`` a
+    tensor that does not fit the config is a ``CheckpointMismatchError``
     naming it, where ``MMSegInferencer`` loads what fits and logs the
-    rest.
+    rest; class names without any in the checkpoint are the config's.
 
     Example::
 
@@ -64,8 +64,9 @@ class SelDSInferencer(MMSegInferencer):
         self.strict, self.weights_path = strict, weights
         super().__init__(model, weights, *args, **kwargs)
 
-    def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
-        if checkpoint is not None:
-            check_checkpoint(checkpoint, model, str(self.weights_path),
-                             self.strict, inference=True)
-        super()._load_weights_to_model(model, checkpoint, cfg)
+    def _init_model(self, cfg, weights, device='cpu'):
+        if not cfg:  # the config from the checkpoint: mmengine's way
+            return super()._init_model(cfg, weights, device)
+        model, _ = build_segmentor(cfg, weights, device=device,
+                                   strict=self.strict)
+        return model

@@ -1,7 +1,7 @@
 """Building a segmentor from a config, for the tools and the Python API."""
 import copy
 import logging
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 from mmengine.config import Config
 from mmengine.logging import print_log
@@ -38,10 +38,41 @@ def build_segmentor(config: Union[str, Config],
         meta = load_model_checkpoint(model, checkpoint,
                                      strict=strict).get('meta') or {}
     model.cfg = cfg
-    model.dataset_meta = meta.get('dataset_meta') or config_meta(cfg, model)
+    model.dataset_meta = checkpoint_meta(meta) or config_meta(cfg, model)
     model.to(device)
     model.eval()
     return model, cfg
+
+
+def checkpoint_meta(meta: dict) -> Optional[dict]:
+    """Classes and palette a checkpoint's meta carries (mmseg 1.x
+    ``dataset_meta``, 0.x ``CLASSES``/``PALETTE``), or None."""
+    if meta.get('dataset_meta'):
+        found = meta['dataset_meta']
+        return dict(classes=found.get('classes'),
+                    palette=found.get('palette'))
+    if meta.get('CLASSES'):
+        return dict(classes=meta['CLASSES'], palette=meta.get('PALETTE'))
+    return None
+
+
+def _dataset_meta(dataset) -> Optional[dict]:
+    """The classes and palette a data set config gives: its ``metainfo``
+    over its class's ``METAINFO``, through wrappers (``RepeatDataset``'s
+    ``dataset``, ``ConcatDataset``'s first of ``datasets``)."""
+    while isinstance(dataset, Mapping) and 'type' in dataset and (
+            dataset.get('dataset') or dataset.get('datasets')):
+        dataset = dataset.get('dataset') or dataset['datasets'][0]
+    if not isinstance(dataset, Mapping):
+        return None
+    try:
+        meta = dict(DATASETS.get(dataset.get('type')).METAINFO)
+    except (AttributeError, KeyError, TypeError):
+        meta = {}
+    meta.update(dataset.get('metainfo') or {})
+    if not meta.get('classes'):
+        return None
+    return dict(classes=meta['classes'], palette=meta.get('palette'))
 
 
 def config_meta(cfg: Config, model) -> dict:
@@ -52,13 +83,9 @@ def config_meta(cfg: Config, model) -> dict:
     from mmseg.utils import dataset_aliases, get_classes, get_palette
     n = model.decode_head.num_classes
     for name in ('test_dataloader', 'val_dataloader'):
-        dataset = (cfg.get(name) or {}).get('dataset') or {}
-        try:
-            meta = DATASETS.get(dataset.get('type')).METAINFO
-        except (AttributeError, KeyError, TypeError):
-            continue
-        if len(meta.get('classes', ())) == n:
-            return dict(classes=meta['classes'], palette=meta['palette'])
+        meta = _dataset_meta((cfg.get(name) or {}).get('dataset'))
+        if meta and len(meta['classes']) == n:
+            return meta
     alias = next((k for k in dataset_aliases if len(get_classes(k)) == n),
                  'cityscapes')
     print_log(f'no class names in the checkpoint or the config for {n} '
