@@ -542,3 +542,37 @@ def test_train_tool_refuses_sparse_execution(tiny_data, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: execution='sparse' in training mode"), out[-3000:]
     assert 'Iter(train)' not in out
+
+
+def test_a_checkpoint_url_the_server_refuses(tmp_path, monkeypatch):
+    """A URL the server answers with an error (404: a typo) says so and
+    asks to check the URL, not about the network; a download cache that
+    cannot be written is not called a network failure either."""
+    import functools
+    import http.server
+    import threading
+
+    from mmselds.utils.checkpoint import (InvalidCheckpointError,
+                                          read_checkpoint)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = (f'http://127.0.0.1:{server.server_address[1]}/'
+               'selds_r18-0123abcd.pth')
+        with pytest.raises(InvalidCheckpointError) as info:
+            read_checkpoint(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(info.value) == (
+        f'downloading {url} failed: the server answered 404 File not '
+        'found; check the URL (a typo? a file the server no longer has?)')
+    (tmp_path / 'a_file').write_text('x')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'a_file' / 'torch'))
+    with pytest.raises(InvalidCheckpointError) as info:
+        read_checkpoint(url)
+    assert str(info.value).startswith(f'{url} could not be read: ') and \
+        'no network' not in str(info.value), str(info.value)

@@ -10,6 +10,8 @@ checkpoint and only noted; anything else is an error unless not strict).
 import codecs
 import logging
 import os.path as osp
+import socket
+import urllib.error
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -47,12 +49,16 @@ def _is_remote(path: str) -> bool:
 
 
 def download_error(err: BaseException) -> Optional[str]:
-    """For a network error raised while a checkpoint was downloaded
+    """For an error raised while a checkpoint was downloaded
     (``load_from``, ``model.pretrained``, an ``init_cfg`` of type
-    ``Pretrained``, a URL given to a tool): a message naming the URL, the
-    reason and the file in the download cache where a copy fetched
-    elsewhere would be used; None for any other error."""
-    if not isinstance(err, OSError):  # URLError, ConnectionError, timeouts
+    ``Pretrained``, a URL given to a tool): a message naming the URL and,
+    for an HTTP error, the server's answer (check the URL), for a network
+    failure, the reason and the file in the download cache where a copy
+    fetched elsewhere would be used. None for any other error (a
+    download cache that cannot be written keeps its traceback)."""
+    network = isinstance(err, (urllib.error.URLError, ConnectionError,
+                               TimeoutError, socket.gaierror))
+    if not network:
         return None
     url = cached = None
     tb = err.__traceback__
@@ -65,6 +71,10 @@ def download_error(err: BaseException) -> Optional[str]:
         tb = tb.tb_next
     if url is None:
         return None
+    if isinstance(err, urllib.error.HTTPError):
+        return (f'downloading {url} failed: the server answered '
+                f'{err.code} {err.reason}; check the URL (a typo? a file '
+                'the server no longer has?)')
     reason = getattr(err, 'reason', None) or err
     where = (f'copy the file fetched elsewhere to {cached}' if cached else
              'download it elsewhere')
@@ -107,9 +117,11 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
         reason = ' '.join(str(err).split())
         if len(reason) > 200:
             reason = reason[:197] + '...'
+        what = (f'{path} could not be read' if _is_remote(path) and
+                isinstance(err, OSError) else  # e.g. the download cache
+                f'{path} is not a valid checkpoint (truncated or corrupt?)')
         raise InvalidCheckpointError(
-            f'{path} is not a valid checkpoint (truncated or corrupt?): '
-            f'{type(err).__name__}' + (f': {reason}' if reason else '')
+            f'{what}: {type(err).__name__}' + (f': {reason}' if reason else '')
         ) from err
     if not isinstance(ckpt, Mapping):
         raise InvalidCheckpointError(
