@@ -110,6 +110,24 @@ def test_check_names_images_without_labels(tmp_path):
         '2 images have no label file' in out, out[-3000:]
 
 
+def test_check_reads_an_empty_prefix_as_the_data_root(tmp_path):
+    """data_prefix paths of '' are data_root itself, as mmengine joins
+    them (was: the working folder)."""
+    from mmselds.datasets.checks import check_dataset_images
+    (tmp_path / 'a.jpg').write_bytes(b'x')
+    (tmp_path / 'a.png').write_bytes(b'x')
+    dataset = dict(type='BaseSegDataset', data_root=str(tmp_path),
+                   data_prefix=dict(img_path='', seg_map_path=''),
+                   img_suffix='.jpg', seg_map_suffix='.png',
+                   pipeline=[dict(type='LoadAnnotations')])
+    check_dataset_images(dataset)
+    os.remove(tmp_path / 'a.png')
+    with pytest.raises(NoImagesError, match=re.escape(
+            f"1 of the 1 images have no label file (*.png in {tmp_path}), "
+            f"e.g. {tmp_path / 'a.png'}")):
+        check_dataset_images(dataset)
+
+
 def test_train_test_and_get_flops_name_the_empty_folder(
         empty_root, tmp_path):
     commands = {

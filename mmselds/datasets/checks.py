@@ -42,9 +42,10 @@ def _default(cls, key: str, fallback):
 
 
 def _join(data_root: str, path: str) -> str:
-    """As mmengine's ``BaseDataset._join_prefix``."""
-    if data_root and path and not osp.isabs(path) and '://' not in path:
-        return osp.join(data_root, path)
+    """As mmengine's ``BaseDataset._join_prefix`` for ``data_prefix``
+    (an empty prefix is ``data_root`` itself)."""
+    if data_root and not osp.isabs(path) and '://' not in path:
+        return osp.join(data_root, path) if path else data_root
     return path
 
 
@@ -83,7 +84,8 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
         return
     settings = (f"(data_root='{data_root}', data_prefix.img_path="
                 f"'{prefix}')")
-    ann_file = _join(data_root, dataset.get('ann_file') or '')
+    ann_file = dataset.get('ann_file') or ''
+    ann_file = _join(data_root, ann_file) if ann_file else ''
     if ann_file and not osp.isdir(ann_file):
         if not osp.isfile(ann_file):
             raise NoImagesError(f'{where}: the annotation file {ann_file} '
