@@ -232,6 +232,8 @@ def test_an_option_on_a_config_variable_gets_a_hint():
         'data_root': '/data', 'crop_size': (64, 64), 'iters': 3,
         'work_dir': 'w', 'load_from': 'x.pth', 'model.pretrained': None,
         'new_variable': 1})
+    cfg.seed = 0  # a variable of a common value: its paths say nothing
+    assert spent_variables(cfg, {'seed': 1}) == []
     assert lines == [
         'data_root: a variable of the config file, used when the file was '
         'read; changing it changes nothing that runs: set the settings that '

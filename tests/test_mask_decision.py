@@ -156,7 +156,8 @@ def test_checkpoint_from_before_the_rule_still_tests_right(
     out = run_test(SELDS_DEMO, tmp_path / 'old.pth', demo_data, tmp_path)
     assert ('old.pth: the mask head has no calibrated_threshold/'
             'ratio_updates/trained_ratio buffers (written before they '
-            'existed): evaluation down-samples by the expected-ratio rule'
+            'existed): unless a threshold is given, evaluation down-samples '
+            'by the expected-ratio rule'
             ) in out, out[-3000:]
     assert 'random mask head' not in out, out[-3000:]
     assert not [line for line in out.splitlines()

@@ -351,9 +351,10 @@ def check_checkpoint(checkpoint: Mapping, model: torch.nn.Module,
         # a trained mask head, written before these buffers existed
         names = sorted({k.rsplit('.', 1)[-1] for k in buffers})
         print_log(f'{path}: the mask head has no {"/".join(names)} buffers '
-                  '(written before they existed): evaluation down-samples '
-                  'by the expected-ratio rule; tools/misc/calibrate_mask.py '
-                  'stores a threshold', logger=logger, level=logging.INFO)
+                  '(written before they existed): unless a threshold is '
+                  'given, evaluation down-samples by the expected-ratio '
+                  'rule; tools/misc/calibrate_mask.py stores one',
+                  logger=logger, level=logging.INFO)
     elif diff.allowed_missing:
         what = (f'{path}: {len(diff.allowed_missing)} tensors under '
                 f'{_prefixes(diff.allowed_missing, allowed_missing)} are not '

@@ -119,6 +119,9 @@ def spent_variables(cfg: Config, options: Mapping) -> List[str]:
             continue
         uses = [path for path in _paths_holding(root, value)
                 if path.split('.')[0] in RUNTIME_KEYS]
+        if isinstance(value, (int, float)) and (
+                value in (-1, 0, 1) or len(uses) > 6):
+            continue  # a common number: its paths say nothing
         if uses:
             shown = ', '.join(uses[:4]) + (
                 f' ... ({len(uses) - 4} more)' if len(uses) > 4 else '')
