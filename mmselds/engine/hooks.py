@@ -154,7 +154,8 @@ def _not_a_resume_point(runner, path: str) -> Optional[str]:
     lacks = compare_state_dicts(state_dict_of(ckpt, path),
                                 model_state_of(runner.model),
                                 allowed).allowed_missing
-    lacks = [k for k in lacks if k not in decision_buffers(lacks)]
+    buffers = set(decision_buffers(lacks))
+    lacks = [k for k in lacks if k not in buffers]
     if lacks:
         return f'it lacks {len(lacks)} tensors of the model ({lacks[0]}, ...)'
     meta = ckpt.get('meta') or {}

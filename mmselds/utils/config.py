@@ -47,25 +47,40 @@ def read_config(path) -> Config:
     return Config.fromfile(path)
 
 
-def _leaving_keys(cfg: Config, options: Mapping):
+_MISSING = object()
+
+
+def _plain(cfg) -> Mapping:
+    """A ``Config`` as nested plain dicts and lists (a dict as it is)."""
+    return cfg.to_dict() if isinstance(cfg, Config) else cfg
+
+
+def _child(node, part: str):
+    """``node[part]`` for a dict, ``node[int(part)]`` for a list, or
+    ``_MISSING``: one step of a dotted ``--cfg-options`` key."""
+    if isinstance(node, (list, tuple)) and part.isdigit() \
+            and int(part) < len(node):
+        return node[int(part)]
+    if isinstance(node, Mapping) and part in node:
+        return node[part]
+    return _MISSING
+
+
+def _leaving_keys(cfg, options: Mapping):
     """``(key, names, node)`` for each ``--cfg-options`` key whose path
-    leaves ``cfg``: ``names`` are the key's parts up to and including the
-    first one ``node`` (a dict of ``cfg``) does not hold."""
-    root = cfg.to_dict()
+    leaves ``cfg`` (a ``Config`` or its plain dict): ``names`` are the
+    key's parts up to and including the first one ``node`` (a dict of
+    ``cfg``) does not hold."""
+    root = _plain(cfg)
     for key in options:
         parts, node = key.split('.'), root
         for depth, part in enumerate(parts):
-            if isinstance(node, (list, tuple)) and part.isdigit() \
-                    and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, Mapping):
+            child = _child(node, part)
+            if child is _MISSING:
+                if isinstance(node, Mapping):
+                    yield key, parts[:depth + 1], node
                 break
-            if part in node:
-                node = node[part]
-                continue
-            yield key, parts[:depth + 1], node
-            break
+            node = child
 
 
 def misspelt_options(cfg: Config, options: Mapping) -> List[str]:
@@ -103,12 +118,13 @@ RUNTIME_KEYS = frozenset((
     'custom_imports', 'tta_model', 'tta_pipeline'))
 
 
-def spent_variables(cfg: Config, options: Mapping) -> List[str]:
+def spent_variables(cfg, options: Mapping) -> List[str]:
     """One line for each top-level ``--cfg-options`` key that is a
     variable of the config file (``data_root=DIR``): the file used its
     value when it was read, so the option changes nothing that runs; the
-    line names the settings that hold that value (the ones to set)."""
-    root = cfg.to_dict()
+    line names the settings that hold that value (the ones to set).
+    ``cfg``: a ``Config`` or its plain dict."""
+    root = _plain(cfg)
     lines = []
     for key in options:
         if '.' in key or key in RUNTIME_KEYS or key not in root:
@@ -155,12 +171,8 @@ _RETYPED: Dict[str, List[Tuple[str, str, List[str]]]] = {}
 def _node(root, names):
     """The value at ``names`` in nested dicts/lists ``root``, or None."""
     for part in names:
-        if isinstance(root, (list, tuple)) and part.isdigit() \
-                and int(part) < len(root):
-            root = root[int(part)]
-        elif isinstance(root, Mapping) and part in root:
-            root = root[part]
-        else:
+        root = _child(root, part)
+        if root is _MISSING:
             return None
     return root
 
@@ -170,11 +182,10 @@ def _short_type(value) -> str:
     return getattr(value, '__name__', str(value)).split('.')[-1]
 
 
-def _record_retyped(cfg: Config, options: Mapping) -> None:
-    """Remember each option that gives a dict of ``cfg`` another
-    ``type``: mmengine then keeps the dict's other keys, which the new
-    class may not take."""
-    root = cfg.to_dict()
+def _record_retyped(root: Mapping, options: Mapping) -> None:
+    """Remember each option that gives a dict of ``root`` (a config as
+    plain dicts) another ``type``: mmengine then keeps the dict's other
+    keys, which the new class may not take."""
     for key, value in options.items():
         names = key.split('.')
         if names[-1] != 'type' or len(names) < 2:
@@ -198,8 +209,9 @@ def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
     :func:`option_error`, not by a traceback. Returns ``cfg``."""
     if not options:
         return cfg
-    leaving = list(_leaving_keys(cfg, options))
-    for line in _hints(leaving) + spent_variables(cfg, options):
+    root = cfg.to_dict()  # read by each check below, before the merge
+    leaving = list(_leaving_keys(root, options))
+    for line in _hints(leaving) + spent_variables(root, options):
         print_log(f'--cfg-options {line}', logger='current',
                   level=logging.WARNING)
     for key, names, _ in leaving:
@@ -208,7 +220,7 @@ def merge_options(cfg: Config, options: Optional[Mapping]) -> Config:
         added = _ADDED_OPTIONS.setdefault(names[-1], [])
         if key not in added:  # once, however often the options are merged
             added.append(key)
-    _record_retyped(cfg, options)
+    _record_retyped(root, options)
     cfg.merge_from_dict(options)
     return cfg
 
@@ -223,9 +235,7 @@ def option_error(err: BaseException) -> Optional[str]:
     (``model.decode_head.type=FCNHead`` keeps ``SelDSASPPHead``'s
     ``dilations``): a message naming the option and the config line that
     replaces the whole dict. None for any other error."""
-    found = re.search(r"(\S+)\(\) got an unexpected keyword argument "
-                      r"'(\w+)'", str(err)) \
-        if isinstance(err, TypeError) else None
+    found = _unexpected_keyword(err)
     if not found:
         return None
     name = found.group(2)
@@ -243,9 +253,8 @@ def option_error(err: BaseException) -> Optional[str]:
     if name not in _ADDED_OPTIONS:
         return None
     keys = ' or '.join(f'--cfg-options {k}' for k in _ADDED_OPTIONS[name])
-    close = difflib.get_close_matches(name, _arguments_of(built), n=1,
-                                      cutoff=0.7)
-    hint = (f'did you mean {close[0]}?' if close else
+    close = _close_argument(name, built)
+    hint = (f'did you mean {close}?' if close else
             'misspelt, or an option of another class?')
     return (f'{keys}: {cls_name} takes no argument '
             f'{name!r}; the config has no such setting and the option adds '
@@ -269,20 +278,16 @@ def argument_error(err: BaseException) -> Optional[str]:
         return None
     built = _built_class(err)
     innermost, line = frames[-1]
-    found = re.search(r"(\S+)\(\) got an unexpected keyword argument "
-                      r"'(\w+)'", str(err)) \
-        if isinstance(err, TypeError) else None
-    if found and built is not None and found.group(1).split('.')[0] in {
-            k.__name__ for k in built.__mro__} and \
+    found = _unexpected_keyword(err)
+    if found and _named_in(built, found.group(1).split('.')[0]) and \
             found.group(2) in (builds[-1].f_locals.get('args') or ()) and (
             innermost.f_code.co_name == 'build_from_cfg' or (
                 innermost.f_code.co_name == '__init__'
                 and isinstance(innermost.f_locals.get('self'), built))):
         name = found.group(2)
-        close = difflib.get_close_matches(name, _arguments_of(built), n=1,
-                                          cutoff=0.7)
+        close = _close_argument(name, built)
         return (f'{built.__name__} takes no argument {name!r}'
-                + (f' (did you mean {close[0]}?)' if close else ''))
+                + (f' (did you mean {close}?)' if close else ''))
     source = innermost.f_code.co_filename
     if not osp.abspath(source).startswith(_PACKAGE) \
             or not linecache.getline(source, line).lstrip().startswith(
@@ -321,7 +326,7 @@ def _called_class(err: BaseException, name: str):
     which mmengine's runner calls directly while it builds the loop), or
     None."""
     built = _built_class(err)
-    if built is not None and name in {k.__name__ for k in built.__mro__}:
+    if _named_in(built, name):
         return built
     for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
         for scope in (frame.f_locals, frame.f_globals):
@@ -329,6 +334,29 @@ def _called_class(err: BaseException, name: str):
             if isinstance(found, type):
                 return found
     return None
+
+
+def _unexpected_keyword(err: BaseException):
+    """The match of ``Name.__init__() got an unexpected keyword argument
+    'x'`` in a ``TypeError`` (groups: the callee, the keyword), or
+    None."""
+    if not isinstance(err, TypeError):
+        return None
+    return re.search(r"(\S+)\(\) got an unexpected keyword argument "
+                     r"'(\w+)'", str(err))
+
+
+def _named_in(cls, name: str) -> bool:
+    """Whether ``cls`` or one of its bases is called ``name``."""
+    return cls is not None and name in {k.__name__ for k in cls.__mro__}
+
+
+def _close_argument(name: str, cls) -> Optional[str]:
+    """The constructor argument of ``cls`` closest in spelling to
+    ``name``, or None."""
+    close = difflib.get_close_matches(name, _arguments_of(cls), n=1,
+                                      cutoff=0.7)
+    return close[0] if close else None
 
 
 def _built_class(err: BaseException):
