@@ -291,7 +291,9 @@ def test_tools_test_tta_without_a_tta_pipeline(tmp_path, tiny_data,
     assert 'Traceback' not in out
 
 
-def test_tta_model_keeps_the_mean_ratio_of_the_passes():
+def test_tta_model_keeps_the_mean_ratio_and_mask_of_the_passes():
+    """mmseg's merge keeps the last pass's metainfo and fields; the merged
+    prediction has the mean ratio and the mean mask of all passes."""
     from mmseg.registry import MODELS
     model, _ = build_segmentor(SELDS_DEMO)
     tta = MODELS.build(dict(type='SelDSTTAModel', module=model))
@@ -301,10 +303,15 @@ def test_tta_model_keeps_the_mean_ratio_of_the_passes():
         sample = SegDataSample(metainfo=dict(img_path='a.png',
                                              ds_ratio=ratio))
         sample.seg_logits = PixelData(data=torch.randn(19, 8, 16))
+        sample.ds_mask = PixelData(
+            data=(torch.rand(1, 8, 16) < ratio).float())
         passes.append(sample)
+    masks = torch.stack([p.ds_mask.data for p in passes])
     merged = tta.merge_preds([passes])
     assert len(merged) == 1
     assert merged[0].ds_ratio == pytest.approx(np.mean(ratios))
+    torch.testing.assert_close(merged[0].ds_mask.data, masks.mean(0))
+    assert 0 < float(merged[0].ds_mask.data.mean()) < 1
     probs = sum(p.seg_logits.data.softmax(0) for p in passes)
     assert torch.equal(merged[0].pred_sem_seg.data[0], probs.argmax(0))
 

@@ -157,4 +157,6 @@ def test_readme_snippet_runs(checkpoints, tmp_path, monkeypatch):
     scope = {'CONFIG': SELDS_DEMO, 'CHECKPOINT': str(folder / 'ok.pth')}
     exec(compile(code, 'README.md', 'exec'), scope)
     assert scope['result'].ds_ratio == 1.0
+    mask = scope['result'].ds_mask.data
+    assert mask.shape == (1, ) + IMAGE.shape[:2] and bool((mask == 1).all())
     assert (tmp_path / 'outputs' / 'pred').is_dir()

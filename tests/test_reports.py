@@ -132,22 +132,23 @@ def test_plot_ratios_writes_a_png(tmp_path):
 
 
 class StubSegmentor:
-    """``test_step`` as mmseg's: one data sample per image; the backbone's
-    ``last_mask`` holds the mask of the last forward."""
+    """``test_step`` as ``SelDSEncoderDecoder``'s: one data sample per
+    image, with ``ds_mask`` at the image's size (every other column of
+    cells down-sampled, starting at the image's index)."""
 
     def __init__(self, image_paths, shape=(32, 64)):
         self.paths, self.shape = image_paths, shape
-        self.backbone = SimpleNamespace(last_mask=None)
 
     def test_step(self, batch):
         h, w = self.shape
-        mask = torch.zeros(1, 1, h // 16, w // 16)
+        mask = torch.zeros(1, h // 16, w // 16)
         mask[..., :, batch['index'] % 2::2] = 1
-        self.backbone.last_mask = mask
+        mask = mask.repeat_interleave(16, 1).repeat_interleave(16, 2)
         pred = torch.arange(h * w).reshape(1, h, w) % 3
         return [SimpleNamespace(img_path=self.paths[batch['index']],
                                 img_shape=(h, w),
-                                pred_sem_seg=SimpleNamespace(data=pred))]
+                                pred_sem_seg=SimpleNamespace(data=pred),
+                                ds_mask=SimpleNamespace(data=mask))]
 
 
 def test_write_mask_overlays_writes_one_figure_per_image(tmp_path):
@@ -169,5 +170,12 @@ def test_write_mask_overlays_writes_one_figure_per_image(tmp_path):
         # image and prediction panels side by side, enlarged x8 to 256
         # rows, and the legend below
         assert width == 2 * 8 * 64 and height > 8 * 32
+    # the cells drawn are the mask's: image 0 down-samples columns 0 and
+    # 2 of its 2x4 cells (tinted), image 1 columns 1 and 3
+    for i, path in enumerate(written):
+        panel = read_png(path)[:256, :512].astype(int)
+        centres = panel[64::128, 64::128]
+        tinted = np.abs(centres - 60 * i).sum(-1) > 0
+        assert (tinted == (np.arange(4) % 2 == i % 2)).all(), tinted
     assert write_mask_overlays(model, batches, str(out_dir), palette,
                                0) == []

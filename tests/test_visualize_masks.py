@@ -130,3 +130,51 @@ def test_a_folder_stands_for_its_images(checkpoint, tiny_data, tmp_path):
     rc, out, err = tool(SELDS_DEMO, checkpoint, twin, '--out-dir',
                         twin / 'masks')
     assert rc == 0 and out.count('of cells at full resolution') == 1, out
+
+
+def test_slide_inference_draws_the_mask_of_every_window(checkpoint,
+                                                        tiny_data, tmp_path):
+    """With slide inference the figure shows the mask over the whole
+    image (the results' ``ds_mask``); it was the last window's, drawn in
+    the top-left corner. --threshold 0: every cell down-sampled, so every
+    cell of the image is tinted."""
+    from pathlib import Path
+    image = sorted(Path(tiny_data).glob('leftImg8bit/val/*/*.png'))[0]
+    rc, out, err = tool(SELDS_DEMO, checkpoint, image, '--out-dir', tmp_path,
+                        '--threshold', 0, '--cfg-options',
+                        'model.test_cfg.mode=slide',
+                        'model.test_cfg.crop_size=(32,64)',
+                        'model.test_cfg.stride=(16,32)')
+    assert rc == 0, out + err
+    assert '0.0% of cells at full resolution' in out, out
+    source = cv2.imread(str(image))
+    assert source.shape[:2] == (64, 128)
+    figure = cv2.imread(str(tmp_path / (image.stem + '_mask.png')))
+    left = figure[:256, :512].astype(int)
+    enlarged = np.repeat(np.repeat(source, 4, 0), 4, 1).astype(int)
+    centres = (np.arange(4) * 64 + 32, np.arange(8) * 64 + 32)
+    tinted = np.abs(left - enlarged)[np.ix_(*centres)].sum(-1) > 0
+    assert tinted.all(), tinted
+
+
+def test_cell_values_recover_the_cells_through_resize_and_padding():
+    """``cell_values`` of a result's ``ds_mask`` are the cells the
+    backbone decided, for network inputs resized from the image by
+    several factors (keeping the aspect ratio, up to rounding) and padded
+    to a multiple of 16."""
+    from mmselds.models.segmentors.selds_encoder_decoder import (
+        cell_pixels, to_original_size)
+    from mmselds.visualization import cell_values
+    g = torch.Generator().manual_seed(0)
+    for ori, img in (((64, 128), (64, 128)), ((40, 80), (48, 96)),
+                     ((300, 500), (72, 120)), ((37, 91), (80, 197))):
+        padded = tuple(-(-n // 16) * 16 for n in img)
+        cells = (torch.rand(1, 1, padded[0] // 16, padded[1] // 16,
+                            generator=g) < 0.5).float()
+        meta = dict(ori_shape=ori, padding_size=[
+            0, padded[1] - img[1], 0, padded[0] - img[0]])
+        mask = to_original_size(cell_pixels(cells, padded), meta)[0, 0]
+        assert mask.shape == ori
+        got = cell_values(mask.numpy(), ori[0] / img[0])
+        want = cells[0, 0, :-(-img[0] // 16), :-(-img[1] // 16)].numpy()
+        assert np.array_equal(got, want), (ori, img)

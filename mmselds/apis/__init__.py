@@ -8,7 +8,8 @@ and are here too, so one import serves::
     result = inference_model(model, 'image.png')
     result.pred_sem_seg      # as mmseg's
     result.ds_ratio          # the fraction of cells computed at OS16
-    model.backbone.last_mask  # (1, 1, H/16, W/16), 1 = down-sampled
+    result.ds_mask           # PixelData (1, H, W) at the image's size:
+                             # 1 = down-sampled (OS16), 0 = OS8
 """
 from mmseg.apis import inference_model, show_result_pyplot
 

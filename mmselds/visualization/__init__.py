@@ -1,8 +1,8 @@
-from .masks import (boundary_cells, cell_boxes, legend, mask_panel,
-                    overlay_mask, palette_image)
+from .masks import (boundary_cells, cell_boxes, cell_values, legend,
+                    mask_panel, overlay_mask, palette_image)
 from .overlays import write_mask_overlays
 
 __all__ = [
-    'boundary_cells', 'cell_boxes', 'legend', 'mask_panel', 'overlay_mask',
-    'palette_image', 'write_mask_overlays'
+    'boundary_cells', 'cell_boxes', 'cell_values', 'legend', 'mask_panel',
+    'overlay_mask', 'palette_image', 'write_mask_overlays'
 ]

@@ -23,6 +23,20 @@ def cell_boxes(mask_shape: Tuple[int, int], image_shape: Tuple[int, int],
     return ys, xs
 
 
+def cell_values(mask: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The (h, w) cell mask of an (H, W) mask at the image's size (a
+    result's ``ds_mask``): the value at each cell's centre, for the cells
+    that show on the image (16 * ``scale`` image pixels each; ``scale`` =
+    image size / network input size). Where slide windows or test-time
+    augmentations disagreed the value is a fraction."""
+    H, W = mask.shape
+    side = 16 * scale
+    h, w = (max(1, math.ceil(n / side - 1e-6)) for n in (H, W))
+    ys = np.minimum(((np.arange(h) + 0.5) * side).astype(int), H - 1)
+    xs = np.minimum(((np.arange(w) + 0.5) * side).astype(int), W - 1)
+    return mask[np.ix_(ys, xs)]
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, scale: float = 1.0,
                  alpha: float = 0.55) -> np.ndarray:
     """Draw a cell mask on a BGR image.

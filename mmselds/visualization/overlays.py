@@ -6,7 +6,7 @@ from typing import List, Sequence
 import cv2
 import torch
 
-from .masks import mask_panel, palette_image
+from .masks import cell_values, mask_panel, palette_image
 
 
 def write_mask_overlays(model, batches: Sequence[dict], out_dir: str,
@@ -17,8 +17,8 @@ def write_mask_overlays(model, batches: Sequence[dict], out_dir: str,
 
     Args:
         model (SelDSEncoderDecoder): a selective segmentor in eval mode;
-            after each forward its ``backbone.last_mask`` (1, 1, h, w) holds
-            the cells it down-sampled.
+            each of its results holds the cells it down-sampled
+            (``ds_mask``, whole or slide inference).
         batches (sequence[dict]): data batches of one image each, as
             mmseg's test data loader gives them (``test_step`` input); the
             image is read again from its ``img_path``.
@@ -36,8 +36,8 @@ def write_mask_overlays(model, batches: Sequence[dict], out_dir: str,
         for batch in batches[:count]:
             out = model.test_step(batch)[0]
             image = cv2.imread(out.img_path)
-            mask = model.backbone.last_mask[0, 0].cpu().numpy()
             scale = image.shape[0] / out.img_shape[0]
+            mask = cell_values(out.ds_mask.data[0].cpu().numpy(), scale)
             pred = palette_image(out.pred_sem_seg.data[0].cpu().numpy(),
                                  palette)
             path = osp.join(out_dir, osp.splitext(osp.basename(

@@ -191,3 +191,76 @@ def test_sparse_execution_trains_what_train_only_leaves_trainable():
     model.backbone.execution = 'sparse'
     with pytest.raises(SparseTrainingError, match='layer3.0.bn1'):
         model.train()
+
+
+def test_each_result_carries_its_mask_at_the_original_size():
+    """``ds_mask``: the cells of the pass on the image's pixels, through
+    the un-padding, flip and resize the logits get (checked here pixel by
+    pixel against indices computed by hand)."""
+    model = build(SELDS_CFG).eval()
+    data = samples(2, 64, 128)
+    # image 0: resized from 40x72 and padded by 16 rows at the bottom and
+    # 32 columns at the right; image 1: flipped, no padding
+    data[0].set_metainfo(dict(img_shape=(48, 96), ori_shape=(40, 72),
+                              padding_size=[0, 32, 0, 16]))
+    data[1].set_metainfo(dict(flip=True, flip_direction='horizontal'))
+    with torch.no_grad():
+        results = model.predict(torch.randn(2, 3, 64, 128), data)
+    cells = model.backbone.last_mask.float()
+    assert 0 < float(cells.mean()) < 1  # both kinds of cells to place
+    pixels = cells.repeat_interleave(16, 2).repeat_interleave(16, 3)
+    rows = (torch.arange(40) * 48 / 40).floor().long()
+    cols = (torch.arange(72) * 96 / 72).floor().long()
+    first = results[0].ds_mask.data
+    assert first.shape == results[0].pred_sem_seg.data.shape == (1, 40, 72)
+    assert torch.equal(first[0], pixels[0, 0][rows][:, cols])
+    second = results[1].ds_mask.data
+    assert torch.equal(second[0], pixels[1, 0].flip(1))
+    assert float(second.mean()) == pytest.approx(results[1].ds_ratio)
+    # without data samples the mask stays at the input's size, as the
+    # logits do
+    with torch.no_grad():
+        bare = model.predict(torch.randn(1, 3, 64, 128))
+    assert bare[0].ds_mask.data.shape == (1, 64, 128)
+
+
+def test_slide_inference_averages_the_windows_masks():
+    """Same logits as mmseg's slide inference; ``ds_mask`` at each pixel
+    is the mean of the masks of the windows that cover it, which here are
+    run one by one."""
+    from mmseg.models.segmentors import EncoderDecoder
+    crop, stride = (32, 64), (16, 32)
+    model = build(SELDS_CFG, test_cfg=dict(mode='slide', crop_size=crop,
+                                           stride=stride)).eval()
+    x = torch.randn(2, 3, 64, 128)
+    metas = [dict(img_shape=(64, 128), ori_shape=(64, 128))] * 2
+    with torch.no_grad():
+        results = model.predict(x, samples(2, 64, 128))
+        got = model.slide_inference(x, [dict(m) for m in metas])
+        expected = EncoderDecoder.slide_inference(model, x,
+                                                  [dict(m) for m in metas])
+        total = torch.zeros(2, 1, 64, 128)
+        count = torch.zeros(2, 1, 64, 128)
+        for y in (0, 16, 32):
+            for x0 in (0, 32, 64):
+                model.encode_decode(x[:, :, y:y + 32, x0:x0 + 64],
+                                    [dict(img_shape=crop)] * 2)
+                cells = model.backbone.last_mask.float()
+                total[:, :, y:y + 32, x0:x0 + 64] += cells.repeat_interleave(
+                    16, 2).repeat_interleave(16, 3)
+                count[:, :, y:y + 32, x0:x0 + 64] += 1
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    want = total / count
+    assert 0 < float(want.mean()) < 1
+    for i, result in enumerate(results):
+        torch.testing.assert_close(result.ds_mask.data, want[i], rtol=0,
+                                   atol=1e-6)
+    # one window as large as the image: the whole-image mask
+    whole = build(SELDS_CFG).eval()
+    whole.load_state_dict(model.state_dict())
+    model.test_cfg.crop_size, model.test_cfg.stride = (64, 128), (64, 128)
+    with torch.no_grad():
+        one = model.predict(x, samples(2, 64, 128))
+        ref = whole.predict(x, samples(2, 64, 128))
+    for a, b in zip(one, ref):
+        assert torch.equal(a.ds_mask.data, b.ds_mask.data)

@@ -1,7 +1,9 @@
 from typing import List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from mmengine.logging import MessageHub
+from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
@@ -25,6 +27,30 @@ def check_slide_crop(test_cfg) -> None:
             f'test_cfg: crop_size={tuple(crop)} for slide inference; a '
             'selective backbone needs crops whose sides are multiples of 16 '
             f'(2x2 cells of the OS8 map): e.g. crop_size={fit}')
+
+
+def cell_pixels(mask: Tensor, size) -> Tensor:
+    """(N, 1, H, W) float32 of an (N, 1, H/16, W/16) cell mask on the
+    network input of size (H, W): each cell's value on its 16x16 pixels."""
+    h, w = size
+    pixels = mask.detach().float().repeat_interleave(16, 2)
+    return pixels.repeat_interleave(16, 3)[..., :h, :w]
+
+
+def to_original_size(mask: Tensor, meta: dict) -> Tensor:
+    """A (1, 1, H, W) input-sized map taken to the image's original size
+    as mmseg's ``postprocess_result`` takes the logits: padding removed,
+    flip undone, resized (nearest, so cells keep their values) to
+    ``ori_shape``."""
+    left, right, top, bottom = meta.get('img_padding_size',
+                                        meta.get('padding_size', [0] * 4))
+    H, W = mask.shape[2:]
+    mask = mask[:, :, top:H - bottom, left:W - right]
+    if meta.get('flip'):
+        mask = mask.flip(dims=(3, ) if meta.get('flip_direction') ==
+                         'horizontal' else (2, ))
+    return F.interpolate(mask, size=tuple(meta['ori_shape'][:2]),
+                         mode='nearest')
 
 
 @MODELS.register_module()
@@ -71,13 +97,45 @@ class SelDSEncoderDecoder(EncoderDecoder):
             for name, param in self.named_parameters():
                 param.requires_grad_(self._trainable(name))
         self._masks: List[Tensor] = []
+        self._mask_map: Optional[Tensor] = None
         if (self.test_cfg or {}).get('mode') == 'slide':
             check_slide_crop(self.test_cfg)
 
+    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        self._mask_map = None
+        seg_logits = super().inference(inputs, batch_img_metas)
+        if self._mask_map is None:  # whole: the one forward's cells
+            self._mask_map = cell_pixels(self._masks[-1], inputs.shape[2:])
+        return seg_logits
+
     def slide_inference(self, inputs: Tensor,
                         batch_img_metas: List[dict]) -> Tensor:
+        """mmseg's sliding-window inference (same windows, same logits),
+        which also averages each window's mask over the pixels it covers
+        into the input-sized mask of ``ds_mask``."""
         check_slide_crop(self.test_cfg)  # test_cfg may change after build
-        return super().slide_inference(inputs, batch_img_metas)
+        h_stride, w_stride = self.test_cfg.stride
+        h_crop, w_crop = self.test_cfg.crop_size
+        n, _, h_img, w_img = inputs.size()
+        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+        preds = inputs.new_zeros((n, self.out_channels, h_img, w_img))
+        masks = inputs.new_zeros((n, 1, h_img, w_img), dtype=torch.float32)
+        count = inputs.new_zeros((n, 1, h_img, w_img))
+        for h_idx in range(h_grids):
+            for w_idx in range(w_grids):
+                y2 = min(h_idx * h_stride + h_crop, h_img)
+                x2 = min(w_idx * w_stride + w_crop, w_img)
+                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+                crop = inputs[:, :, y1:y2, x1:x2]
+                batch_img_metas[0]['img_shape'] = crop.shape[2:]
+                pad = (x1, w_img - x2, y1, h_img - y2)
+                preds += F.pad(self.encode_decode(crop, batch_img_metas), pad)
+                masks += F.pad(cell_pixels(self._masks[-1], crop.shape[2:]),
+                               pad)
+                count[:, :, y1:y2, x1:x2] += 1
+        self._mask_map = masks / count
+        return preds / count
 
     def _trainable(self, name: str) -> bool:
         return any(name == p or name.startswith(p + '.')
@@ -162,7 +220,11 @@ class SelDSEncoderDecoder(EncoderDecoder):
         results = super().predict(inputs, data_samples)
         ratios = torch.stack([m.detach().float().mean((1, 2, 3))
                               for m in self._masks]).mean(0)
-        for result, ratio in zip(results, ratios.tolist()):
+        for i, (result, ratio) in enumerate(zip(results, ratios.tolist())):
             result.set_metainfo(dict(ds_ratio=ratio))
-        self._masks = []
+            mask = self._mask_map[i:i + 1]
+            if data_samples is not None:  # as postprocess_result does
+                mask = to_original_size(mask, result.metainfo)
+            result.ds_mask = PixelData(data=mask.reshape(mask.shape[-3:]))
+        self._masks, self._mask_map = [], None
         return results

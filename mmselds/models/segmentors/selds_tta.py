@@ -1,5 +1,7 @@
 from typing import List
 
+import torch
+from mmengine.structures import PixelData
 from mmseg.models.segmentors import SegTTAModel
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
@@ -12,9 +14,12 @@ class SelDSTTAModel(SegTTAModel):
 
     ``SegTTAModel.merge_preds`` keeps the metainfo of the last augmented
     pass only, so ``DownsampleRatioMetric`` would report that pass's
-    down-sampling ratio. Here each merged prediction carries the mean
-    ``ds_ratio`` of all its augmented passes (each pass weighs the same,
-    as the forwards of slide inference do in ``SelDSEncoderDecoder``)::
+    down-sampling ratio and ``ds_mask`` would be that pass's mask. Here
+    each merged prediction carries the mean ``ds_ratio`` and the mean
+    ``ds_mask`` (flips undone, at the original size: the fraction of the
+    passes that down-sampled each pixel) of all its augmented passes (each
+    pass weighs the same, as the forwards of slide inference do in
+    ``SelDSEncoderDecoder``)::
 
         tta_model = dict(type='SelDSTTAModel')
     """
@@ -25,4 +30,8 @@ class SelDSTTAModel(SegTTAModel):
             ratios = [float(s.ds_ratio) for s in passes if 'ds_ratio' in s]
             if ratios:
                 result.set_metainfo(dict(ds_ratio=sum(ratios) / len(ratios)))
+            masks = [s.ds_mask.data for s in passes if 'ds_mask' in s]
+            if masks:
+                result.ds_mask = PixelData(
+                    data=torch.stack(masks).mean(0))
         return merged
