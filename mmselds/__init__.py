@@ -4,12 +4,12 @@
 the core ops (``mmselds.ops``), and ``mmselds.analysis.timing`` or
 ``mmselds.analysis.plots`` run on machines without MMSegmentation (e.g. a
 GPU benchmark machine). With MMSegmentation installed, it also registers
-the backbone, mask heads, pooling, loss, segmentor, metric and hooks into
-mmseg's registries, for configs (``custom_imports=dict(imports=
-['mmselds'])``) and tools: at once if mmseg is already imported, otherwise
-as soon as mmseg is, before anything can be built from its registries; and
-it lets ``_base_ = ['mmseg::...']`` find the onedl fork's configs once
-mmengine is imported (``mmselds.utils.post_import``).
+the backbone, mask heads, pooling, loss, segmentor, metric, hooks and
+visualizer into mmseg's registries, for configs (``custom_imports=dict(
+imports=['mmselds'])``) and tools: at once if mmseg is already imported,
+otherwise as soon as mmseg is, before anything can be built from its
+registries; and it lets ``_base_ = ['mmseg::...']`` find the onedl fork's
+configs once mmengine is imported (``mmselds.utils.post_import``).
 """
 import importlib
 
@@ -31,7 +31,7 @@ def _fix_config_bases(mmengine) -> None:
 def _register(mmseg) -> None:
     from .utils.setup_env import import_quietly
     import_quietly()  # mmcv-lite's and the onedl fork's misleading noise
-    for name in ('engine', 'evaluation', 'models'):
+    for name in ('engine', 'evaluation', 'models', 'visualization'):
         importlib.import_module(f'{__name__}.{name}')
 
 

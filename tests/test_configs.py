@@ -37,4 +37,6 @@ def test_config_builds(path):
         hooks = [h['type'] for h in cfg.custom_hooks]
         assert {'CheckLoadFromHook', 'ExactResumeHook'} <= set(hooks)
         assert cfg.tta_model.type == 'SelDSTTAModel'
+        assert cfg.visualizer.type == 'SelDSLocalVisualizer'
+        assert cfg.visualizer.vis_backends  # mmseg's, kept
     assert cfg.model.data_preprocessor.test_cfg == dict(size_divisor=16)

@@ -178,3 +178,53 @@ def test_cell_values_recover_the_cells_through_resize_and_padding():
         got = cell_values(mask.numpy(), ori[0] / img[0])
         want = cells[0, 0, :-(-img[0] // 16), :-(-img[1] // 16)].numpy()
         assert np.array_equal(got, want), (ori, img)
+
+
+def test_visualizer_outlines_full_resolution_cells_on_the_prediction(
+        tmp_path):
+    """``SelDSLocalVisualizer`` (the selective configs' visualizer, used by
+    ``tools/test.py --show-dir`` and the inferencer): mmseg's figure, with
+    the OS8 cells of the result's ``ds_mask`` outlined on the prediction
+    panel only; ``draw_mask=False`` and results without a mask give
+    mmseg's figure."""
+    from mmengine.structures import PixelData
+    from mmseg.registry import VISUALIZERS
+    from mmseg.structures import SegDataSample
+
+    import mmselds  # noqa: F401
+    meta = dict(classes=('road', 'car'), palette=[[0, 0, 0], [10, 200, 30]])
+    image = np.full((64, 128, 3), 90, np.uint8)
+    sample = SegDataSample(metainfo=dict(img_shape=(32, 64)))  # resized x2
+    sample.gt_sem_seg = PixelData(data=torch.zeros(1, 64, 128).long())
+    sample.pred_sem_seg = PixelData(data=torch.ones(1, 64, 128).long())
+    mask = torch.ones(1, 64, 128)
+    mask[..., 64:] = 0  # the right half computed at OS8: 2 columns of cells
+    sample.ds_mask = PixelData(data=mask)
+    plain = SegDataSample(metainfo=sample.metainfo)
+    plain.gt_sem_seg, plain.pred_sem_seg = sample.gt_sem_seg, \
+        sample.pred_sem_seg
+    edge = np.array(FULL_EDGE, np.uint8)  # BGR, as cv2 reads the file
+
+    def draw(name, data_sample, **options):
+        visualizer = VISUALIZERS.build(dict(
+            type=options.pop('type', 'SelDSLocalVisualizer'),
+            name=f'test_{name}', **options))
+        visualizer.dataset_meta = meta
+        path = str(tmp_path / f'{name}.png')
+        visualizer.add_datasample(name, image, data_sample,
+                                  with_labels=False, out_file=path)
+        return cv2.imread(path)
+
+    figure = draw('mask', sample)
+    assert figure.shape == (64, 256, 3)  # ground truth | prediction
+    gt, pred = figure[:, :128], figure[:, 128:]
+    assert not has_color(gt, FULL_EDGE)
+    assert not has_color(pred[:, :64], FULL_EDGE)
+    # cells are 16 input pixels = 32 image pixels: edges at x = 64, 96
+    assert (pred[40, 64] == edge).all() and (pred[40, 96] == edge).all()
+    assert (pred[32, 70] == edge).all()  # the edge between two rows
+    assert (pred[40, 80] != edge).any()  # inside a cell
+    mmseg_figure = draw('mmseg', sample, type='SegLocalVisualizer')
+    assert np.array_equal(draw('off', sample, draw_mask=False), mmseg_figure)
+    assert np.array_equal(draw('plain', plain), mmseg_figure)
+    assert np.array_equal(gt, mmseg_figure[:, :128])

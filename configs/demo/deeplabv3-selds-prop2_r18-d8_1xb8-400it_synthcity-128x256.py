@@ -23,3 +23,7 @@ test_evaluator = val_evaluator
 # a larger learning rate lets it become decisive within the short schedule
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
     'backbone.mask_head': dict(lr_mult=10.0)}))
+# mmseg's visualizer that also outlines the cells computed at full
+# resolution (OS8) on the prediction: tools/test.py --show-dir,
+# SelDSInferencer(..., out_dir=...)
+visualizer = dict(type='SelDSLocalVisualizer')

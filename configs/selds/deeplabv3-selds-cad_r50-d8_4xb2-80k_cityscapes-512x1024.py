@@ -25,3 +25,7 @@ val_evaluator = [
     dict(type='DownsampleRatioMetric')
 ]
 test_evaluator = val_evaluator
+# mmseg's visualizer that also outlines the cells computed at full
+# resolution (OS8) on the prediction: tools/test.py --show-dir,
+# SelDSInferencer(..., out_dir=...)
+visualizer = dict(type='SelDSLocalVisualizer')
