@@ -110,6 +110,67 @@ def test_check_names_images_without_labels(tmp_path):
         '2 images have no label file' in out, out[-3000:]
 
 
+def test_check_names_labels_that_do_not_fit_their_images(tmp_path):
+    """Label maps of another size than their images (images resized, not
+    the labels) and 16-bit labels above 255 (read as 8-bit by mmseg, so
+    they wrap around) are named before anything is built (were: a full
+    training, then an IndexError from mmseg's IoUMetric at the first
+    validation; aAcc 100 on wrapped labels). 16-bit labels of class
+    indices read right and pass."""
+    import glob
+
+    import cv2
+    import numpy as np
+
+    from mmselds.datasets import InvalidLabelError
+    root = str(tmp_path / 'data')
+    generate(root, num_train=2, num_val=2, size=(64, 128))
+    labels = sorted(glob.glob(f'{root}/gtFine/val/*/*_labelTrainIds.png'))
+    check_run_data(demo_cfg(root), 'test')
+    original = cv2.imread(labels[0], cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(labels[0], original.astype(np.uint16))  # 16-bit, <= 255
+    check_run_data(demo_cfg(root), 'test')
+    cv2.imwrite(labels[0], original.astype(np.uint16) * 256)
+    with pytest.raises(InvalidLabelError, match=(
+            r'^test_dataloader: ' + re.escape(labels[0]) + r' is a 16-bit '
+            r'PNG with values up to \d+: mmseg reads label maps as 8-bit')):
+        check_run_data(demo_cfg(root), 'test')
+    cv2.imwrite(labels[0], cv2.resize(original, (256, 128),
+                                      interpolation=cv2.INTER_NEAREST))
+    with pytest.raises(InvalidLabelError, match=(
+            re.escape(labels[0]) + r' is 256x128 pixels, its image .*'
+            r'_leftImg8bit\.png 128x64: a label map must be the size of its '
+            r'image')):
+        check_run_data(demo_cfg(root), 'test')
+    # through a tool: one line before anything is built
+    _, out = run_failing([sys.executable, 'tools/test.py', SELDS_DEMO,
+                          'none.pth', '--cfg-options', *cfg_options(root)])
+    assert 'Traceback' not in out and 'is 256x128 pixels, its image' in out, \
+        out[-3000:]
+
+
+def test_label_ids_are_one_error_line_in_training(tmp_path):
+    """Labels that are not training IDs stop tools/train.py with one line
+    naming the file (was: a traceback ending in torch's "Target 23 is
+    out of bounds")."""
+    import glob
+
+    import cv2
+    root = str(tmp_path / 'data')
+    generate(root, num_train=2, num_val=2, size=(64, 128))
+    label = sorted(glob.glob(f'{root}/gtFine/train/*/*_labelTrainIds.png'))[0]
+    ids = cv2.imread(label, cv2.IMREAD_UNCHANGED)
+    ids[ids != 255] = 26  # whatever the random crop keeps
+    cv2.imwrite(label, ids)
+    _, out = run_failing([sys.executable, 'tools/train.py', SELDS_DEMO,
+                          '--work-dir', tmp_path / 'w', '--cfg-options',
+                          *cfg_options(root), 'train_cfg.max_iters=2',
+                          'train_dataloader.batch_size=2'])
+    assert 'Traceback' not in out and f'error: {label} holds label values ' \
+        '26: the model has 19 classes (labels 0-18, 255 = ignore)' in out, \
+        out[-3000:]
+
+
 def test_check_reads_an_empty_prefix_as_the_data_root(tmp_path):
     """data_prefix paths of '' are data_root itself, as mmengine joins
     them (was: the working folder)."""

@@ -21,6 +21,56 @@ class NoImagesError(FileNotFoundError):
     images lack the label files its pipeline loads."""
 
 
+class InvalidLabelError(ValueError):
+    """Label maps that cannot be the labels of their images: values that
+    are neither a class nor ``ignore_index``, or another size."""
+
+
+def check_labels(data_samples, num_classes: int, ignore_index,
+                 image_sizes: bool = False) -> None:
+    """Raise :class:`InvalidLabelError` naming the label file if a data
+    sample's ``gt_sem_seg`` holds a value that is neither a class (0 to
+    ``num_classes - 1``) nor ``ignore_index`` (torch's cross-entropy would
+    fail deep inside with "Target 23 is out of bounds", and mmseg's
+    ``IoUMetric`` drops such pixels: mIoU 0 without a word), or, with
+    ``image_sizes``, if a label map is not the size of its original
+    image (``ori_shape``; mmseg's metric would fail after the whole run).
+    Data samples without labels pass."""
+    import torch
+    for i, sample in enumerate(data_samples or ()):
+        if 'gt_sem_seg' not in sample:
+            continue
+        label = sample.gt_sem_seg.data
+        name = sample.metainfo.get('seg_map_path') or \
+            f'the label of image {i} of the batch'
+        ori = sample.metainfo.get('ori_shape')
+        if image_sizes and ori is not None and \
+                tuple(label.shape[-2:]) != tuple(ori[:2]):
+            h, w = label.shape[-2:]
+            raise InvalidLabelError(
+                f'{name} is {w}x{h} pixels, its image '
+                f'{sample.metainfo.get("img_path", "")} {ori[1]}x{ori[0]}: '
+                'a label map must be the size of its image (were the images '
+                'resized? Resize the labels too, with nearest neighbour)')
+        bad = (label < 0) | (label >= num_classes)
+        if ignore_index is not None:
+            bad &= label != ignore_index
+        if bool(bad.any()):
+            values = torch.unique(label[bad]).tolist()
+            shown = ', '.join(map(str, values[:8])) + \
+                (', ...' if len(values) > 8 else '')
+            hint = ("; Cityscapes' *_gtFine_labelIds.png hold label IDs "
+                    '(0-33), the training IDs are the '
+                    '*_gtFine_labelTrainIds.png that '
+                    'tools/dataset_converters/cityscapes.py writes'
+                    if 'labelIds' in str(name) else '')
+            raise InvalidLabelError(
+                f'{name} holds label values {shown}: the model has '
+                f'{num_classes} classes (labels 0-{num_classes - 1}'
+                + (f', {ignore_index} = ignore' if ignore_index is not None
+                   else '') + f'){hint}')
+
+
 def _dataset_class(dataset_type):
     if inspect.isclass(dataset_type):
         return dataset_type
@@ -56,8 +106,10 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
     holds no ``*{img_suffix}`` file, or its ``ann_file`` lists nothing;
     or if its pipeline loads labels (``LoadAnnotations``) and images lack
     their ``*{seg_map_suffix}`` file (real Cityscapes before its
-    converter). Data sets of other kinds and remote storage are not
-    checked."""
+    converter); :class:`InvalidLabelError` if label files it samples are
+    not the size of their images or 16-bit above 255
+    (:func:`check_label_files`). Data sets of other kinds and remote
+    storage are not checked."""
     if dataset is None:
         return
     if dataset.get('dataset') is not None:  # RepeatDataset & co.
@@ -123,6 +175,50 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
             f'label file (*{seg_suffix} in {seg_dir}), e.g. {missing[0]}'
             f'{hint} (data_prefix.seg_map_path=\'{seg_prefix}\'; a split '
             'without labels needs a pipeline without LoadAnnotations)')
+    pairs = [(osp.join(img_dir, name),
+              osp.join(seg_dir, name[:-len(suffix)] + seg_suffix))
+             for name in images]
+    check_label_files(pairs, where)
+
+
+def check_label_files(pairs: Sequence, where: str = 'dataset',
+                      samples: int = 8) -> None:
+    """Raise :class:`InvalidLabelError` if one of ``samples`` (image,
+    label file) pairs spread over ``pairs`` has a label map of another
+    size than its image (mmseg crops both alike, so training would learn
+    from misplaced labels, and its metric fails after the whole run), or
+    is a 16-bit PNG with values above 255 (mmseg reads labels as 8-bit:
+    they would wrap around, 255 = ignore included, silently). Reads the
+    files' headers, and the pixels of 16-bit labels only."""
+    try:
+        import numpy as np
+        from PIL import Image
+    except ImportError:
+        return
+    step = max(1, len(pairs) // samples)
+    for image_path, label_path in list(pairs)[::step][:samples]:
+        try:
+            with Image.open(image_path) as image, \
+                    Image.open(label_path) as label:
+                image_size, label_size = image.size, label.size
+                wide = label.mode.startswith('I')
+                top = int(np.asarray(label).max()) if wide else 0
+        except (OSError, ValueError):
+            continue  # unreadable: the data loader names it
+        if image_size != label_size:
+            raise InvalidLabelError(
+                f'{where}: {label_path} is {label_size[0]}x{label_size[1]} '
+                f'pixels, its image {image_path} {image_size[0]}x'
+                f'{image_size[1]}: a label map must be the size of its image '
+                '(were the images resized? Resize the labels too, with '
+                'nearest neighbour, or convert them again from the '
+                'originals)')
+        if top > 255:
+            raise InvalidLabelError(
+                f'{where}: {label_path} is a 16-bit PNG with values up to '
+                f'{top}: mmseg reads label maps as 8-bit, so values above '
+                '255 would wrap around (255 = ignore too); write the labels '
+                'as 8-bit PNGs of class indices')
 
 
 def _loads_annotations(pipeline) -> bool:

@@ -17,7 +17,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from mmselds.datasets.checks import NoImagesError, check_dataloader_images
+from mmselds.datasets.checks import (InvalidLabelError, NoImagesError,
+                                     check_dataloader_images)
 from mmselds.datasets.synthetic_cityscapes import (GeneratedDataError,
                                                    read_record)
 from mmselds.ops import SparseTrainingError
@@ -48,7 +49,7 @@ def load_config(args, mode: Optional[str] = None) -> Config:
         mode = 'test' if getattr(args, 'checkpoint', None) else 'train'
     try:
         check_run_data(cfg, mode)
-    except NoImagesError as error:
+    except (NoImagesError, InvalidLabelError) as error:
         raise SystemExit(f'error: {error}') from None
     return cfg
 
@@ -56,7 +57,9 @@ def load_config(args, mode: Optional[str] = None) -> Config:
 def check_run_data(cfg: Config, mode: str) -> None:
     """Raise :class:`~mmselds.datasets.NoImagesError` if a dataloader that
     a ``mode`` run (``'train'``: training + validation if the config has a
-    validation loop; ``'test'``; ``'val'``) builds would find no images."""
+    validation loop; ``'test'``; ``'val'``) builds would find no images,
+    or :class:`~mmselds.datasets.InvalidLabelError` if their label files
+    do not fit the images."""
     if mode == 'train':
         loaders = ['train_dataloader']
         if cfg.get('val_cfg') and cfg.get('val_evaluator'):
@@ -114,8 +117,10 @@ def run_cli(main: Callable[[], object]):
     """Run a tool's ``main``: a config path that is not a config file, a
     checkpoint that cannot be read or does not fit the model, a data
     folder without images, or one the data generator will not write into,
-    a ``--cfg-options`` key that adds an argument a class does not take
-    (:func:`~mmselds.utils.config.option_error`), an argument value one
+    label maps that are not labels of the model's classes or not the size
+    of their images, a ``--cfg-options`` key that adds an argument a class
+    does not take (:func:`~mmselds.utils.config.option_error`), an
+    argument value one
     of the project's classes refuses as the config is built
     (:func:`~mmselds.utils.config.argument_error`), a checkpoint download
     that fails (:func:`~mmselds.utils.checkpoint.download_error`: no
@@ -128,8 +133,8 @@ def run_cli(main: Callable[[], object]):
     try:
         result = main()
     except (InvalidCheckpointError, CheckpointMismatchError,
-            GeneratedDataError, InvalidConfigError, NoImagesError,
-            SparseTrainingError) as err:
+            GeneratedDataError, InvalidConfigError, InvalidLabelError,
+            NoImagesError, SparseTrainingError) as err:
         sys.exit(f'error: {err}')
     except (TypeError, ValueError) as err:
         message = option_error(err) or argument_error(err)

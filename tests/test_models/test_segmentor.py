@@ -264,3 +264,41 @@ def test_slide_inference_averages_the_windows_masks():
         ref = whole.predict(x, samples(2, 64, 128))
     for a, b in zip(one, ref):
         assert torch.equal(a.ds_mask.data, b.ds_mask.data)
+
+
+def test_labels_that_are_not_classes_are_an_error():
+    """Label values that are neither a class nor ignore_index (Cityscapes'
+    label IDs instead of training IDs) are an error naming the file and
+    the values, in training (was: "Target 23 is out of bounds" from
+    inside torch's cross-entropy) and testing (was: mIoU 0, silently);
+    in testing a label map of another size than its image too (was:
+    IndexError from mmseg's IoUMetric)."""
+    from mmselds.datasets import InvalidLabelError
+    model = build(SELDS_CFG)
+    x = torch.randn(2, 3, 64, 128)
+    data = samples(2, 64, 128)
+    data[0].gt_sem_seg.data[0, :4, :4] = 255  # ignore: fine
+    model.train().loss(x, data)
+    data[1].gt_sem_seg.data[0, 0, :3] = torch.tensor([23, 26, 19])
+    data[1].set_metainfo(dict(
+        seg_map_path='gtFine/val/a/a_gtFine_labelIds.png'))
+    with pytest.raises(InvalidLabelError, match=(
+            r'^gtFine/val/a/a_gtFine_labelIds\.png holds label values 19, '
+            r'23, 26: the model has 19 classes \(labels 0-18, 255 = ignore\);'
+            r" Cityscapes' \*_gtFine_labelIds\.png hold label IDs")):
+        model.loss(x, data)
+    model.eval()
+    with torch.no_grad(), pytest.raises(InvalidLabelError,
+                                        match='holds label values 19'):
+        model.predict(x, data)
+    data = samples(2, 64, 128)
+    data[0].set_metainfo(dict(ori_shape=(32, 64), img_path='a.png',
+                              seg_map_path='a_label.png'))
+    with torch.no_grad(), pytest.raises(InvalidLabelError, match=(
+            r'^a_label\.png is 128x64 pixels, its image a\.png 64x32: a '
+            'label map must be the size of its image')):
+        model.predict(x, data)
+    data[0].set_metainfo(dict(ori_shape=(64, 128)))
+    with torch.no_grad():
+        model.predict(x, data)  # labels of the image's size pass
+        model.predict(x)  # no labels: nothing to check

@@ -9,6 +9,8 @@ from mmseg.registry import MODELS
 from mmseg.utils import OptSampleList, SampleList
 from torch import Tensor
 
+from ...datasets.checks import check_labels
+
 
 def check_slide_crop(test_cfg) -> None:
     """Slide inference feeds the backbone crops of ``test_cfg.crop_size``
@@ -205,6 +207,8 @@ class SelDSEncoderDecoder(EncoderDecoder):
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         self.check_finite(inputs, data_samples, 'training')
+        check_labels(data_samples, self.decode_head.num_classes,
+                     self.decode_head.ignore_index)
         self._masks = []
         losses = super().loss(inputs, data_samples)
         mask = self._masks[-1]
@@ -216,6 +220,8 @@ class SelDSEncoderDecoder(EncoderDecoder):
     def predict(self, inputs: Tensor,
                 data_samples: OptSampleList = None) -> SampleList:
         self.check_finite(inputs, data_samples)
+        check_labels(data_samples, self.decode_head.num_classes,
+                     self.decode_head.ignore_index, image_sizes=True)
         self._masks = []
         results = super().predict(inputs, data_samples)
         ratios = torch.stack([m.detach().float().mean((1, 2, 3))
