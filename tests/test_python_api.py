@@ -160,3 +160,38 @@ def test_readme_snippet_runs(checkpoints, tmp_path, monkeypatch):
     mask = scope['result'].ds_mask.data
     assert mask.shape == (1, ) + IMAGE.shape[:2] and bool((mask == 1).all())
     assert (tmp_path / 'outputs' / 'pred').is_dir()
+
+
+def test_images_given_as_arrays_are_checked(checkpoints):
+    """Arrays that are not (H, W, 3) 8-bit BGR images are a ValueError
+    naming the problem (were: 16-bit, boolean and 0-1 float arrays ran to
+    wrong logits without a word; other shapes failed inside mmseg, mmcv
+    or OpenCV); uint8 and 0-255 float arrays give the same result."""
+    from mmselds.apis import SelDSInferencer, inference_model, init_model
+    folder, _ = checkpoints
+    model = init_model(SELDS_DEMO, str(folder / 'ok.pth'), device='cpu')
+    bad = [
+        (IMAGE.astype(np.uint16) * 257, r'dtype uint16: .* 8-bit pixel '
+         r'values \(uint8, 0-255\); cv2\.imread\(path\) reads a 16-bit'),
+        (IMAGE > 127, 'dtype bool'),
+        (IMAGE.astype(np.float32) / 255, r'float32 image with all values '
+         r'in \[0, 1\] \(largest 0\.996\): .* multiply by 255'),
+        (np.dstack([IMAGE, IMAGE[..., :1]]), r'\(128, 256, 4\) has 4 '
+         r'channels: .* image\[\.\.\., :3\]'),
+        (IMAGE.transpose(2, 0, 1), r'\(3, 128, 256\) looks channels-first'),
+        (IMAGE[..., 0], r'\(128, 256\) is single-channel'),
+        (np.zeros((0, 0, 3), np.uint8), r'\(0, 0, 3\) is empty'),
+        (torch.from_numpy(IMAGE), 'got a torch.Tensor'),
+    ]
+    for image, message in bad:
+        with pytest.raises(ValueError, match=message):
+            inference_model(model, image)
+        with pytest.raises(ValueError, match=message):
+            inference_model(model, [IMAGE, image])
+    expected = inference_model(model, IMAGE).seg_logits.data
+    as_float = inference_model(model, IMAGE.astype(np.float32))
+    torch.testing.assert_close(as_float.seg_logits.data, expected)
+    inferencer = SelDSInferencer(SELDS_DEMO, str(folder / 'ok.pth'),
+                                 device='cpu', show_progress=False)
+    with pytest.raises(ValueError, match='dtype uint16'):
+        inferencer(IMAGE.astype(np.uint16) * 257)

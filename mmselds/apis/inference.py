@@ -7,15 +7,75 @@ that is missing or not a checkpoint, or (``strict=True``) tensors that do
 not fit the config, are one ``ValueError`` naming them, not a partly
 loaded model with a log line; a checkpoint without a trained mask head
 gets a warning. ``SelDSInferencer`` is mmseg's ``MMSegInferencer`` with
-the same check.
+the same check. Both, and ``inference_model``, check images given as
+arrays (:func:`check_image`).
 """
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from mmengine.config import Config
 from mmseg.apis import MMSegInferencer
+from mmseg.apis import inference_model as _mmseg_inference_model
 
 from ..utils.model_io import build_segmentor
+
+
+def check_image(image) -> None:
+    """Raise ``ValueError`` naming the problem if an image given as an
+    array is not what mmseg's pipeline takes from ``cv2.imread``: an
+    (H, W, 3) BGR array of 8-bit values (``uint8``, or floats of the same
+    0-255 scale). mmseg runs a 16-bit, boolean or 0-1 float array without
+    a word (to wrong logits and masks) and fails deep inside on other
+    shapes. Paths pass (the pipeline reads and converts the file)."""
+    if not isinstance(image, np.ndarray):
+        if isinstance(image, torch.Tensor):
+            raise ValueError(
+                f'got a torch.Tensor of shape {tuple(image.shape)}: give an '
+                '(H, W, 3) BGR numpy array as cv2.imread returns, or a path')
+        return
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[0] in (1, 3, 4) and shape[2] not in (3, 4):
+        raise ValueError(
+            f'image of shape {shape} looks channels-first: give (H, W, 3), '
+            'e.g. image.transpose(1, 2, 0)')
+    if image.ndim == 2 or (image.ndim == 3 and shape[2] == 1):
+        raise ValueError(
+            f'image of shape {shape} is single-channel: give (H, W, 3) BGR, '
+            'e.g. cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)')
+    if image.ndim == 3 and shape[2] == 4:
+        raise ValueError(
+            f'image of shape {shape} has 4 channels: give the 3 colour '
+            'channels (BGR), e.g. image[..., :3] for BGRA')
+    if image.ndim != 3 or shape[2] != 3:
+        raise ValueError(f'image of shape {shape}: give an (H, W, 3) BGR '
+                         'array')
+    if not image.size:
+        raise ValueError(f'image of shape {shape} is empty')
+    if image.dtype == np.uint8:
+        return
+    if image.dtype.kind == 'f':
+        top = float(np.nanmax(image)) if not np.isnan(image).all() else 0.0
+        if 0.0 < top <= 1.0:
+            raise ValueError(
+                f'{image.dtype} image with all values in [0, 1] (largest '
+                f'{top:.3g}): the model takes pixel values 0-255 (as '
+                'cv2.imread gives them): multiply by 255')
+        return
+    hint = ('; cv2.imread(path) reads a 16-bit file as 8-bit, or '
+            '(image // 257).astype(np.uint8)' if image.dtype == np.uint16
+            else '')
+    raise ValueError(f'image of dtype {image.dtype}: the model takes 8-bit '
+                     f'pixel values (uint8, 0-255){hint}')
+
+
+def inference_model(model: torch.nn.Module, img):
+    """mmseg's ``inference_model`` (an image path or (H, W, 3) BGR array,
+    or a list of them; a ``SegDataSample``, or a list) with the arrays
+    checked first (:func:`check_image`)."""
+    for image in img if isinstance(img, (list, tuple)) else [img]:
+        check_image(image)
+    return _mmseg_inference_model(model, img)
 
 
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
@@ -63,6 +123,12 @@ class SelDSInferencer(MMSegInferencer):
                  strict: bool = True, **kwargs) -> None:
         self.strict, self.weights_path = strict, weights
         super().__init__(model, weights, *args, **kwargs)
+
+    def _inputs_to_list(self, inputs) -> list:
+        inputs = super()._inputs_to_list(inputs)
+        for image in inputs:
+            check_image(image)
+        return inputs
 
     def _init_model(self, cfg, weights, device='cpu'):
         if not cfg:  # the config from the checkpoint: mmengine's way
