@@ -299,6 +299,34 @@ def argument_error(err: BaseException) -> Optional[str]:
     return f'{built.__name__}: {message}'
 
 
+def registry_error(err: BaseException) -> Optional[str]:
+    """For mmengine's ``KeyError`` on a ``type`` its registry does not
+    hold (``DepthwiseMaskHeadd is not in the mmseg::model registry``): a
+    message naming the type and the registered types of close spelling.
+    None for any other error."""
+    if not isinstance(err, KeyError):
+        return None
+    builds = [f for f, _ in traceback.walk_tb(err.__traceback__)
+              if f.f_code.co_name == 'build_from_cfg']
+    if not builds:
+        return None
+    registry = builds[-1].f_locals.get('registry')
+    obj_type = builds[-1].f_locals.get('obj_type')
+    if registry is None or not isinstance(obj_type, str) or \
+            not str(err).strip('\'"').startswith(f'{obj_type} is not in'):
+        return None
+    names, node = [], registry
+    while node is not None:
+        names += list(node.module_dict)
+        node = node.parent
+    close = difflib.get_close_matches(obj_type, names, n=3, cutoff=0.6)
+    hint = f' (did you mean {" or ".join(close)}?)' if close else ''
+    return (f'type={obj_type!r}: no {registry.name} of that name is '
+            f'registered{hint}; the types of another package are registered '
+            "when the config imports it (custom_imports=dict(imports=["
+            "'package']))")
+
+
 # what Python says of a call with wrong arguments (a bug, not a check)
 _CALL_ERRORS = (r'\(\) (got an unexpected keyword|got multiple values|'
                 r'missing \d+ required|takes )')

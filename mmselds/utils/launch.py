@@ -23,7 +23,8 @@ from mmselds.datasets.synthetic_cityscapes import (GeneratedDataError,
                                                    read_record)
 from mmselds.ops import SparseTrainingError
 from mmselds.utils.config import (InvalidConfigError, argument_error,
-                                  merge_options, option_error, read_config)
+                                  merge_options, option_error, read_config,
+                                  registry_error)
 
 
 def load_config(args, mode: Optional[str] = None) -> Config:
@@ -120,11 +121,12 @@ def run_cli(main: Callable[[], object]):
     label maps that are not labels of the model's classes or not the size
     of their images, a ``--cfg-options`` key that adds an argument a class
     does not take (:func:`~mmselds.utils.config.option_error`), an
-    argument value one
-    of the project's classes refuses as the config is built
-    (:func:`~mmselds.utils.config.argument_error`), a checkpoint download
-    that fails (:func:`~mmselds.utils.checkpoint.download_error`: no
-    network), or training with sparse execution
+    argument value one of the project's classes refuses as the config is
+    built (:func:`~mmselds.utils.config.argument_error`), a ``type`` no
+    registry holds (:func:`~mmselds.utils.config.registry_error`), a
+    checkpoint download that fails
+    (:func:`~mmselds.utils.checkpoint.download_error`: no network), or
+    training with sparse execution
     (:class:`~mmselds.ops.SparseTrainingError`) ends the tool with one
     ``error: ...`` line and exit status 1 instead of a traceback."""
     from mmselds.utils.checkpoint import (CheckpointMismatchError,
@@ -138,6 +140,11 @@ def run_cli(main: Callable[[], object]):
         sys.exit(f'error: {err}')
     except (TypeError, ValueError) as err:
         message = option_error(err) or argument_error(err)
+        if message is None:
+            raise
+        sys.exit(f'error: {message}')
+    except KeyError as err:
+        message = registry_error(err)
         if message is None:
             raise
         sys.exit(f'error: {message}')

@@ -1,6 +1,7 @@
 """SelDSEncoderDecoder: whole-model equality with mmseg's DeepLabV3 in the
 all-high case, losses and logs, train_only, ratio metric, load_from check."""
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -302,3 +303,34 @@ def test_labels_that_are_not_classes_are_an_error():
     with torch.no_grad():
         model.predict(x, data)  # labels of the image's size pass
         model.predict(x)  # no labels: nothing to check
+
+
+def test_padding_sizes_and_test_mode_are_checked_at_build():
+    """Sizes the data preprocessor pads to that are not multiples of 16
+    (a crop size of 100x200) are an error at build naming the setting and
+    a size that fits (was: a traceback from the backbone at the first
+    iteration, after the runner was built); so is an unknown test mode
+    (was: mmseg's AssertionError at the first image)."""
+    cfg = Config.fromfile(SELDS_CFG)
+    for key, value, fit in (('size', (100, 200), r'size=\(112, 208\) \(and '
+                             r'the crop_size of the training pipeline\)'),
+                            ('test_cfg', dict(size_divisor=8),
+                             'size_divisor=16'),
+                            ('test_cfg', dict(size=(64, 120)),
+                             r'size=\(64, 128\)')):
+        options = dict(cfg.model.data_preprocessor, **{key: value})
+        if key == 'test_cfg':
+            name = f'test_cfg.{next(iter(value))}'
+            value = next(iter(value.values()))
+        else:
+            name = key
+        with pytest.raises(ValueError, match=(
+                rf'^data_preprocessor\.{name}={re.escape(repr(value))}: '
+                r'inputs are padded to it, and a selective backbone needs '
+                rf'sides that are multiples of 16 .*: e\.g\. {fit}$')):
+            build(SELDS_CFG, data_preprocessor=options)
+    build(SELDS_CFG, data_preprocessor=dict(cfg.model.data_preprocessor,
+                                            size=(96, 192)))
+    with pytest.raises(ValueError, match=r"^test_cfg: mode='foo'; inference "
+                       r"is 'whole' or 'slide'"):
+        build(SELDS_CFG, test_cfg=dict(mode='foo'))

@@ -55,6 +55,37 @@ def to_original_size(mask: Tensor, meta: dict) -> Tensor:
                          mode='nearest')
 
 
+def check_padding(data_preprocessor) -> None:
+    """A ``ValueError`` naming the setting unless the sizes a
+    ``SegDataPreProcessor`` pads to are multiples of 16 (2x2 cells of the
+    OS8 map): ``size`` (training batches: the crop size),
+    ``test_cfg.size`` and ``test_cfg.size_divisor``. Unset sizes pass
+    (inputs are then checked by the backbone)."""
+    def sides(value):
+        try:
+            return tuple(int(v) for v in value)
+        except TypeError:
+            return (int(value), )
+
+    def fit(value):
+        return tuple(max(16, -(-v // 16) * 16) for v in sides(value))
+
+    test_cfg = getattr(data_preprocessor, 'test_cfg', None) or {}
+    for name, value in (('size', getattr(data_preprocessor, 'size', None)),
+                        ('test_cfg.size', test_cfg.get('size')),
+                        ('test_cfg.size_divisor',
+                         test_cfg.get('size_divisor'))):
+        if value is None or not any(v % 16 or v <= 0 for v in sides(value)):
+            continue
+        good = fit(value) if 'divisor' not in name else 16
+        raise ValueError(
+            f'data_preprocessor.{name}={value!r}: inputs are padded to it, '
+            'and a selective backbone needs sides that are multiples of 16 '
+            f'(2x2 cells of the OS8 map): e.g. {name.split(".")[-1]}='
+            f'{good!r}' + (' (and the crop_size of the training pipeline)'
+                           if name == 'size' else ''))
+
+
 @MODELS.register_module()
 class SelDSEncoderDecoder(EncoderDecoder):
     """``EncoderDecoder`` for a selective down-sampling backbone.
@@ -100,8 +131,13 @@ class SelDSEncoderDecoder(EncoderDecoder):
                 param.requires_grad_(self._trainable(name))
         self._masks: List[Tensor] = []
         self._mask_map: Optional[Tensor] = None
-        if (self.test_cfg or {}).get('mode') == 'slide':
+        mode = (self.test_cfg or {}).get('mode', 'whole')
+        if mode not in ('whole', 'slide'):
+            raise ValueError(f"test_cfg: mode={mode!r}; inference is 'whole' "
+                             "or 'slide' (with crop_size and stride)")
+        if mode == 'slide':
             check_slide_crop(self.test_cfg)
+        check_padding(self.data_preprocessor)
 
     def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         self._mask_map = None
