@@ -281,6 +281,47 @@ def test_misspelt_cfg_options_get_a_hint():
         'train_dataloader.batch_size?']
 
 
+def test_a_config_that_changes_a_base_variable_gets_a_hint(tmp_path):
+    """A config file that sets a variable its base used when it was read
+    (crop_size, data_root) changes nothing that runs, which mmengine does
+    silently (training ran at the base's crop); the warning names the
+    settings that still hold the old value. A variable re-set together
+    with those settings, an unused one and runtime keys get none."""
+    from mmselds.utils.config import read_config, stale_variables
+    mine = tmp_path / 'mine.py'
+    mine.write_text(f"_base_ = [{SELDS_DEMO!r}]\ncrop_size = (64, 128)\n"
+                    "data_root = '/data'\nload_from = None\nnew = 3\n")
+    lines = stale_variables(str(mine), read_config(mine))
+    assert lines == [
+        f'mine.py: crop_size = (64, 128) changes a variable that '
+        f'{SELDS_DEMO} used when it was read; these settings still hold its '
+        'old value (128, 256): model.data_preprocessor.size, '
+        'train_dataloader.dataset.pipeline.3.crop_size; set them in this '
+        'file too (mmengine merges settings, not variables)',
+        f"mine.py: data_root = '/data' changes a variable that {SELDS_DEMO} "
+        'used when it was read; these settings still hold its old value '
+        "'data/synthetic_cityscapes/': train_dataloader.dataset.data_root, "
+        'val_dataloader.dataset.data_root, test_dataloader.dataset.data_root;'
+        ' set them in this file too (mmengine merges settings, not '
+        'variables)']
+    mine.write_text(
+        f"_base_ = [{SELDS_DEMO!r}]\ncrop_size = (64, 128)\n"
+        "model = dict(data_preprocessor=dict(size=crop_size))\n"
+        "train_dataloader = dict(dataset=dict(pipeline=[\n"
+        "    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),\n"
+        "    dict(type='RandomCrop', crop_size=crop_size),\n"
+        "    dict(type='PackSegInputs')]))\n")
+    assert stale_variables(str(mine), read_config(mine)) == []
+    # through a tool: the warning in the log
+    mine.write_text(f"_base_ = [{SELDS_DEMO!r}]\ncrop_size = (64, 128)\n")
+    proc = toolrun.run([sys.executable, 'tools/analysis_tools/get_flops.py',
+                        str(mine), '--shape', '64', '128'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and 'WARNING - mine.py: crop_size = (64, ' \
+        '128) changes a variable that' in out, out[-3000:]
+
+
 def test_an_option_on_a_config_variable_gets_a_hint():
     """A top-level --cfg-options key that is a variable of the config file
     (data_root, crop_size, iters) was used when the file was read:

@@ -1,6 +1,7 @@
 """Reading a config file for the tools: a path that is not a config file
 (a typo, a checkpoint given in its place) is one named error instead of
 mmengine's traceback."""
+import ast
 import difflib
 import inspect
 import linecache
@@ -44,7 +45,10 @@ def read_config(path) -> Config:
             f'{path} is not a config file ({", ".join(CONFIG_EXTENSIONS)})'
             + ('; the tools take the CONFIG first, then the CHECKPOINT'
                if path.endswith(('.pth', '.pt', '.ckpt')) else ''))
-    return Config.fromfile(path)
+    cfg = Config.fromfile(path)
+    for line in stale_variables(path, cfg):
+        print_log(line, logger='current', level=logging.WARNING)
+    return cfg
 
 
 _MISSING = object()
@@ -146,6 +150,87 @@ def spent_variables(cfg, options: Mapping) -> List[str]:
                 f'was read; changing it changes nothing that runs: set '
                 f'the settings that hold its value instead: {shown}')
     return lines
+
+
+def stale_variables(path: str, cfg) -> List[str]:
+    """One line for each top-level variable that the config file at
+    ``path`` sets to a new value (``crop_size = (64, 128)``) where a base
+    config had used the old value in settings that still hold it
+    (``train_pipeline``'s crop, ``model.data_preprocessor.size``):
+    mmengine merges settings, not variables, so those keep the base's
+    value. ``cfg``: the config read from ``path``. Reads each base once
+    more, and only when the file sets such a variable."""
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names, bases = [], []
+    for node in tree.body:
+        for target in getattr(node, 'targets', ()):
+            if not isinstance(target, ast.Name):
+                continue
+            if target.id == '_base_':
+                try:
+                    bases = ast.literal_eval(node.value)
+                except ValueError:
+                    bases = []
+            elif not target.id.startswith('_') and \
+                    target.id not in RUNTIME_KEYS:
+                names.append(target.id)
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    if not names or not bases:
+        return []
+    final, lines = _plain(cfg), []
+    for base in bases:
+        try:
+            old_root = _plain(Config.fromfile(
+                base if '::' in base else
+                osp.join(osp.dirname(path), base)))
+        except Exception:  # the config read; a base it cannot read again
+            continue
+        for name in names:
+            old = old_root.get(name, _MISSING)
+            if old is _MISSING or old == final.get(name) or \
+                    _common_number(old):
+                continue
+            stale = [p for p in _paths_holding(old_root, old)
+                     if p.split('.')[0] in RUNTIME_KEYS
+                     and _at(final, p) == old]
+            if stale:
+                shown = ', '.join(stale[:4]) + (
+                    f' ... ({len(stale) - 4} more)' if len(stale) > 4
+                    else '')
+                lines.append(
+                    f'{osp.basename(path)}: {name} = {_short(final[name])} '
+                    f'changes a variable that {base} used when it was read; '
+                    f'these settings still hold its old value '
+                    f'{_short(old)}: {shown}; set them in this file too '
+                    '(mmengine merges settings, not variables)')
+    return lines
+
+
+def _common_number(value) -> bool:
+    return isinstance(value, bool) or not isinstance(
+        value, (str, int, float, tuple, list, dict)) or (
+        isinstance(value, (int, float)) and value in (-1, 0, 1))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    if len(text) <= 40:
+        return text
+    return (f'[{len(value)} items]' if isinstance(value, (list, tuple))
+            else text[:37] + '...')
+
+
+def _at(root, dotted: str):
+    node = root
+    for part in dotted.split('.'):
+        node = _child(node, part)
+        if node is _MISSING:
+            break
+    return node
 
 
 def _paths_holding(node, value, path: str = ''):
