@@ -391,13 +391,20 @@ def test_ablation_table_and_curve_lines():
 
 
 def test_plot_ablation_writes_a_png(tmp_path):
+    """The figure, its legend's mIoU to two decimals (was: one, so 1.39
+    and 1.42 both read '1.4 mIoU')."""
     path = tmp_path / 'ablation.png'
-    plot_ablation(fake_rows(), dict(OS8=dict(backbone_gmacs=0.39, mIoU=40.1),
-                                    OS16=dict(backbone_gmacs=0.14,
-                                              mIoU=33.2)), str(path))
+    labels = plot_ablation(
+        fake_rows(), dict(OS8=dict(backbone_gmacs=0.39, mIoU=1.42),
+                          OS16=dict(backbone_gmacs=0.14, mIoU=1.39)),
+        str(path))
     assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     image = cv2.imread(str(path))
     assert image is not None and image.shape[1] > image.shape[0] > 300
+    assert 'dense OS8 (1.42 mIoU)' in labels and \
+        'dense OS16 (1.39 mIoU)' in labels, labels
+    assert f'{next(iter(fake_rows()))}: own rule (38.20 mIoU)' in labels, \
+        labels
 
 
 def test_top_k_mask_reaches_the_ratio_through_ties():

@@ -9,6 +9,7 @@ import os
 import os.path as osp
 import re
 import sys
+import textwrap
 
 import cv2
 import numpy as np
@@ -382,6 +383,27 @@ def test_publish_model_names_a_bad_input(tmp_path):
     assert not list(tmp_path.glob('x*'))
 
 
+def test_publish_model_hash_does_not_depend_on_the_output_name(tmp_path):
+    """The same checkpoint published as r1.pth and r2.pth: the same bytes,
+    so the same hash in the name (was: torch.save(obj, path) names the
+    archive's folder after the file, and the hashes differed)."""
+    src = tmp_path / 'iter_30.pth'
+    torch.save(dict(meta=dict(iter=30, cfg='model = dict()'),
+                    state_dict={'a.weight': torch.ones(4, 3)},
+                    optimizer={}), src)
+    publish = tool('tools/misc/publish_model.py').main
+    first = publish([str(src), str(tmp_path / 'one' / 'r1.pth')])
+    second = publish([str(src), str(tmp_path / 'two' / 'r2.pth')])
+    assert osp.basename(first)[len('r1'):] == \
+        osp.basename(second)[len('r2'):], (first, second)
+    assert open(first, 'rb').read() == open(second, 'rb').read()
+    sha = hashlib.sha256(open(first, 'rb').read()).hexdigest()
+    assert first.endswith(f'-{sha[:8]}.pth')
+    ckpt = torch.load(first, map_location='cpu', weights_only=True)
+    assert set(ckpt) == {'meta', 'state_dict'}
+    assert torch.equal(ckpt['state_dict']['a.weight'], torch.ones(4, 3))
+
+
 # ---------------------------------------------------- mmseg2selds
 
 
@@ -417,6 +439,49 @@ def test_mmseg2selds_converts_a_deeplabv3_checkpoint(tmp_path, capsys):
     selds.load_state_dict(ckpt['state_dict'], strict=True)
     for key, value in src_state.items():
         assert torch.equal(selds.state_dict()[key], value), key
+
+
+def test_mmseg2selds_of_a_complete_source_lists_no_missing_keys(
+        tmp_path, capsys):
+    """A source that has every tensor of the model (a converted or
+    trained selective checkpoint): no line about missing keys (was:
+    '0 tensors not in the source ... (missing keys): ' and nothing)."""
+    mmseg_deeplabv3(tmp_path / 'deeplabv3.pth')
+    convert = tool('tools/model_converters/mmseg2selds.py').main
+    convert([str(tmp_path / 'deeplabv3.pth'), SELDS_DEMO,
+             str(tmp_path / 'selds.pth')])
+    capsys.readouterr()
+    done = convert([str(tmp_path / 'selds.pth'), SELDS_DEMO,
+                    str(tmp_path / 'again.pth')])
+    out = capsys.readouterr().out
+    assert not done['initialised'] and done['copied']
+    assert 'missing keys' not in out and 'tensors not in the source' \
+        not in out, out
+    assert f"copied {len(done['copied'])} tensors" in out
+    assert 'no tensor of the source is dropped' in out
+
+
+@pytest.mark.parametrize('script, argv, usage', [
+    ('tools/model_converters/mmseg2selds.py', ['{config}', '{src}', '{dst}'],
+     'mmseg2selds.py takes SRC CONFIG DST: the mmseg checkpoint, then the '
+     'selective config, then the output'),
+    ('tools/misc/publish_model.py', ['{config}', '{dst}'],
+     'publish_model.py takes IN OUT: the trained checkpoint, then the '
+     'output name')])
+def test_checkpoint_tools_hint_their_own_argument_order(tmp_path, script,
+                                                        argv, usage):
+    """A config where the checkpoint belongs (mmseg2selds.py CONFIG
+    SRC.pth OUT.pth): the hint gives the tool's own arguments (was: 'The
+    tools take CONFIG CHECKPOINT, then the rest', wrong for both)."""
+    src = tmp_path / 'deeplabv3.pth'
+    torch.save(dict(state_dict={'a.weight': torch.ones(2)}), src)
+    names = dict(config=SELDS_DEMO, src=str(src),
+                 dst=str(tmp_path / 'out.pth'))
+    with pytest.raises(SystemExit) as info:
+        tool(script).main([a.format(**names) for a in argv])
+    assert str(info.value) == f'error: {SELDS_DEMO} is not a checkpoint ' \
+        f'but a text file (arguments in the wrong order? {usage})'
+    assert not list(tmp_path.glob('out*'))
 
 
 def test_a_converted_checkpoint_is_untrained_for_inference(tmp_path, caplog):
@@ -636,6 +701,11 @@ def test_mmseg2selds_no_strict_load_converts_what_fits(tmp_path, capsys,
 
 # ---------------------------------------------------- model zoo files
 
+# the metrics a model's Results may give (ds_ratio: the down-sampling
+# ratio tools/test.py prints)
+ZOO_METRICS = {'mIoU', 'mIoU(ms+flip)', 'ds_ratio'}
+
+
 def test_model_index_metafile_and_readme_cover_every_selds_config():
     import yaml
     index = yaml.safe_load(open(osp.join(ROOT, 'model-index.yml')))
@@ -651,7 +721,7 @@ def test_model_index_metafile_and_readme_cover_every_selds_config():
         listed.add(model['Config'])
         for result in model.get('Results') or []:
             assert result['Task'] == 'Semantic Segmentation'
-            assert set(result['Metrics']) <= {'mIoU', 'mIoU(ms+flip)'}
+            assert set(result['Metrics']) <= ZOO_METRICS
     configs = {f'configs/selds/{f}' for f in
                os.listdir(osp.join(ROOT, 'configs', 'selds'))
                if f.endswith('.py')}
@@ -659,6 +729,27 @@ def test_model_index_metafile_and_readme_cover_every_selds_config():
     readme = open(osp.join(ROOT, 'configs', 'selds', 'README.md')).read()
     for config in configs:
         assert osp.basename(config) in readme, config
+
+
+def test_readme_model_zoo_example_is_a_metafile_entry():
+    """configs/selds/README.md's example of a trained model's metafile
+    entry (Results, Weights of a published file) is one the model-zoo
+    test above accepts, for an existing config."""
+    import yaml
+    readme = open(osp.join(ROOT, 'configs', 'selds', 'README.md')).read()
+    section = readme.split('### Adding a trained model to the model zoo')[1]
+    block = section.split('```yaml\n')[1].split('```')[0]
+    model, = yaml.safe_load(textwrap.dedent(block))
+    assert osp.isfile(osp.join(ROOT, model['Config']))
+    assert model['Name'] == osp.splitext(osp.basename(model['Config']))[0]
+    assert model['In Collection'] == 'SelDS'
+    result, = model['Results']
+    assert result['Task'] == 'Semantic Segmentation'
+    assert result['Dataset'] == 'Cityscapes'
+    assert {'mIoU', 'ds_ratio'} <= set(result['Metrics']) <= ZOO_METRICS
+    assert re.fullmatch(r'https://\S+/' + re.escape(model['Name']) +
+                        r'-[0-9a-f]{8}\.pth', model['Weights'])
+    assert 'publish_model.py' in section
 
 
 def test_analysis_tools_name_a_checkpoint_that_does_not_fit(tmp_path,

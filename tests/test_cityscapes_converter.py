@@ -4,6 +4,8 @@ the download's layout -> label images that mmseg's CityscapesDataset loads
 import json
 import os
 import os.path as osp
+import re
+import subprocess
 import sys
 
 import cv2
@@ -131,32 +133,92 @@ def test_coarse_annotations_with_train_extra(tmp_path):
         convert_cityscapes(root, gt_dir='gtCoarse')
 
 
-@pytest.mark.parametrize('case', ['no_gt_dir', 'no_polygons',
-                                  'unknown_label', 'missing_image'])
+@pytest.mark.parametrize('case', ['no_gt_dir', 'no_coarse_dir',
+                                  'no_polygons', 'unknown_label',
+                                  'missing_image', 'one_point_polygon',
+                                  'empty_polygon', 'resized_image'])
 def test_named_errors(tmp_path, case):
+    """Each bad tree: one error line naming what is wrong, before any
+    label image is written (was, for a polygon of fewer than 2 points:
+    cityscapesscripts' TypeError after some label images were written;
+    for down-sampled images: no error, and mmseg's crash at the first
+    validation; for gtCoarse: the zip of gtFine named)."""
     pytest.importorskip('cityscapesscripts')
     root = tmp_path / 'cityscapes'
+    args = []
     if case == 'no_gt_dir':
         root.mkdir()
-        expect = 'no annotation folder'
+        expect = ('no annotation folder', '(from gtFine_trainvaltest.zip)')
+    elif case == 'no_coarse_dir':
+        _stand_in(root)  # gtFine only
+        args = ['--gt-dir', 'gtCoarse']
+        expect = ('no annotation folder', 'holding gtCoarse/ (from '
+                  'gtCoarse.zip) and leftImg8bit/')
+    elif case in ('one_point_polygon', 'empty_polygon'):
+        polygon = [[3, 3]] if case == 'one_point_polygon' else []
+        # the license plate (never drawn) may be degenerate: no error
+        _stand_in(root, objects=OBJECTS + [('license plate', [])])
+        bad = osp.join(root, 'gtFine', 'val', STEMS['val'][0] +
+                       '_gtFine_polygons.json')
+        with open(bad, 'w') as f:
+            json.dump(dict(imgHeight=H, imgWidth=W, objects=[
+                dict(label=label, polygon=points)
+                for label, points in OBJECTS[:2] + [('car', polygon)]]), f)
+        expect = (f"{bad}: object 2 ('car') has a polygon of "
+                  f"{len(polygon)} point{'s' * (not polygon)}; "
+                  'cityscapesscripts cannot draw fewer than 2', )
+    elif case == 'resized_image':
+        _stand_in(root)
+        image = osp.join(root, 'leftImg8bit', 'val',
+                         STEMS['val'][0] + '_leftImg8bit.png')
+        cv2.imwrite(image, np.zeros((H // 2, W // 2, 3), np.uint8))
+        expect = ("1 annotations do not have their image's size (width x "
+                  f'height): {root}/gtFine/val/{STEMS["val"][0]}_gtFine_'
+                  f'polygons.json gives {W}x{H}, {image} is {W // 2}x'
+                  f'{H // 2}. ', 'the first validation')
     elif case == 'no_polygons':
         (root / 'gtFine' / 'train').mkdir(parents=True)
-        expect = 'no *_polygons.json annotation files'
+        expect = ('no *_polygons.json annotation files', )
     elif case == 'unknown_label':
         _stand_in(root, objects=[('roadd', [[0, 0], [5, 0], [5, 5]])])
-        expect = "label 'roadd' is not a Cityscapes label"
+        expect = ("label 'roadd' is not a Cityscapes label", )
     else:
         _stand_in(root, images=False)
-        expect = 'annotated images are missing'
-    run = toolrun.run([sys.executable, SCRIPT, str(root)], cwd=ROOT,
+        expect = ('annotated images are missing', )
+    run = toolrun.run([sys.executable, SCRIPT, str(root)] + args, cwd=ROOT,
                       capture_output=True, text=True)
     assert run.returncode != 0
-    assert expect in run.stderr, run.stderr
-    assert 'Traceback' not in run.stderr, run.stderr
+    assert run.stderr.startswith('error: ') and \
+        run.stderr.count('\n') == 1, run.stderr
+    for text in expect:
+        assert text in run.stderr, run.stderr
     if case == 'unknown_label':  # the file is named
         assert '_gtFine_polygons.json' in run.stderr, run.stderr
-    if case == 'missing_image':  # and nothing was written
-        assert not list((root / 'gtFine').rglob('*_labelTrainIds.png'))
+    if root.is_dir():  # nothing was written
+        assert not list(root.rglob('*_labelTrainIds.png'))
+        assert not list(root.glob('*.txt'))
+
+
+def test_an_error_in_a_worker_ends_cleanly(tmp_path):
+    """--nproc 2 and a file that cannot be written: the pool is closed
+    and the error starts its own line, after the progress bar's (was:
+    'error: ...' glued to the bar, then 'Exception ignored in: <function
+    Pool.__del__ ...> OSError: [Errno 9] Bad file descriptor')."""
+    pytest.importorskip('cityscapesscripts')
+    root = _stand_in(tmp_path / 'cityscapes')
+    label = osp.join(root, 'gtFine', 'train',
+                     STEMS['train'][0] + '_gtFine_labelTrainIds.png')
+    os.makedirs(label)  # a folder where the label image goes
+    # a real interpreter: its exit is where the pool left open failed
+    run = subprocess.run([sys.executable, SCRIPT, root, '--nproc', '2'],
+                         cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=300)
+    out = run.stdout
+    assert run.returncode == 1, out
+    assert re.search(f'^error: cannot convert .*{re.escape(label)}', out,
+                     re.M), out
+    assert '0/4' in out.split('error: ')[0]  # after the bar's line
+    assert 'Exception ignored' not in out and 'Traceback' not in out, out
 
 
 def test_missing_cityscapesscripts_is_named(tmp_path, monkeypatch):

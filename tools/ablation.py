@@ -572,7 +572,8 @@ def main(argv=None):
                   'input)',
                   ylabel='mIoU (%) on the val set',
                   title='CAD vs Prop. 1 vs Prop. 2: threshold sweeps '
-                  f'(mean ± half-range, {len(args.seeds)} seeds)')
+                  f'(mean ± half-range, {len(args.seeds)} seed'
+                  f'{"s" * (len(args.seeds) != 1)})')
     elapsed = time.time() - START
     summary = (f'\n{table}\n\nthreshold sweeps (mIoU, mean ± half-range over '
                f'seeds):\n{curves}\n\n{text}\n\ntotal time '

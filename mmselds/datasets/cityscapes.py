@@ -10,14 +10,18 @@ ids, and ``train.txt`` / ``val.txt`` / ``test.txt`` listing each split's
 image stems), with the checks a first conversion needs: a missing
 ``cityscapesscripts``, a wrong folder, no polygon files, an unknown label
 (``cityscapesscripts`` exits the process on one; here every file is
-checked before any is drawn) and annotations without their ``leftImg8bit``
-image are named, not discovered at training time.
+checked before any is drawn), a polygon of fewer than 2 points (which
+``json2labelImg`` cannot draw), annotations without their ``leftImg8bit``
+image and annotations whose image size is not their image's (down-sampled
+images: labels of another size stop mmseg at the first validation) are
+named, not discovered at training time.
 """
 import json
 import os
 import os.path as osp
 import re
-from typing import Dict, List, Optional
+from multiprocessing import Pool
+from typing import Dict, List, Optional, Tuple
 
 SPLITS = ('train', 'val', 'test', 'train_extra')  # train_extra: gtCoarse
 # <stem>_gtFine_polygons.json -> <stem>_gtFine_labelTrainIds.png (the same
@@ -26,6 +30,8 @@ POLYGON_SUFFIX = '_polygons.json'
 LABEL_SUFFIX = '_labelTrainIds.png'
 ANNOTATION_TAG = re.compile(r'_gt[A-Za-z]+$')  # _gtFine, _gtCoarse
 IMAGE_SUFFIX = '_leftImg8bit.png'
+# the download each annotation folder comes from
+GT_ZIPS = {'gtFine': 'gtFine_trainvaltest.zip', 'gtCoarse': 'gtCoarse.zip'}
 
 
 class CityscapesConversionError(RuntimeError):
@@ -54,11 +60,14 @@ def image_stem(polygon_file: str) -> str:
     return ANNOTATION_TAG.sub('', polygon_file[:-len(POLYGON_SUFFIX)])
 
 
-def check_polygon_file(polygon_file: str) -> None:
+def check_polygon_file(polygon_file: str) -> Tuple[int, int]:
     """Raise :class:`CityscapesConversionError` naming ``polygon_file``
     unless it is a readable annotation whose labels are all Cityscapes
     labels (as ``json2labelImg`` reads them: ``<label>group`` counts as
-    ``<label>``; deleted objects are skipped)."""
+    ``<label>``; deleted objects are skipped) and whose drawn polygons
+    have 2 points or more (``json2labelImg`` fails on fewer; objects it
+    does not draw, deleted or of a negative id, may have any). Returns
+    the image size it gives, (height, width)."""
     _json2label()  # a named error without cityscapesscripts
     from cityscapesscripts.helpers.labels import name2label
     try:
@@ -74,7 +83,7 @@ def check_polygon_file(polygon_file: str) -> None:
     if min(size) < 1:
         raise CityscapesConversionError(
             f'{polygon_file}: image size {size} is empty')
-    for label, deleted, _ in objects:
+    for i, (label, deleted, polygon) in enumerate(objects):
         if deleted:
             continue
         known = label if label in name2label else \
@@ -83,6 +92,14 @@ def check_polygon_file(polygon_file: str) -> None:
             raise CityscapesConversionError(
                 f'{polygon_file}: label {label!r} is not a Cityscapes label '
                 '(cityscapesscripts.helpers.labels)')
+        points = len(polygon) if isinstance(polygon, list) else 0
+        if name2label[known].id >= 0 and points < 2:
+            raise CityscapesConversionError(
+                f'{polygon_file}: object {i} ({label!r}) has a polygon of '
+                f'{points} point{"" if points == 1 else "s"}; '
+                'cityscapesscripts cannot draw fewer than 2 (remove the '
+                'object, or mark it "deleted": 1)')
+    return size
 
 
 def _draw(polygon_file: str) -> str:
@@ -102,6 +119,30 @@ def _draw(polygon_file: str) -> str:
             f'cannot convert {polygon_file}: {type(e).__name__}: {e}') \
             from None
     return out
+
+
+def _draw_all(files: List[str], nproc: int, progress: bool) -> None:
+    """:func:`_draw` every file, in ``nproc`` processes, with mmengine's
+    progress bar. On an error the workers are stopped (the pool is closed,
+    not left to the interpreter's exit) and the bar's line is ended, so
+    that the error starts a line of its own."""
+    from mmengine.utils import ProgressBar
+    bar = ProgressBar(len(files)) if progress else None
+    try:
+        if nproc > 1:
+            with Pool(nproc) as pool:  # terminated on leaving, error or not
+                for _ in pool.imap_unordered(_draw, files):
+                    if bar is not None:
+                        bar.update()
+        else:
+            for f in files:
+                _draw(f)
+                if bar is not None:
+                    bar.update()
+    finally:
+        if bar is not None:
+            bar.file.write('\n')
+            bar.file.flush()
 
 
 def _polygon_files(folder: str) -> List[str]:
@@ -146,10 +187,11 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     _json2label()  # named error before any work
     gt_root = osp.join(data_root, gt_dir)
     if not osp.isdir(gt_root):
+        source = GT_ZIPS.get(osp.basename(osp.normpath(gt_dir)))
         raise CityscapesConversionError(
             f'no annotation folder {gt_root}: data_root must be the '
-            f'Cityscapes root holding {gt_dir}/ (from the download, e.g. '
-            f'gtFine_trainvaltest.zip) and {img_dir}/')
+            f'Cityscapes root holding {gt_dir}/ (from '
+            + (source or 'the Cityscapes download') + f') and {img_dir}/')
     files = _polygon_files(gt_root)
     if not files:
         raise CityscapesConversionError(
@@ -157,7 +199,7 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
     by_split = {s: [f for f in files if osp.relpath(f, gt_root).split(
         os.sep)[0] == s] for s in SPLITS}
     splits = [s for s in SPLITS if by_split[s]]
-    missing = []
+    missing, images = [], {}
     for split in splits:
         if split == 'test':  # no labels to train with
             continue
@@ -167,6 +209,7 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
                              image_stem(rel) + IMAGE_SUFFIX)
             if not osp.isfile(image):
                 missing.append(image)
+            images[f] = image
     if missing:
         raise CityscapesConversionError(
             f'{len(missing)} annotated images are missing (first: '
@@ -174,17 +217,31 @@ def convert_cityscapes(data_root: str, gt_dir: str = 'gtFine',
             + (' and leftImg8bit_trainextra.zip' if any(
                 f'{os.sep}train_extra{os.sep}' in m for m in missing)
                else '') + f' into {data_root}')
-    for f in files:  # every file readable and its labels known: then draw
-        check_polygon_file(f)
+    from PIL import Image
+    resized = []
+    for f in files:  # every file readable and drawable: then draw
+        height, width = check_polygon_file(f)
+        if f in images:
+            try:  # the header only: PIL reads the pixels lazily
+                with Image.open(images[f]) as img:
+                    size = img.size
+            except OSError as e:
+                raise CityscapesConversionError(
+                    f'cannot read the image {images[f]} ({e})') from None
+            if size != (width, height):
+                resized.append(f'{f} gives {width}x{height}, {images[f]} '
+                               f'is {size[0]}x{size[1]}')
+    if resized:
+        raise CityscapesConversionError(
+            f'{len(resized)} annotations do not have their image\'s size '
+            '(width x height): ' + '; '.join(resized[:3])
+            + (f'; ... ({len(resized) - 3} more)' if len(resized) > 3
+               else '') + '. The label images would not match the images '
+            '(mmseg stops at the first validation): convert with the '
+            f'original {img_dir} images of the download; to train at '
+            'another size, resize in the pipeline (Resize), not the files')
 
-    from mmengine.utils import track_parallel_progress, track_progress
-    if nproc > 1:
-        track_parallel_progress(_draw, files, nproc)
-    elif progress:
-        track_progress(_draw, files)
-    else:
-        for f in files:
-            _draw(f)
+    _draw_all(files, nproc, progress)
 
     out_dir = out_dir or data_root
     os.makedirs(out_dir, exist_ok=True)

@@ -83,9 +83,15 @@ def download_error(err: BaseException) -> Optional[str]:
             '(configs/selds/README.md)')
 
 
-def read_checkpoint(path: str, map_location='cpu') -> dict:
+def read_checkpoint(path: str, map_location='cpu',
+                    usage: Optional[str] = None) -> dict:
     """The checkpoint dict stored at ``path`` (a local file or anything
     mmengine's ``_load_checkpoint`` reads: URLs, ``open-mmlab://``...).
+
+    ``usage`` ends the hint for an image or a text file given instead
+    (arguments in the wrong order?): the calling tool's arguments, e.g.
+    'mmseg2selds.py takes SRC CONFIG DST'; default: 'The tools take
+    CONFIG CHECKPOINT, then the rest'.
 
     Raises:
         InvalidCheckpointError (a ``ValueError``): the file is missing, empty,
@@ -109,9 +115,8 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
             raise InvalidCheckpointError(failed) from err
         kind = None if _is_remote(path) else file_kind(path)
         if kind:
-            hint = _KIND_HINTS.get(kind, 'arguments in the wrong order? The '
-                                   'tools take CONFIG CHECKPOINT, then the '
-                                   'rest')
+            hint = _KIND_HINTS.get(kind, 'arguments in the wrong order? ' + (
+                usage or 'The tools take CONFIG CHECKPOINT, then the rest'))
             raise InvalidCheckpointError(
                 f'{path} is not a checkpoint but {kind} ({hint})') from err
         reason = ' '.join(str(err).split())

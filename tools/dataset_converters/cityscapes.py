@@ -1,8 +1,10 @@
 """Convert Cityscapes annotations to the train-id label images mmseg reads.
 
 mmseg's converter (same arguments and outputs), with named errors for a
-missing ``cityscapesscripts``, a wrong folder, an unknown label or
-annotations without their image. Needs ``pip install cityscapesscripts``.
+missing ``cityscapesscripts``, a wrong folder, an unknown label, a polygon
+of fewer than 2 points, annotations without their image or of another
+size than their image (down-sampled images), all before any label image
+is written. Needs ``pip install cityscapesscripts``.
 
 Example (``data/cityscapes`` holding ``gtFine/`` and ``leftImg8bit/``)::
 

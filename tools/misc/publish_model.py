@@ -8,7 +8,8 @@ calibration (``meta['mask_calibration']``: the floats of
 ``backbone.mask_head.calibrated_threshold``, None where NaN, i.e. none),
 and holds plain Python types only, so that the file loads with
 ``torch.load(path, weights_only=True)``. The file is then renamed
-``{OUT stem}-{first 8 hex digits of its sha256}.pth``.
+``{OUT stem}-{first 8 hex digits of its sha256}.pth``; its bytes, and so
+the hash, do not depend on OUT.
 
 Example::
 
@@ -17,6 +18,7 @@ Example::
 """
 import argparse
 import hashlib
+import io
 import math
 import os
 import os.path as osp
@@ -33,6 +35,9 @@ from mmselds.utils.checkpoint import (InvalidCheckpointError, read_checkpoint,
                                       state_dict_of)
 
 CALIBRATION = ('trained_ratio', 'calibrated_threshold')
+# the end of the hint for a config or an image given as IN
+USAGE = ('publish_model.py takes IN OUT: the trained checkpoint, then the '
+         'output name')
 PREFIX = 'backbone.mask_head.'
 
 
@@ -85,7 +90,7 @@ def versions() -> dict:
 
 def process_checkpoint(in_file: str, out_file: str) -> str:
     """Write the published checkpoint; returns its final path."""
-    ckpt = read_checkpoint(in_file)
+    ckpt = read_checkpoint(in_file, usage=USAGE)
     if 'state_dict' not in ckpt:
         raise InvalidCheckpointError(
             f'{in_file} has no state_dict: not an mmengine checkpoint '
@@ -104,12 +109,15 @@ def process_checkpoint(in_file: str, out_file: str) -> str:
     stem = out_file[:-4] if out_file.endswith('.pth') else out_file
     tmp = stem + '.pth.tmp'
     os.makedirs(osp.dirname(osp.abspath(tmp)), exist_ok=True)
-    torch.save(published, tmp)
-    sha = hashlib.sha256()
-    with open(tmp, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            sha.update(block)
-    final = f'{stem}-{sha.hexdigest()[:8]}.pth'
+    # saved to a buffer: torch.save(obj, path) names the archive's folder
+    # after the file, which would make the bytes (and the hash in the
+    # name) depend on OUT; a buffer's archive is always 'archive/'
+    buffer = io.BytesIO()
+    torch.save(published, buffer)
+    data = buffer.getvalue()
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    final = f'{stem}-{hashlib.sha256(data).hexdigest()[:8]}.pth'
     os.replace(tmp, final)
     dropped = sorted(k for k in ckpt if k not in ('meta', 'state_dict'))
     print(f'dropped: {", ".join(dropped) if dropped else "nothing"}')

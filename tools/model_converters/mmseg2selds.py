@@ -73,6 +73,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+# the end of the hint for a config or an image given as SRC
+USAGE = ('mmseg2selds.py takes SRC CONFIG DST: the mmseg checkpoint, then '
+         'the selective config, then the output')
 # an ImageNet classifier a bare backbone may carry: dropped, not an error
 CLASSIFIER = ('fc.', )
 
@@ -98,7 +101,7 @@ def convert(src: str, config: str, dst: str, cfg_options=None,
         ValueError: a file that is not a checkpoint, or a config that does
             not build a selective model.
     """
-    state = state_dict_of(read_checkpoint(src), src)
+    state = state_dict_of(read_checkpoint(src, usage=USAGE), src)
     bare = is_bare_backbone(state)
     classifier = []
     if bare:
@@ -153,11 +156,12 @@ def main(argv=None):
     print(f'copied {len(done["copied"])} tensors')
     # by module; each key too when the source did not fit (those matter)
     listed = not done['diff'].ok
-    print(f'{len(done["initialised"])} tensors not in the source (or of '
-          'another shape) keep the config\'s initialisation (missing '
-          f'keys): {module_prefixes(done["initialised"], counts=True)}')
-    for k in done['initialised'] if listed else ():
-        print(f'  {k}')
+    if done['initialised']:  # none: a source with every tensor
+        print(f'{len(done["initialised"])} tensors not in the source (or of '
+              'another shape) keep the config\'s initialisation (missing '
+              f'keys): {module_prefixes(done["initialised"], counts=True)}')
+        for k in done['initialised'] if listed else ():
+            print(f'  {k}')
     if done['dropped']:
         print(f'{len(done["dropped"])} tensors of the source have no place '
               'in the model and are dropped (unexpected keys): '
