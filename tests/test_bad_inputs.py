@@ -147,6 +147,22 @@ def test_check_names_labels_that_do_not_fit_their_images(tmp_path):
                           'none.pth', '--cfg-options', *cfg_options(root)])
     assert 'Traceback' not in out and 'is 256x128 pixels, its image' in out, \
         out[-3000:]
+    # a JPEG stored sideways with an EXIF rotation is read upright (mmcv
+    # applies the tag), so labels of its upright size fit
+    from PIL import Image
+
+    from mmselds.datasets.checks import check_label_files
+    photo, label = str(tmp_path / 'photo.jpg'), str(tmp_path / 'photo.png')
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    Image.new('RGB', (80, 40)).save(photo, exif=exif)
+    assert cv2.imread(photo).shape[:2] == (80, 40)  # upright: 40x80
+    Image.new('L', (40, 80)).save(label)
+    check_label_files([(photo, label)])
+    Image.new('L', (80, 40)).save(label)
+    with pytest.raises(InvalidLabelError, match='is 80x40 pixels, its image '
+                       '.*photo.jpg 40x80'):
+        check_label_files([(photo, label)])
 
 
 def test_label_ids_are_one_error_line_in_training(tmp_path):
@@ -306,6 +322,26 @@ def test_a_config_that_changes_a_base_variable_gets_a_hint(tmp_path):
         'variables)']
     mine.write_text(
         f"_base_ = [{SELDS_DEMO!r}]\ncrop_size = (64, 128)\n"
+        "model = dict(data_preprocessor=dict(size=crop_size))\n"
+        "train_dataloader = dict(dataset=dict(pipeline=[\n"
+        "    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),\n"
+        "    dict(type='RandomCrop', crop_size=crop_size),\n"
+        "    dict(type='PackSegInputs')]))\n")
+    assert stale_variables(str(mine), read_config(mine)) == []
+    # a base of a package (mmseg::), as real Cityscapes configs have
+    mine.write_text("_base_ = ['mmseg::_base_/datasets/cityscapes.py']\n"
+                    "crop_size = (256, 256)\n")
+    assert stale_variables(str(mine), read_config(mine)) == [
+        'mine.py: crop_size = (256, 256) changes a variable that '
+        'mmseg::_base_/datasets/cityscapes.py used when it was read; these '
+        'settings still hold its old value (512, 1024): '
+        'train_dataloader.dataset.pipeline.3.crop_size; set them in this file'
+        ' too (mmengine merges settings, not variables)']
+    # the top-level data_preprocessor is unused next to the model's
+    cad = os.path.join(ROOT, 'configs', 'selds', 'deeplabv3-selds-cad_r50-d8_'
+                       '4xb2-80k_cityscapes-512x1024.py')
+    mine.write_text(
+        f"_base_ = [{cad!r}]\ncrop_size = (256, 512)\n"
         "model = dict(data_preprocessor=dict(size=crop_size))\n"
         "train_dataloader = dict(dataset=dict(pipeline=[\n"
         "    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),\n"

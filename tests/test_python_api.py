@@ -195,3 +195,13 @@ def test_images_given_as_arrays_are_checked(checkpoints):
                                  device='cpu', show_progress=False)
     with pytest.raises(ValueError, match='dtype uint16'):
         inferencer(IMAGE.astype(np.uint16) * 257)
+    # a model of other input channels (RGB + near infrared) takes its own
+    from mmselds.apis import check_image
+    from mmselds.apis.inference import input_channels
+    assert input_channels(model) == 3
+    four = np.dstack([IMAGE, IMAGE[..., :1]])
+    check_image(four, 4)
+    with pytest.raises(ValueError, match=r'\(128, 256, 3\): the model takes '
+                       r'\(H, W, 4\) arrays'):
+        check_image(IMAGE, 4)
+    check_image(IMAGE[..., 0], 1)

@@ -21,35 +21,40 @@ from mmseg.apis import inference_model as _mmseg_inference_model
 from ..utils.model_io import build_segmentor
 
 
-def check_image(image) -> None:
+def check_image(image, channels: int = 3) -> None:
     """Raise ``ValueError`` naming the problem if an image given as an
     array is not what mmseg's pipeline takes from ``cv2.imread``: an
     (H, W, 3) BGR array of 8-bit values (``uint8``, or floats of the same
-    0-255 scale). mmseg runs a 16-bit, boolean or 0-1 float array without
-    a word (to wrong logits and masks) and fails deep inside on other
+    0-255 scale), or (H, W, ``channels``) for a model of other input
+    channels. mmseg runs a 16-bit, boolean or 0-1 float array without a
+    word (to wrong logits and masks) and fails deep inside on other
     shapes. Paths pass (the pipeline reads and converts the file)."""
+    want = f'(H, W, {channels})' + (' BGR' if channels == 3 else '')
     if not isinstance(image, np.ndarray):
         if isinstance(image, torch.Tensor):
             raise ValueError(
                 f'got a torch.Tensor of shape {tuple(image.shape)}: give an '
-                '(H, W, 3) BGR numpy array as cv2.imread returns, or a path')
+                f'{want} numpy array as cv2.imread returns, or a path')
         return
     shape = tuple(image.shape)
-    if image.ndim == 3 and shape[0] in (1, 3, 4) and shape[2] not in (3, 4):
+    fits = (image.ndim == 3 and shape[2] == channels) or (
+        image.ndim == 2 and channels == 1)
+    if not fits and image.ndim == 3 and shape[0] == channels:
         raise ValueError(
-            f'image of shape {shape} looks channels-first: give (H, W, 3), '
+            f'image of shape {shape} looks channels-first: give {want}, '
             'e.g. image.transpose(1, 2, 0)')
-    if image.ndim == 2 or (image.ndim == 3 and shape[2] == 1):
+    if not fits and channels == 3 and (
+            image.ndim == 2 or (image.ndim == 3 and shape[2] == 1)):
         raise ValueError(
-            f'image of shape {shape} is single-channel: give (H, W, 3) BGR, '
+            f'image of shape {shape} is single-channel: give {want}, '
             'e.g. cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)')
-    if image.ndim == 3 and shape[2] == 4:
+    if not fits and channels == 3 and image.ndim == 3 and shape[2] == 4:
         raise ValueError(
             f'image of shape {shape} has 4 channels: give the 3 colour '
             'channels (BGR), e.g. image[..., :3] for BGRA')
-    if image.ndim != 3 or shape[2] != 3:
-        raise ValueError(f'image of shape {shape}: give an (H, W, 3) BGR '
-                         'array')
+    if not fits:
+        raise ValueError(f'image of shape {shape}: the model takes {want} '
+                         'arrays')
     if not image.size:
         raise ValueError(f'image of shape {shape} is empty')
     if image.dtype == np.uint8:
@@ -69,12 +74,22 @@ def check_image(image) -> None:
                      f'pixel values (uint8, 0-255){hint}')
 
 
+def input_channels(model: torch.nn.Module) -> int:
+    """The image channels a segmentor takes: its first convolution's
+    input channels (3 if it has none)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
 def inference_model(model: torch.nn.Module, img):
     """mmseg's ``inference_model`` (an image path or (H, W, 3) BGR array,
     or a list of them; a ``SegDataSample``, or a list) with the arrays
-    checked first (:func:`check_image`)."""
+    checked first (:func:`check_image`, for the model's input channels)."""
+    channels = input_channels(model)
     for image in img if isinstance(img, (list, tuple)) else [img]:
-        check_image(image)
+        check_image(image, channels)
     return _mmseg_inference_model(model, img)
 
 
@@ -126,8 +141,9 @@ class SelDSInferencer(MMSegInferencer):
 
     def _inputs_to_list(self, inputs) -> list:
         inputs = super()._inputs_to_list(inputs)
+        channels = input_channels(self.model)
         for image in inputs:
-            check_image(image)
+            check_image(image, channels)
         return inputs
 
     def _init_model(self, cfg, weights, device='cpu'):

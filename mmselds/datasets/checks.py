@@ -37,38 +37,52 @@ def check_labels(data_samples, num_classes: int, ignore_index,
     image (``ori_shape``; mmseg's metric would fail after the whole run).
     Data samples without labels pass."""
     import torch
-    for i, sample in enumerate(data_samples or ()):
-        if 'gt_sem_seg' not in sample:
-            continue
-        label = sample.gt_sem_seg.data
-        name = sample.metainfo.get('seg_map_path') or \
+    labelled = [(i, s) for i, s in enumerate(data_samples or ())
+                if 'gt_sem_seg' in s]
+
+    def name_of(i, sample):
+        return sample.metainfo.get('seg_map_path') or \
             f'the label of image {i} of the batch'
-        ori = sample.metainfo.get('ori_shape')
+
+    for i, sample in labelled:
+        label, ori = sample.gt_sem_seg.data, sample.metainfo.get('ori_shape')
         if image_sizes and ori is not None and \
                 tuple(label.shape[-2:]) != tuple(ori[:2]):
             h, w = label.shape[-2:]
             raise InvalidLabelError(
-                f'{name} is {w}x{h} pixels, its image '
+                f'{name_of(i, sample)} is {w}x{h} pixels, its image '
                 f'{sample.metainfo.get("img_path", "")} {ori[1]}x{ori[0]}: '
                 'a label map must be the size of its image (were the images '
                 'resized? Resize the labels too, with nearest neighbour)')
+
+    def out_of_range(label):
         bad = (label < 0) | (label >= num_classes)
-        if ignore_index is not None:
-            bad &= label != ignore_index
-        if bool(bad.any()):
-            values = torch.unique(label[bad]).tolist()
-            shown = ', '.join(map(str, values[:8])) + \
-                (', ...' if len(values) > 8 else '')
-            hint = ("; Cityscapes' *_gtFine_labelIds.png hold label IDs "
-                    '(0-33), the training IDs are the '
-                    '*_gtFine_labelTrainIds.png that '
-                    'tools/dataset_converters/cityscapes.py writes'
-                    if 'labelIds' in str(name) else '')
-            raise InvalidLabelError(
-                f'{name} holds label values {shown}: the model has '
-                f'{num_classes} classes (labels 0-{num_classes - 1}'
-                + (f', {ignore_index} = ignore' if ignore_index is not None
-                   else '') + f'){hint}')
+        return bad & (label != ignore_index) if ignore_index is not None \
+            else bad
+
+    if not labelled or not bool(torch.stack([
+            out_of_range(s.gt_sem_seg.data).any()
+            for _, s in labelled]).any()):  # one device sync per batch
+        return
+    for i, sample in labelled:
+        label = sample.gt_sem_seg.data
+        bad = out_of_range(label)
+        if not bool(bad.any()):
+            continue
+        name = name_of(i, sample)
+        values = torch.unique(label[bad]).tolist()
+        shown = ', '.join(map(str, values[:8])) + \
+            (', ...' if len(values) > 8 else '')
+        hint = ("; Cityscapes' *_gtFine_labelIds.png hold label IDs "
+                '(0-33), the training IDs are the '
+                '*_gtFine_labelTrainIds.png that '
+                'tools/dataset_converters/cityscapes.py writes'
+                if 'labelIds' in str(name) else '')
+        raise InvalidLabelError(
+            f'{name} holds label values {shown}: the model has '
+            f'{num_classes} classes (labels 0-{num_classes - 1}'
+            + (f', {ignore_index} = ignore' if ignore_index is not None
+               else '') + f'){hint}')
 
 
 def _dataset_class(dataset_type):
@@ -201,6 +215,10 @@ def check_label_files(pairs: Sequence, where: str = 'dataset',
             with Image.open(image_path) as image, \
                     Image.open(label_path) as label:
                 image_size, label_size = image.size, label.size
+                # mmcv reads images upright (EXIF orientation applied),
+                # labels as stored
+                if image.getexif().get(0x0112) in (5, 6, 7, 8):
+                    image_size = image_size[::-1]
                 wide = label.mode.startswith('I')
                 top = int(np.asarray(label).max()) if wide else 0
         except (OSError, ValueError):

@@ -182,11 +182,15 @@ def stale_variables(path: str, cfg) -> List[str]:
     if not names or not bases:
         return []
     final, lines = _plain(cfg), []
+
+    def unused(setting):  # the runner takes model.data_preprocessor first
+        return setting.startswith('data_preprocessor.') and \
+            'data_preprocessor' in (final.get('model') or {})
+
     for base in bases:
-        try:
+        try:  # a relative path or a package's (mmseg::), as mmengine
             old_root = _plain(Config.fromfile(
-                base if '::' in base else
-                osp.join(osp.dirname(path), base)))
+                Config._get_cfg_path(base, path)[0]))
         except Exception:  # the config read; a base it cannot read again
             continue
         for name in names:
@@ -196,7 +200,7 @@ def stale_variables(path: str, cfg) -> List[str]:
                 continue
             stale = [p for p in _paths_holding(old_root, old)
                      if p.split('.')[0] in RUNTIME_KEYS
-                     and _at(final, p) == old]
+                     and _at(final, p) == old and not unused(p)]
             if stale:
                 shown = ', '.join(stale[:4]) + (
                     f' ... ({len(stale) - 4} more)' if len(stale) > 4

@@ -204,14 +204,16 @@ def test_each_result_carries_its_mask_at_the_original_size():
     # 32 columns at the right; image 1: flipped, no padding
     data[0].set_metainfo(dict(img_shape=(48, 96), ori_shape=(40, 72),
                               padding_size=[0, 32, 0, 16]))
+    data[0].gt_sem_seg = PixelData(data=torch.zeros(1, 40, 72).long())
     data[1].set_metainfo(dict(flip=True, flip_direction='horizontal'))
     with torch.no_grad():
         results = model.predict(torch.randn(2, 3, 64, 128), data)
     cells = model.backbone.last_mask.float()
     assert 0 < float(cells.mean()) < 1  # both kinds of cells to place
     pixels = cells.repeat_interleave(16, 2).repeat_interleave(16, 3)
-    rows = (torch.arange(40) * 48 / 40).floor().long()
-    cols = (torch.arange(72) * 96 / 72).floor().long()
+    # nearest at pixel centres, as the logits' bilinear resize maps them
+    rows = ((torch.arange(40) + 0.5) * 48 / 40).floor().long()
+    cols = ((torch.arange(72) + 0.5) * 96 / 72).floor().long()
     first = results[0].ds_mask.data
     assert first.shape == results[0].pred_sem_seg.data.shape == (1, 40, 72)
     assert torch.equal(first[0], pixels[0, 0][rows][:, cols])
@@ -303,6 +305,18 @@ def test_labels_that_are_not_classes_are_an_error():
     with torch.no_grad():
         model.predict(x, data)  # labels of the image's size pass
         model.predict(x)  # no labels: nothing to check
+    # a binary head with one output (num_classes=1): labels 0 and 1
+    binary = build(SELDS_CFG, decode_head=dict(
+        Config.fromfile(SELDS_CFG).model.decode_head, num_classes=1,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True)))
+    data = samples(2, 64, 128)
+    for sample in data:
+        sample.gt_sem_seg.data = sample.gt_sem_seg.data % 2
+    binary.train().loss(x, data)
+    data[0].gt_sem_seg.data[0, 0, 0] = 2
+    with pytest.raises(InvalidLabelError, match=r'holds label values 2: the '
+                       r'model has 2 classes \(labels 0-1, 255 = ignore\)'):
+        binary.loss(x, data)
 
 
 def test_padding_sizes_and_test_mode_are_checked_at_build():

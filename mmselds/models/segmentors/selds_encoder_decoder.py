@@ -42,8 +42,8 @@ def cell_pixels(mask: Tensor, size) -> Tensor:
 def to_original_size(mask: Tensor, meta: dict) -> Tensor:
     """A (1, 1, H, W) input-sized map taken to the image's original size
     as mmseg's ``postprocess_result`` takes the logits: padding removed,
-    flip undone, resized (nearest, so cells keep their values) to
-    ``ori_shape``."""
+    flip undone, resized to ``ori_shape`` (nearest, so cells keep their
+    values; pixel centres as the logits' bilinear resize maps them)."""
     left, right, top, bottom = meta.get('img_padding_size',
                                         meta.get('padding_size', [0] * 4))
     H, W = mask.shape[2:]
@@ -52,7 +52,7 @@ def to_original_size(mask: Tensor, meta: dict) -> Tensor:
         mask = mask.flip(dims=(3, ) if meta.get('flip_direction') ==
                          'horizontal' else (2, ))
     return F.interpolate(mask, size=tuple(meta['ori_shape'][:2]),
-                         mode='nearest')
+                         mode='nearest-exact')
 
 
 def check_padding(data_preprocessor) -> None:
@@ -175,6 +175,13 @@ class SelDSEncoderDecoder(EncoderDecoder):
         self._mask_map = masks / count
         return preds / count
 
+    def _label_classes(self) -> int:
+        """How many label values are classes: ``num_classes``, and 0/1 for
+        a binary head with one output (mmseg's ``num_classes=1``)."""
+        head = self.decode_head
+        return max(head.num_classes, 2) if head.out_channels == 1 \
+            else head.num_classes
+
     def _trainable(self, name: str) -> bool:
         return any(name == p or name.startswith(p + '.')
                    for p in self.train_only)
@@ -243,7 +250,7 @@ class SelDSEncoderDecoder(EncoderDecoder):
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         self.check_finite(inputs, data_samples, 'training')
-        check_labels(data_samples, self.decode_head.num_classes,
+        check_labels(data_samples, self._label_classes(),
                      self.decode_head.ignore_index)
         self._masks = []
         losses = super().loss(inputs, data_samples)
@@ -256,7 +263,7 @@ class SelDSEncoderDecoder(EncoderDecoder):
     def predict(self, inputs: Tensor,
                 data_samples: OptSampleList = None) -> SampleList:
         self.check_finite(inputs, data_samples)
-        check_labels(data_samples, self.decode_head.num_classes,
+        check_labels(data_samples, self._label_classes(),
                      self.decode_head.ignore_index, image_sizes=True)
         self._masks = []
         results = super().predict(inputs, data_samples)
