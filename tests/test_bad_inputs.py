@@ -320,14 +320,20 @@ def test_a_config_that_changes_a_base_variable_gets_a_hint(tmp_path):
         'val_dataloader.dataset.data_root, test_dataloader.dataset.data_root;'
         ' set them in this file too (mmengine merges settings, not '
         'variables)']
-    mine.write_text(
-        f"_base_ = [{SELDS_DEMO!r}]\ncrop_size = (64, 128)\n"
-        "model = dict(data_preprocessor=dict(size=crop_size))\n"
-        "train_dataloader = dict(dataset=dict(pipeline=[\n"
-        "    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),\n"
-        "    dict(type='RandomCrop', crop_size=crop_size),\n"
-        "    dict(type='PackSegInputs')]))\n")
-    assert stale_variables(str(mine), read_config(mine)) == []
+
+    def with_the_settings(base, crop):
+        """``crop_size`` re-set with the settings that hold it."""
+        mine.write_text(
+            f"_base_ = [{base!r}]\ncrop_size = {crop}\n"
+            "model = dict(data_preprocessor=dict(size=crop_size))\n"
+            "train_dataloader = dict(dataset=dict(pipeline=[\n"
+            "    dict(type='LoadImageFromFile'), "
+            "dict(type='LoadAnnotations'),\n"
+            "    dict(type='RandomCrop', crop_size=crop_size),\n"
+            "    dict(type='PackSegInputs')]))\n")
+        return stale_variables(str(mine), read_config(mine))
+
+    assert with_the_settings(SELDS_DEMO, (64, 128)) == []
     # a base of a package (mmseg::), as real Cityscapes configs have
     mine.write_text("_base_ = ['mmseg::_base_/datasets/cityscapes.py']\n"
                     "crop_size = (256, 256)\n")
@@ -340,14 +346,7 @@ def test_a_config_that_changes_a_base_variable_gets_a_hint(tmp_path):
     # the top-level data_preprocessor is unused next to the model's
     cad = os.path.join(ROOT, 'configs', 'selds', 'deeplabv3-selds-cad_r50-d8_'
                        '4xb2-80k_cityscapes-512x1024.py')
-    mine.write_text(
-        f"_base_ = [{cad!r}]\ncrop_size = (256, 512)\n"
-        "model = dict(data_preprocessor=dict(size=crop_size))\n"
-        "train_dataloader = dict(dataset=dict(pipeline=[\n"
-        "    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),\n"
-        "    dict(type='RandomCrop', crop_size=crop_size),\n"
-        "    dict(type='PackSegInputs')]))\n")
-    assert stale_variables(str(mine), read_config(mine)) == []
+    assert with_the_settings(cad, (256, 512)) == []
     # through a tool: the warning in the log
     mine.write_text(f"_base_ = [{SELDS_DEMO!r}]\ncrop_size = (64, 128)\n")
     proc = toolrun.run([sys.executable, 'tools/analysis_tools/get_flops.py',
