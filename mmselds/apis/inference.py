@@ -39,20 +39,20 @@ def check_image(image, channels: int = 3) -> None:
     shape = tuple(image.shape)
     fits = (image.ndim == 3 and shape[2] == channels) or (
         image.ndim == 2 and channels == 1)
-    if not fits and image.ndim == 3 and shape[0] == channels:
-        raise ValueError(
-            f'image of shape {shape} looks channels-first: give {want}, '
-            'e.g. image.transpose(1, 2, 0)')
-    if not fits and channels == 3 and (
-            image.ndim == 2 or (image.ndim == 3 and shape[2] == 1)):
-        raise ValueError(
-            f'image of shape {shape} is single-channel: give {want}, '
-            'e.g. cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)')
-    if not fits and channels == 3 and image.ndim == 3 and shape[2] == 4:
-        raise ValueError(
-            f'image of shape {shape} has 4 channels: give the 3 colour '
-            'channels (BGR), e.g. image[..., :3] for BGRA')
     if not fits:
+        last = shape[2] if image.ndim == 3 else 1
+        if image.ndim == 3 and shape[0] == channels:
+            raise ValueError(
+                f'image of shape {shape} looks channels-first: give {want}, '
+                'e.g. image.transpose(1, 2, 0)')
+        if channels == 3 and image.ndim in (2, 3) and last == 1:
+            raise ValueError(
+                f'image of shape {shape} is single-channel: give {want}, '
+                'e.g. cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)')
+        if channels == 3 and image.ndim == 3 and last == 4:
+            raise ValueError(
+                f'image of shape {shape} has 4 channels: give the 3 colour '
+                'channels (BGR), e.g. image[..., :3] for BGRA')
         raise ValueError(f'image of shape {shape}: the model takes {want} '
                          'arrays')
     if not image.size:

@@ -177,9 +177,9 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
     seg_suffix = dataset.get('seg_map_suffix',
                              _default(cls, 'seg_map_suffix', '.png'))
     seg_dir = _join(data_root, seg_prefix)
-    missing = [osp.join(seg_dir, name[:-len(suffix)] + seg_suffix)
-               for name in images]
-    missing = [path for path in missing if not osp.isfile(path)]
+    labels = [osp.join(seg_dir, name[:-len(suffix)] + seg_suffix)
+              for name in images]
+    missing = [path for path in labels if not osp.isfile(path)]
     if missing:
         hint = ('; for Cityscapes, tools/dataset_converters/cityscapes.py '
                 'DATA_ROOT writes them' if 'labelTrainIds' in seg_suffix
@@ -189,10 +189,8 @@ def check_dataset_images(dataset: dict, where: str = 'dataset') -> None:
             f'label file (*{seg_suffix} in {seg_dir}), e.g. {missing[0]}'
             f'{hint} (data_prefix.seg_map_path=\'{seg_prefix}\'; a split '
             'without labels needs a pipeline without LoadAnnotations)')
-    pairs = [(osp.join(img_dir, name),
-              osp.join(seg_dir, name[:-len(suffix)] + seg_suffix))
-             for name in images]
-    check_label_files(pairs, where)
+    check_label_files([(osp.join(img_dir, name), label)
+                       for name, label in zip(images, labels)], where)
 
 
 def check_label_files(pairs: Sequence, where: str = 'dataset',

@@ -20,6 +20,7 @@ import json
 import os
 import os.path as osp
 import re
+from contextlib import nullcontext
 from multiprocessing import Pool
 from typing import Dict, List, Optional, Tuple
 
@@ -129,14 +130,10 @@ def _draw_all(files: List[str], nproc: int, progress: bool) -> None:
     from mmengine.utils import ProgressBar
     bar = ProgressBar(len(files)) if progress else None
     try:
-        if nproc > 1:
-            with Pool(nproc) as pool:  # terminated on leaving, error or not
-                for _ in pool.imap_unordered(_draw, files):
-                    if bar is not None:
-                        bar.update()
-        else:
-            for f in files:
-                _draw(f)
+        # a pool is terminated on leaving the block, error or not
+        with Pool(nproc) if nproc > 1 else nullcontext() as pool:
+            for _ in pool.imap_unordered(_draw, files) if pool \
+                    else map(_draw, files):
                 if bar is not None:
                     bar.update()
     finally:

@@ -143,8 +143,7 @@ def spent_variables(cfg, options: Mapping) -> List[str]:
                 value in (-1, 0, 1) or len(uses) > 6):
             continue  # a common number: its paths say nothing
         if uses:
-            shown = ', '.join(uses[:4]) + (
-                f' ... ({len(uses) - 4} more)' if len(uses) > 4 else '')
+            shown = _listed(uses)
             lines.append(
                 f'{key}: a variable of the config file, used when the file '
                 f'was read; changing it changes nothing that runs: set '
@@ -200,11 +199,10 @@ def stale_variables(path: str, cfg) -> List[str]:
                 continue
             stale = [p for p in _paths_holding(old_root, old)
                      if p.split('.')[0] in RUNTIME_KEYS
-                     and _at(final, p) == old and not unused(p)]
+                     and _node(final, p.split('.')) == old
+                     and not unused(p)]
             if stale:
-                shown = ', '.join(stale[:4]) + (
-                    f' ... ({len(stale) - 4} more)' if len(stale) > 4
-                    else '')
+                shown = _listed(stale)
                 lines.append(
                     f'{osp.basename(path)}: {name} = {_short(final[name])} '
                     f'changes a variable that {base} used when it was read; '
@@ -212,6 +210,12 @@ def stale_variables(path: str, cfg) -> List[str]:
                     f'{_short(old)}: {shown}; set them in this file too '
                     '(mmengine merges settings, not variables)')
     return lines
+
+
+def _listed(paths: List[str]) -> str:
+    """The first four settings' paths, and how many more."""
+    return ', '.join(paths[:4]) + (
+        f' ... ({len(paths) - 4} more)' if len(paths) > 4 else '')
 
 
 def _common_number(value) -> bool:
@@ -226,15 +230,6 @@ def _short(value) -> str:
         return text
     return (f'[{len(value)} items]' if isinstance(value, (list, tuple))
             else text[:37] + '...')
-
-
-def _at(root, dotted: str):
-    node = root
-    for part in dotted.split('.'):
-        node = _child(node, part)
-        if node is _MISSING:
-            break
-    return node
 
 
 def _paths_holding(node, value, path: str = ''):
@@ -362,7 +357,7 @@ def argument_error(err: BaseException) -> Optional[str]:
     if not isinstance(err, (ValueError, TypeError)):
         return None
     frames = list(traceback.walk_tb(err.__traceback__))
-    builds = [f for f, _ in frames if f.f_code.co_name == 'build_from_cfg']
+    builds = _build_frames(err)
     if not builds:
         return None
     built = _built_class(err)
@@ -388,6 +383,13 @@ def argument_error(err: BaseException) -> Optional[str]:
     return f'{built.__name__}: {message}'
 
 
+def _build_frames(err: BaseException) -> list:
+    """The frames of mmengine's ``build_from_cfg`` that ``err`` passed
+    through, outermost first."""
+    return [f for f, _ in traceback.walk_tb(err.__traceback__)
+            if f.f_code.co_name == 'build_from_cfg']
+
+
 def registry_error(err: BaseException) -> Optional[str]:
     """For mmengine's ``KeyError`` on a ``type`` its registry does not
     hold (``DepthwiseMaskHeadd is not in the mmseg::model registry``): a
@@ -395,8 +397,7 @@ def registry_error(err: BaseException) -> Optional[str]:
     None for any other error."""
     if not isinstance(err, KeyError):
         return None
-    builds = [f for f, _ in traceback.walk_tb(err.__traceback__)
-              if f.f_code.co_name == 'build_from_cfg']
+    builds = _build_frames(err)
     if not builds:
         return None
     registry = builds[-1].f_locals.get('registry')

@@ -138,18 +138,10 @@ def run_cli(main: Callable[[], object]):
             GeneratedDataError, InvalidConfigError, InvalidLabelError,
             NoImagesError, SparseTrainingError) as err:
         sys.exit(f'error: {err}')
-    except (TypeError, ValueError) as err:
-        message = option_error(err) or argument_error(err)
-        if message is None:
-            raise
-        sys.exit(f'error: {message}')
-    except KeyError as err:
-        message = registry_error(err)
-        if message is None:
-            raise
-        sys.exit(f'error: {message}')
-    except OSError as err:
-        message = download_error(err)
+    except (TypeError, ValueError, KeyError, OSError) as err:
+        # each explainer answers None for errors it does not explain
+        message = (option_error(err) or argument_error(err)
+                   or registry_error(err) or download_error(err))
         if message is None:
             raise
         sys.exit(f'error: {message}')

@@ -37,6 +37,15 @@ def cell_values(mask: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return mask[np.ix_(ys, xs)]
 
 
+def result_cells(result, image_height: int) -> Tuple[np.ndarray, float]:
+    """The cell mask (:func:`cell_values`) of a selective segmentor's
+    result (its ``ds_mask``) and the scale to draw it with on the image,
+    ``image_height`` pixels high (the original image, or a drawing of it
+    at that size)."""
+    scale = image_height / result.img_shape[0]
+    return cell_values(result.ds_mask.data[0].cpu().numpy(), scale), scale
+
+
 def overlay_mask(image: np.ndarray, mask: np.ndarray, scale: float = 1.0,
                  alpha: float = 0.55) -> np.ndarray:
     """Draw a cell mask on a BGR image.

@@ -6,7 +6,7 @@ from typing import List, Sequence
 import cv2
 import torch
 
-from .masks import cell_values, mask_panel, palette_image
+from .masks import mask_panel, palette_image, result_cells
 
 
 def write_mask_overlays(model, batches: Sequence[dict], out_dir: str,
@@ -36,8 +36,7 @@ def write_mask_overlays(model, batches: Sequence[dict], out_dir: str,
         for batch in batches[:count]:
             out = model.test_step(batch)[0]
             image = cv2.imread(out.img_path)
-            scale = image.shape[0] / out.img_shape[0]
-            mask = cell_values(out.ds_mask.data[0].cpu().numpy(), scale)
+            mask, scale = result_cells(out, image.shape[0])
             pred = palette_image(out.pred_sem_seg.data[0].cpu().numpy(),
                                  palette)
             path = osp.join(out_dir, osp.splitext(osp.basename(

@@ -5,7 +5,7 @@ import numpy as np
 from mmseg.registry import VISUALIZERS
 from mmseg.visualization import SegLocalVisualizer
 
-from .masks import cell_values, overlay_mask
+from .masks import overlay_mask, result_cells
 
 
 @VISUALIZERS.register_module()
@@ -49,8 +49,7 @@ class SelDSLocalVisualizer(SegLocalVisualizer):
         sample: Optional[object] = self._masked
         if sample is None or sem_seg is not sample.pred_sem_seg:
             return drawn  # the ground truth, or no mask to draw
-        scale = drawn.shape[0] / sample.img_shape[0]
-        mask = cell_values(sample.ds_mask.data[0].cpu().numpy(), scale)
+        mask, scale = result_cells(sample, drawn.shape[0])
         # overlay_mask draws in BGR; the visualizer's images are RGB
         return overlay_mask(drawn[..., ::-1], mask, scale,
                             alpha=0.0)[..., ::-1].copy()

@@ -35,7 +35,7 @@ from mmengine.config import DictAction
 from mmselds.apis import inference_model, init_model
 from mmselds.utils.arguments import fraction, positive_int, torch_device
 from mmselds.utils.launch import run_cli
-from mmselds.visualization import cell_values, mask_panel, palette_image
+from mmselds.visualization import mask_panel, palette_image, result_cells
 
 
 def parse_args(argv=None):
@@ -104,8 +104,7 @@ def draw(model, path: str, out_dir: str, min_height: int) -> str:
     if image is None:
         raise OSError('not a readable image (corrupt or unsupported format)')
     result = inference_model(model, image)
-    scale = image.shape[0] / result.img_shape[0]
-    mask = cell_values(result.ds_mask.data[0].cpu().numpy(), scale)
+    mask, scale = result_cells(result, image.shape[0])
     palette = model.dataset_meta['palette']
     pred = palette_image(result.pred_sem_seg.data[0].cpu().numpy(), palette)
     out = output_path(path, out_dir)

@@ -12,6 +12,12 @@ from torch import Tensor
 from ...datasets.checks import check_labels
 
 
+def fit_cells(sides) -> tuple:
+    """Each side rounded up to a multiple of 16 (at least 16): the
+    nearest size a selective backbone takes."""
+    return tuple(max(16, -(-int(side) // 16) * 16) for side in sides)
+
+
 def check_slide_crop(test_cfg) -> None:
     """Slide inference feeds the backbone crops of ``test_cfg.crop_size``
     (smaller images whole, padded by ``size_divisor``): a ``ValueError``
@@ -24,7 +30,7 @@ def check_slide_crop(test_cfg) -> None:
         raise ValueError(f'test_cfg: slide inference needs crop_size=(h, w), '
                          f'got {crop!r}') from None
     if h <= 0 or w <= 0 or h % 16 or w % 16:
-        fit = tuple(max(16, -(-c // 16) * 16) for c in (h, w))
+        fit = fit_cells((h, w))
         raise ValueError(
             f'test_cfg: crop_size={tuple(crop)} for slide inference; a '
             'selective backbone needs crops whose sides are multiples of 16 '
@@ -67,9 +73,6 @@ def check_padding(data_preprocessor) -> None:
         except TypeError:
             return (int(value), )
 
-    def fit(value):
-        return tuple(max(16, -(-v // 16) * 16) for v in sides(value))
-
     test_cfg = getattr(data_preprocessor, 'test_cfg', None) or {}
     for name, value in (('size', getattr(data_preprocessor, 'size', None)),
                         ('test_cfg.size', test_cfg.get('size')),
@@ -77,7 +80,7 @@ def check_padding(data_preprocessor) -> None:
                          test_cfg.get('size_divisor'))):
         if value is None or not any(v % 16 or v <= 0 for v in sides(value)):
             continue
-        good = fit(value) if 'divisor' not in name else 16
+        good = fit_cells(sides(value)) if 'divisor' not in name else 16
         raise ValueError(
             f'data_preprocessor.{name}={value!r}: inputs are padded to it, '
             'and a selective backbone needs sides that are multiples of 16 '
